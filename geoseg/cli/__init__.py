@@ -1,0 +1,1 @@
+"""The ``geoseg`` command line: one thin file per command over the library."""

@@ -1,0 +1,291 @@
+"""The typed pipeline config: one schema for ``geoseg train --config``, ``geoseg run`` and the API.
+
+A config is loaded from YAML (or built in code), validated up front, and written back resolved
+into the run folder. Unknown keys fail at once and name the valid ones. Units: sizes in pixels
+unless a name says otherwise (``min_area_m2``, ``simplify_m``); ``res`` in CRS units.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from geoseg.errors import ConfigError, InputNotFoundError
+
+Precision = Literal["auto", "32", "bf16", "16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(_Section):
+    """How the catalog is divided into train/val/test regions (never by random patch)."""
+
+    method: Literal["blocks", "files", "roi"] = "blocks"
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """Train, val, test fractions of the blocks or files; they must sum to 1."""
+    block_size: int = 512
+    """Side of a split block, in pixels of the target grid (``method: blocks``)."""
+    gap: int | None = None
+    """Pixels left unused between regions of different splits; default: the patch size."""
+    roi_file: str | None = None
+    """Vector file with a ``split`` column (train/val/test) when ``method: roi``."""
+    seed: int = 0
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"split ratios {list(v)} must be >= 0 and sum to 1, e.g. [0.8, 0.1, 0.1]")
+        return v
+
+
+class DataConfig(_Section):
+    """Where the imagery and labels are, and how they are read."""
+
+    images: list[str] = Field(default_factory=list)
+    """Folder(s), glob(s), a text file of paths, or a STAC ItemCollection JSON."""
+    labels: str | None = None
+    """A folder of mask GeoTIFFs, or a vector file (GeoPackage, GeoJSON, Shapefile)."""
+    layout: Literal["geo", "tiles"] = "geo"
+    """``geo``: georeferenced rasters; ``tiles``: ``img/`` + ``mask/`` folders of plain tiles."""
+    label_attribute: str | None = None
+    """Vector labels: the column holding class ids; none = every polygon is class 1."""
+    all_touched: bool = False
+    """Vector labels: burn every pixel a polygon touches, not only those whose centre it covers."""
+    mask_mapping: dict[int, int] = Field(default_factory=dict)
+    """Mask value remapping applied on read, e.g. ``{255: 1}`` (WHU) or ``{0: 255, 1: 0, ...}``."""
+    bands: list[int] | None = None
+    """1-based band indexes to use, in order; none = all bands."""
+    crs: str | None = None
+    """Target CRS (EPSG code or WKT); default: the first raster's."""
+    res: float | None = None
+    """Target pixel size in CRS units; default: the first raster's."""
+    ignore_index: int = 255
+    normalization: Literal["meanstd", "percentile"] = "meanstd"
+    augment: bool = True
+    """Random flips and 90-degree rotations of training patches."""
+    color_jitter: float = 0.0
+    """Brightness/contrast jitter strength (0 = off)."""
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str | Path) else v
+
+
+class ModelConfig(_Section):
+    """Which network, and the classes it predicts."""
+
+    name: str = "unet"
+    """A registered model: ``unet`` (the seed's plain UNet) or ``unet-resnet34`` and other smp ones."""
+    width: int = 64
+    """Base number of channels of the plain UNet."""
+    classes: int | None = None
+    """Number of classes (background included); default: len(class_names), else 2."""
+    class_names: list[str] | None = None
+    """Names by class id, e.g. [background, building]."""
+    encoder_weights: str | None = None
+    """A local weights file for the encoder; nothing is ever downloaded."""
+
+    @model_validator(mode="after")
+    def _classes_agree(self) -> ModelConfig:
+        if self.classes is not None and self.class_names is not None:
+            if self.classes != len(self.class_names):
+                raise ValueError(
+                    f"classes={self.classes} but {len(self.class_names)} class_names were given; "
+                    "give one name per class"
+                )
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        if self.classes is not None:
+            return self.classes
+        return len(self.class_names) if self.class_names else 2
+
+    @property
+    def resolved_class_names(self) -> list[str]:
+        if self.class_names:
+            return list(self.class_names)
+        if self.num_classes == 2:
+            return ["background", "building"]
+        return [f"class_{i}" for i in range(self.num_classes)]
+
+
+class TrainConfig(_Section):
+    """The training loop."""
+
+    patch_size: int = 256
+    batch_size: int = 8
+    epochs: int = 100
+    patches_per_epoch: int | None = None
+    """Random training patches per epoch; default: the train area / patch area."""
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    scheduler: Literal["cosine", "plateau", "step", "onecycle", "none"] = "cosine"
+    loss: str = "ce"
+    """``ce``, ``dice``, ``focal`` or a sum such as ``ce+dice``."""
+    class_weights: list[float] | None = None
+    grad_clip: float | None = 1.0
+    precision: Precision = "auto"
+    channels_last: bool = True
+    device: Device = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    seed: int = 0
+    early_stop: int | None = None
+    """Stop after this many epochs without improvement of the monitored metric."""
+    workers: int = 0
+    monitor: str = "auto"
+    """Metric that picks best.ckpt: ``auto`` = building IoU when a building class exists, else mIoU."""
+
+
+class InferConfig(_Section):
+    """Sliding-window inference."""
+
+    inputs: list[str] = Field(default_factory=list)
+    """Rasters to predict; default in a pipeline: the test split's images."""
+    patch_size: int | None = None
+    """Default: the checkpoint's patch size."""
+    overlap: int = 64
+    batch_size: int | None = None
+    tta: Literal["none", "flip", "d4"] = "none"
+    precision: Literal["auto", "32", "bf16"] = "auto"
+    device: Device = "auto"
+    workers: int = 1
+    scheduler: str | None = None
+    cog: bool = True
+    probabilities: bool = False
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str | Path) else v
+
+
+class VectorizeConfig(_Section):
+    """Masks to building footprints."""
+
+    enabled: bool = True
+    classes: list[str] = Field(default_factory=lambda: ["building"])
+    min_area_m2: float = 4.0
+    simplify_m: float = 0.0
+    regularize: bool = False
+    layer: str = "footprints"
+
+
+class EvaluateConfig(_Section):
+    """Scores against ground truth."""
+
+    enabled: bool = True
+    truth: str | None = None
+    """Vector truth for object metrics; default: the labels when they are a vector file."""
+    iou_threshold: float = 0.5
+
+
+class PipelineConfig(_Section):
+    """A whole run: data -> train -> infer -> vectorize -> evaluate, written under ``out``."""
+
+    out: str = "runs/geoseg"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
+    vectorize: VectorizeConfig = Field(default_factory=VectorizeConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+
+def _format_validation_error(err: ValidationError, source: str, model: type[BaseModel]) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        section: Any = model
+        for part in first["loc"][:-1]:
+            field = section.model_fields.get(str(part))
+            section = field.annotation if field is not None else section
+        valid = ", ".join(sorted(getattr(section, "model_fields", {})))
+        return f"{source}: unknown key '{loc}'; valid keys here: {valid}"
+    return f"{source}: {loc}: {first['msg']} (got {first.get('input')!r})"
+
+
+def parse(data: dict[str, Any], source: str = "config") -> PipelineConfig:
+    """Validate a plain dict as a :class:`PipelineConfig`; raise ConfigError naming the key."""
+    try:
+        return PipelineConfig.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source, PipelineConfig)) from None
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a YAML pipeline config, apply ``key=value`` overrides, validate.
+
+    Relative paths in ``data.images``, ``data.labels``, ``infer.inputs``, ``evaluate.truth`` and
+    ``out`` are resolved against the YAML file's folder, so a recipe runs from any directory.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError(f"{path}: config file not found; check the path")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, ...)")
+    data = apply_overrides(data, overrides or [], source=str(path))
+    cfg = parse(data, source=str(path))
+    return resolve_paths(cfg, path.parent)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict copy."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=2")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _resolve(p: str, base: Path) -> str:
+    if "://" in p or p.startswith("/vsi") or Path(p).is_absolute():
+        return p
+    return str((base / p).resolve()) if (base / p).exists() or not Path(p).exists() else p
+
+
+def resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
+    """Make relative paths in ``cfg`` relative to ``base`` (the config file's folder)."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.data.images = [_resolve(p, base) for p in cfg.data.images]
+    if cfg.data.labels:
+        cfg.data.labels = _resolve(cfg.data.labels, base)
+    if cfg.data.split.roi_file:
+        cfg.data.split.roi_file = _resolve(cfg.data.split.roi_file, base)
+    cfg.infer.inputs = [_resolve(p, base) for p in cfg.infer.inputs]
+    if cfg.evaluate.truth:
+        cfg.evaluate.truth = _resolve(cfg.evaluate.truth, base)
+    cfg.out = _resolve(cfg.out, base)
+    return cfg
+
+
+def dump(cfg: PipelineConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (what the run actually used)."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
