@@ -1,0 +1,475 @@
+"""The whole chain as one reproducible run: train -> infer -> vectorize -> evaluate.
+
+Every stage writes into one run folder and records a hash of what it consumed (its settings, and
+the size and modification time of its input files, including the previous stage's outputs). A
+stage whose record matches and whose outputs exist is skipped, so an interrupted run resumes where
+it stopped, and changing a setting reruns that stage and everything after it::
+
+    RUN/train/            checkpoints, metrics.csv, curves.png, split.gpkg (see geoseg.train)
+    RUN/predictions/      one mask GeoTIFF per input (+ probabilities)
+    RUN/footprints.gpkg   building footprints of all predictions, one layer, the training CRS
+    RUN/report.json       pixel and object scores on the test regions
+    RUN/preview.png       image, truth, prediction and footprints of one test region
+    RUN/.stages/*.json    the stage records
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from geoseg.config import PipelineConfig
+from geoseg.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["train", "infer", "vectorize", "evaluate"]
+STAGES: tuple[Stage, ...] = ("train", "infer", "vectorize", "evaluate")
+
+
+@dataclass
+class StageOutcome:
+    """What one stage did: ran or was skipped, how long it took, what it wrote."""
+
+    name: Stage
+    skipped: bool
+    seconds: float
+    outputs: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    """Where a pipeline run put its outputs, and its scores."""
+
+    run_dir: Path
+    stages: list[StageOutcome]
+    checkpoint: Path | None = None
+    predictions: list[Path] = field(default_factory=list)
+    footprints: Path | None = None
+    report: dict[str, Any] | None = None
+    preview: Path | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# stage records
+
+
+def _fingerprint_paths(paths: Iterable[str | Path]) -> list[list[Any]]:
+    """(path, size, mtime) of every file under ``paths`` (folders walked), sorted."""
+    rows: list[list[Any]] = []
+    for p in paths:
+        path = Path(p)
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        for f in files:
+            if f.is_file():
+                st = f.stat()
+                rows.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+            else:  # a glob or something not there (yet): its text is what we have
+                rows.append([str(f), None, None])
+    return sorted(rows)
+
+
+def _digest(payload: Any) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _Records:
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir / ".stages"
+
+    def _path(self, stage: str, kind: str = "done") -> Path:
+        return self.dir / f"{stage}.{kind}.json"
+
+    def matches(self, stage: str, digest: str) -> list[Path] | None:
+        """The recorded outputs if ``stage`` finished with ``digest`` and they all exist."""
+        path = self._path(stage)
+        if not path.is_file():
+            return None
+        rec = json.loads(path.read_text())
+        outputs = [Path(p) for p in rec.get("outputs", [])]
+        if rec.get("hash") != digest or not all(p.exists() for p in outputs):
+            return None
+        return outputs
+
+    def started(self, stage: str) -> str | None:
+        path = self._path(stage, "started")
+        return json.loads(path.read_text()).get("hash") if path.is_file() else None
+
+    def start(self, stage: str, digest: str) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._path(stage).unlink(missing_ok=True)
+        self._path(stage, "started").write_text(json.dumps({"hash": digest}))
+
+    def finish(self, stage: str, digest: str, outputs: list[Path]) -> None:
+        rec = {"hash": digest, "outputs": [str(p) for p in outputs],
+               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        tmp = self._path(stage).with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=1))
+        tmp.replace(self._path(stage))
+
+
+# --------------------------------------------------------------------------------------------
+# the stages
+
+
+def _train(cfg: PipelineConfig, run_dir: Path, records: _Records, digest: str) -> list[Path]:
+    from geoseg import train
+
+    train_dir = run_dir / "train"
+    # Same settings as the interrupted attempt: continue from last.ckpt; else start afresh.
+    resume = records.started("train") == digest and (train_dir / "last.ckpt").is_file()
+    records.start("train", digest)
+    result = train.fit(cfg, train_dir, resume=resume, overwrite=not resume)
+    return [Path(result.best)]
+
+
+def _test_regions(run_dir: Path):  # -> GeoDataFrame | None
+    """The test split's regions written by training (None: evaluate whole rasters)."""
+    import geopandas as gpd
+
+    path = run_dir / "train" / "split.gpkg"
+    if not path.is_file():
+        return None
+    regions = gpd.read_file(path)
+    if "split" not in regions.columns:
+        return None
+    test = regions[regions["split"] == "test"]
+    return test if len(test) else None
+
+
+def _infer_inputs(cfg: PipelineConfig, run_dir: Path) -> list[Path]:
+    """``infer.inputs``, else the catalog images that the test split covers."""
+    from geoseg import catalog
+
+    if cfg.infer.inputs:
+        return catalog.find_rasters(cfg.infer.inputs)
+    images = catalog.find_rasters(cfg.data.images)
+    regions = _test_regions(run_dir)
+    if regions is None:
+        return images
+    if "path" in regions.columns:  # file-based splits name their files
+        named = {Path(p).resolve() for p in regions["path"].dropna()}
+        chosen = [p for p in images if p.resolve() in named]
+        if chosen:
+            return chosen
+    import geopandas as gpd
+    import rasterio
+    from shapely.geometry import box
+
+    chosen = []
+    for path in images:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                continue
+            footprint = gpd.GeoSeries([box(*src.bounds)], crs=src.crs).to_crs(regions.crs)
+        if regions.intersects(footprint.iloc[0]).any():
+            chosen.append(path)
+    return chosen or images
+
+
+def _prediction_path(run_dir: Path, src: Path) -> Path:
+    return run_dir / "predictions" / f"{src.stem}.tif"
+
+
+def _probability_path(prediction: Path) -> Path:
+    return prediction.with_name(f"{prediction.stem}_prob.tif")
+
+
+def _infer(cfg: PipelineConfig, run_dir: Path, checkpoint: Path, inputs: list[Path]) -> list[Path]:
+    from geoseg import infer
+
+    (run_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    outputs = []
+    for src in inputs:
+        dst = _prediction_path(run_dir, src)
+        infer.predict_raster(
+            src, dst, checkpoint=checkpoint, patch_size=cfg.infer.patch_size,
+            overlap=cfg.infer.overlap, batch_size=cfg.infer.batch_size, tta=cfg.infer.tta,
+            precision=cfg.infer.precision, device=cfg.infer.device,
+            probabilities=_probability_path(dst) if cfg.infer.probabilities else None,
+            cog=cfg.infer.cog, overwrite=True, workers=cfg.infer.workers,
+            scheduler=cfg.infer.scheduler,
+        )
+        outputs.append(dst)
+    return outputs
+
+
+def _vectorize(cfg: PipelineConfig, run_dir: Path, predictions: list[Path]) -> list[Path]:
+    import geopandas as gpd
+    import pandas as pd
+
+    from geoseg import vectorize
+
+    v = cfg.vectorize
+    frames = []
+    for pred in predictions:
+        prob = _probability_path(pred)
+        gdf = vectorize.polygons(
+            pred, classes=list(v.classes) or None, probabilities=prob if prob.is_file() else None,
+            min_area_m2=v.min_area_m2, simplify_m=v.simplify_m, regularize=v.regularize,
+        )
+        gdf["source"] = pred.name
+        frames.append(gdf)
+    # One GeoPackage layer has one CRS: the first prediction's (the training grid's, normally).
+    crs = frames[0].crs
+    merged = gpd.GeoDataFrame(
+        pd.concat([f.to_crs(crs) if f.crs != crs else f for f in frames], ignore_index=True),
+        crs=crs,
+    )
+    out = run_dir / "footprints.gpkg"
+    vectorize.write(merged, out, layer=v.layer, overwrite=True)
+    return [out]
+
+
+def _truth_rasters(cfg: PipelineConfig, run_dir: Path, predictions: list[Path]) -> list[Path | None]:
+    """A truth mask on each prediction's grid: the matching label raster, or burned vectors."""
+    from geoseg import labels
+
+    src = Path(cfg.evaluate.truth or cfg.data.labels or "")
+    if not str(src) or not src.exists():
+        return [None] * len(predictions)
+    if src.is_dir():
+        found = {p.stem: p for p in src.rglob("*") if p.suffix.lower() in (".tif", ".tiff", ".png")}
+        return [found.get(p.stem) for p in predictions]
+    cache = run_dir / "evaluate" / "truth"
+    cache.mkdir(parents=True, exist_ok=True)
+    return [
+        labels.rasterize(src, like=p, out=cache / p.name, attribute=cfg.data.label_attribute,
+                         all_touched=cfg.data.all_touched, overwrite=True)
+        for p in predictions
+    ]
+
+
+def _region_mask(regions, like) -> Any:  # np.ndarray[bool] | None
+    """True inside the test regions, on the grid of the open raster ``like``."""
+    from rasterio.features import rasterize
+
+    if regions is None:
+        return None
+    shapes = regions.to_crs(like.crs).geometry
+    return rasterize(((g, 1) for g in shapes), out_shape=(like.height, like.width),
+                     transform=like.transform, fill=0, dtype="uint8").astype(bool)
+
+
+def _pixel_scores(cfg: PipelineConfig, predictions: list[Path], truths: list[Path | None],
+                  regions) -> dict[str, Any] | None:
+    import numpy as np
+    import rasterio
+
+    from geoseg.metrics import ConfusionMatrix
+
+    ignore = cfg.data.ignore_index
+    cm = ConfusionMatrix(cfg.model.num_classes, ignore_index=ignore)
+    used = 0
+    for pred_path, truth_path in zip(predictions, truths):
+        if truth_path is None:
+            continue
+        with rasterio.open(pred_path) as pred, rasterio.open(truth_path) as truth:
+            if (pred.width, pred.height) != (truth.width, truth.height):
+                log.warning("%s: truth grid differs from the prediction; skipped", truth_path)
+                continue
+            p = pred.read(1)
+            t = truth.read(1).astype(np.int64)
+            mapping = cfg.data.mask_mapping
+            if mapping:
+                lut = np.arange(max(256, t.max() + 1), dtype=np.int64)
+                for k, v in mapping.items():
+                    lut[k] = v
+                t = lut[t]
+            t[p == 255] = ignore
+            inside = _region_mask(regions, pred)
+            if inside is not None:
+                t[~inside] = ignore
+            cm.update(p, t)
+            used += 1
+    return cm.scores(cfg.model.resolved_class_names) if used else None
+
+
+def _truth_polygons(cfg: PipelineConfig, truths: list[Path | None]):
+    import geopandas as gpd
+    import pandas as pd
+
+    from geoseg import vectorize
+
+    src = Path(cfg.evaluate.truth or cfg.data.labels or "")
+    if str(src) and src.is_file():
+        return gpd.read_file(src)
+    frames = [vectorize.polygons(t, classes=list(cfg.vectorize.classes) or None)
+              for t in truths if t is not None]
+    if not frames:
+        return None
+    crs = frames[0].crs
+    return gpd.GeoDataFrame(pd.concat([f.to_crs(crs) for f in frames], ignore_index=True), crs=crs)
+
+
+def _inside(gdf, regions):
+    """Polygons whose representative point lies in a test region (both sides cut the same way)."""
+    if regions is None or gdf is None or len(gdf) == 0:
+        return gdf
+    points = gdf.geometry.representative_point().to_crs(regions.crs)
+    keep = points.within(regions.union_all())
+    return gdf[keep.values]
+
+
+def _evaluate(cfg: PipelineConfig, run_dir: Path, predictions: list[Path],
+              footprints: Path | None) -> list[Path]:
+    import geopandas as gpd
+
+    from geoseg import evaluate
+
+    regions = _test_regions(run_dir)
+    truths = _truth_rasters(cfg, run_dir, predictions)
+    report: dict[str, Any] = {
+        "area": "test split regions" if regions is not None else "whole predicted rasters",
+        "predictions": [str(p) for p in predictions],
+    }
+    pixels = _pixel_scores(cfg, predictions, truths, regions)
+    if pixels is not None:
+        report["pixels"] = pixels
+    if footprints is not None and footprints.is_file():
+        truth_polys = _inside(_truth_polygons(cfg, truths), regions)
+        if truth_polys is not None:
+            proposals = _inside(gpd.read_file(footprints), regions)
+            objects = evaluate.objects(proposals, truth_polys,
+                                       iou_threshold=cfg.evaluate.iou_threshold)
+            objects.pop("matches", None)
+            report["objects"] = objects
+    report.update(headline(report, cfg.model.resolved_class_names))
+    out = run_dir / "report.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=float))
+    tmp.replace(out)
+    outputs = [out]
+    try:
+        from geoseg import plots
+
+        preview = plots.pipeline_preview(
+            cfg, predictions, truths, footprints, regions, run_dir / "preview.png"
+        )
+        if preview is not None:
+            outputs.append(preview)
+    except (ImportError, AttributeError):
+        log.info("no prediction preview: geoseg.plots.pipeline_preview is not available")
+    return outputs
+
+
+def headline(report: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
+    """The figures a person looks for first: building IoU and F1 (pixel and object)."""
+    name = "building" if "building" in class_names else class_names[-1]
+    out: dict[str, Any] = {}
+    per_class = report.get("pixels", {}).get("per_class", {})
+    if name in per_class:
+        out["building_iou"] = per_class[name]["iou"]
+        out["building_pixel_f1"] = per_class[name]["f1"]
+    if "pixels" in report:
+        out["miou"] = report["pixels"]["miou"]
+    if "objects" in report:
+        out["building_f1"] = report["objects"]["f1"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _select(from_stage: Stage | None, until_stage: Stage | None) -> list[Stage]:
+    for s in (from_stage, until_stage):
+        if s is not None and s not in STAGES:
+            raise ConfigError(f"unknown stage '{s}'; stages are {', '.join(STAGES)}")
+    lo = STAGES.index(from_stage) if from_stage else 0
+    hi = STAGES.index(until_stage) if until_stage else len(STAGES) - 1
+    if lo > hi:
+        raise ConfigError(f"--from {from_stage} comes after --until {until_stage}")
+    return list(STAGES[lo : hi + 1])
+
+
+def run(
+    cfg: PipelineConfig,
+    *,
+    from_stage: Stage | None = None,
+    until_stage: Stage | None = None,
+    force: bool = False,
+    on_stage: Callable[[StageOutcome], None] | None = None,
+) -> RunResult:
+    """Run the pipeline's stages in order into ``cfg.out``, skipping those already done.
+
+    Args:
+        cfg: the validated pipeline config (``geoseg.config.load``).
+        from_stage: first stage to consider; earlier stages must have finished before.
+        until_stage: last stage to run.
+        force: rerun the selected stages even when their records match.
+        on_stage: called after each stage (the CLI prints a line per stage).
+
+    Returns:
+        A RunResult with the checkpoint, predictions, footprints, report and preview paths.
+    """
+    from geoseg import config as config_mod
+
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_mod.dump(cfg, run_dir / "pipeline.yaml")
+    records = _Records(run_dir)
+    selected = _select(from_stage, until_stage)
+    result = RunResult(run_dir=run_dir, stages=[])
+    upstream: list[Path] = []
+
+    def step(stage: Stage, settings: Any, inputs: list[Path], work: Callable[[str], list[Path]]
+             ) -> list[Path]:
+        digest = _digest([stage, settings, _fingerprint_paths(inputs)])
+        done = records.matches(stage, digest)
+        t0 = time.perf_counter()
+        if stage not in selected or (done is not None and not force):
+            if done is None:
+                raise ConfigError(
+                    f"{run_dir}: stage '{stage}' has not finished with these settings; "
+                    f"run without --from/--until to run it"
+                )
+            outcome = StageOutcome(stage, True, 0.0, done)
+        else:
+            outputs = work(digest)
+            records.finish(stage, digest, outputs)
+            outcome = StageOutcome(stage, False, time.perf_counter() - t0, outputs)
+        result.stages.append(outcome)
+        if on_stage is not None:
+            on_stage(outcome)
+        return outcome.outputs
+
+    last = selected[-1]
+    data_inputs = [*cfg.data.images, *([cfg.data.labels] if cfg.data.labels else [])]
+    ckpt = step("train", [cfg.data.model_dump(mode="json"), cfg.model.model_dump(mode="json"),
+                          cfg.train.model_dump(mode="json")], [Path(p) for p in data_inputs],
+                lambda d: _train(cfg, run_dir, records, d))
+    result.checkpoint = ckpt[0]
+    if last == "train":
+        return result
+
+    inputs = _infer_inputs(cfg, run_dir)
+    upstream = [result.checkpoint, *inputs]
+    result.predictions = step("infer", cfg.infer.model_dump(mode="json"), upstream,
+                              lambda d: _infer(cfg, run_dir, result.checkpoint, inputs))
+    if last == "infer":
+        return result
+
+    if cfg.vectorize.enabled:
+        fp = step("vectorize", cfg.vectorize.model_dump(mode="json"), result.predictions,
+                  lambda d: _vectorize(cfg, run_dir, result.predictions))
+        result.footprints = fp[0]
+    if last == "vectorize":
+        return result
+
+    if cfg.evaluate.enabled:
+        ev_inputs = [*result.predictions, *([result.footprints] if result.footprints else []),
+                     *([Path(cfg.evaluate.truth)] if cfg.evaluate.truth else []),
+                     *([Path(cfg.data.labels)] if cfg.data.labels else [])]
+        outs = step("evaluate", [cfg.evaluate.model_dump(mode="json"),
+                                 cfg.data.mask_mapping, cfg.vectorize.classes], ev_inputs,
+                    lambda d: _evaluate(cfg, run_dir, result.predictions, result.footprints))
+        result.report = json.loads(outs[0].read_text())
+        result.preview = next((p for p in outs if p.suffix == ".png"), None)
+    return result
