@@ -7,6 +7,7 @@ unless a name says otherwise (``min_area_m2``, ``simplify_m``); ``res`` in CRS u
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,13 +21,14 @@ Device = Literal["auto", "cpu", "cuda"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class SplitConfig(_Section):
     """How the catalog is divided into train/val/test regions (never by random patch)."""
 
     method: Literal["blocks", "files", "roi"] = "blocks"
+    """How regions are assigned: ``blocks`` (a grid over the imagery), ``files`` (whole files) or ``roi`` (a vector file)."""
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     """Train, val, test fractions of the blocks or files; they must sum to 1."""
     block_size: int = 512
@@ -36,6 +38,7 @@ class SplitConfig(_Section):
     roi_file: str | None = None
     """Vector file with a ``split`` column (train/val/test) when ``method: roi``."""
     seed: int = 0
+    """Seed of the block/file assignment."""
 
     @field_validator("ratios")
     @classmethod
@@ -67,7 +70,9 @@ class DataConfig(_Section):
     res: float | None = None
     """Target pixel size in CRS units; default: the first raster's."""
     ignore_index: int = 255
+    """Mask value that is left out of the loss and the metrics (nodata, unlabelled)."""
     normalization: Literal["meanstd", "percentile"] = "meanstd"
+    """Per-band statistics from the training split: ``meanstd`` or ``percentile`` (2nd/98th)."""
     augment: bool = True
     """Random flips and 90-degree rotations of training patches."""
     color_jitter: float = 0.0
@@ -123,27 +128,43 @@ class TrainConfig(_Section):
     """The training loop."""
 
     patch_size: int = 256
+    """Side of a training patch in pixels; divisible by the model's downsampling."""
     batch_size: int = 8
+    """Patches per optimisation step (per process with ``devices`` > 1)."""
     epochs: int = 100
+    """Passes over ``patches_per_epoch`` random patches."""
     patches_per_epoch: int | None = None
     """Random training patches per epoch; default: the train area / patch area."""
     lr: float = 1e-3
+    """Peak learning rate."""
     weight_decay: float = 1e-4
+    """Decoupled weight decay (AdamW) or L2 (Adam, SGD)."""
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    """``adamw``, ``adam`` or ``sgd`` (momentum 0.9)."""
     scheduler: Literal["cosine", "plateau", "step", "onecycle", "none"] = "cosine"
+    """Learning-rate schedule: ``cosine``, ``plateau``, ``step``, ``onecycle`` or ``none``."""
     loss: str = "ce"
     """``ce``, ``dice``, ``focal`` or a sum such as ``ce+dice``."""
     class_weights: list[float] | None = None
+    """Loss weight per class id; none = equal."""
     grad_clip: float | None = 1.0
+    """Clip the gradient norm to this value; none = off."""
     precision: Precision = "auto"
+    """``auto`` (bf16 autocast where the device runs it fast), ``32``, ``bf16`` or ``16`` (CUDA, with a gradient scaler)."""
     channels_last: bool = True
+    """Use the channels-last memory format (faster convolutions on most devices)."""
     device: Device = "auto"
+    """``auto`` = CUDA when available, else CPU."""
     devices: int = 1
+    """Data-parallel processes (GPUs) on this machine."""
     num_nodes: int = 1
+    """Machines taking part (under ``torchrun``)."""
     seed: int = 0
+    """Seed of weights, sampling and augmentation; same seed, same run on CPU."""
     early_stop: int | None = None
     """Stop after this many epochs without improvement of the monitored metric."""
     workers: int = 0
+    """DataLoader worker processes (0 = read in the training process)."""
     monitor: str = "auto"
     """Metric that picks best.ckpt: ``auto`` = building IoU when a building class exists, else mIoU."""
 
@@ -156,14 +177,23 @@ class InferConfig(_Section):
     patch_size: int | None = None
     """Default: the checkpoint's patch size."""
     overlap: int = 64
+    """Pixels shared by neighbouring patches; blended with a smooth window."""
     batch_size: int | None = None
+    """Patches per forward pass; default: tuned to the device."""
     tta: Literal["none", "flip", "d4"] = "none"
+    """Test-time augmentation: ``none``, ``flip`` (4 flips) or ``d4`` (8 rotations/flips)."""
     precision: Literal["auto", "32", "bf16"] = "auto"
+    """``auto`` (bf16 where fast), ``32`` or ``bf16``."""
     device: Device = "auto"
+    """``auto`` = CUDA when available, else CPU."""
     workers: int = 1
+    """Local dask worker processes; 1 = in this process."""
     scheduler: str | None = None
+    """Address of an existing dask scheduler, e.g. ``tcp://host:8786``."""
     cog: bool = True
+    """Write Cloud-Optimized GeoTIFFs (tiled, compressed, overviews)."""
     probabilities: bool = False
+    """Also write per-class probabilities next to each mask (``*_prob.tif``)."""
 
     @field_validator("inputs", mode="before")
     @classmethod
@@ -175,26 +205,35 @@ class VectorizeConfig(_Section):
     """Masks to building footprints."""
 
     enabled: bool = True
+    """Run the vectorize stage."""
     classes: list[str] = Field(default_factory=lambda: ["building"])
+    """Class names or ids to turn into polygons."""
     min_area_m2: float = 4.0
+    """Drop polygons smaller than this, in square metres (also on geographic rasters)."""
     simplify_m: float = 0.0
+    """Simplification tolerance in metres (topology preserved); 0 = off."""
     regularize: bool = False
+    """Square building outlines to their dominant orientation."""
     layer: str = "footprints"
+    """GeoPackage layer name."""
 
 
 class EvaluateConfig(_Section):
     """Scores against ground truth."""
 
     enabled: bool = True
+    """Run the evaluate stage."""
     truth: str | None = None
     """Vector truth for object metrics; default: the labels when they are a vector file."""
     iou_threshold: float = 0.5
+    """A proposal matches a truth polygon when their IoU is strictly greater than this."""
 
 
 class PipelineConfig(_Section):
     """A whole run: data -> train -> infer -> vectorize -> evaluate, written under ``out``."""
 
     out: str = "runs/geoseg"
+    """Run folder; every stage writes under it."""
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -289,3 +328,26 @@ def resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
 def dump(cfg: PipelineConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (what the run actually used)."""
     Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def reference_markdown() -> str:
+    """Every key of the pipeline file with its default and meaning, as a Markdown table.
+
+    The README's reference is this table (a test keeps the two equal).
+    """
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            key = f"{prefix}{name}"
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, key + ".")
+                continue
+            default = field.get_default(call_default_factory=True)
+            shown = "none" if default is None else json.dumps(default)
+            doc = (field.description or "").replace("\n", " ").replace("|", "\\|")
+            rows.append(f"| `{key}` | `{shown}` | {doc} |")
+
+    walk(PipelineConfig, "")
+    return "\n".join(rows)

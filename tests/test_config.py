@@ -65,3 +65,10 @@ def test_load_errors_are_one_line(tmp_path: Path) -> None:
         config.load(bad)
     with pytest.raises(ConfigError, match="key=value"):
         config.apply_overrides({}, ["train.epochs"])
+
+
+def test_readme_reference_lists_every_key_as_the_schema_does() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert config.reference_markdown() in readme, (
+        "README's pipeline file reference is stale: paste geoseg.config.reference_markdown()"
+    )
