@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.geoseg-installed
 DEMO   ?= demo
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean docs
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Data -> train -> infer -> vectorize -> evaluate on the built-in demo scenes (~10 min on 2 cores).
 demo: install
-	$(VENV)/bin/geoseg demo-data $(DEMO)/data --overwrite
-	@echo "Demo data: $(abspath $(DEMO)/data)"
+	@test -f $(DEMO)/data/buildings.gpkg || $(VENV)/bin/geoseg demo-data $(DEMO)/data
+	$(VENV)/bin/geoseg run pipelines/demo.yaml --set out=$(abspath $(DEMO))/run \
+		--set data.images=[$(abspath $(DEMO))/data/images] --set data.labels=$(abspath $(DEMO))/data/masks
 
 test: install
 	$(PY) -m pytest -n 2 --dist loadfile -q
@@ -28,3 +30,9 @@ lint: install
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
+
+# Regenerate the README's pipeline-file reference from the config schema.
+docs: install
+	$(PY) -c "import re, pathlib; from geoseg import config; p = pathlib.Path('README.md'); \
+	s = p.read_text(); p.write_text(re.sub(r'(<!-- CONFIG-REFERENCE[^>]*-->\n).*?(\n<!-- /CONFIG-REFERENCE -->)', \
+	lambda m: m.group(1) + config.reference_markdown() + m.group(2), s, flags=re.S))"
