@@ -1,0 +1,363 @@
+"""Labels: vector polygons burned once into masks on an image's grid, and mask-folder matching.
+
+Mask values are class ids (0 = background) and :data:`IGNORE` (255) where the image is nodata
+or nothing is known. torchgeo's VectorDataset re-reads the whole vector file for every sample
+(23 samples/s against ~240 for a raster mask), so geoseg burns vector labels once, caches the
+masks under the run folder keyed by a hash of the inputs, and reads them like raster masks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
+from rasterio.errors import NotGeoreferencedWarning
+
+from geoseg import progress
+from geoseg.errors import InputNotFoundError, LabelError, OutputExistsError
+
+log = logging.getLogger(__name__)
+
+#: Mask value for "unknown": image nodata, outside the image, unlabelled.
+IGNORE = 255
+VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet")
+_MASK_TOKENS = re.compile(r"(^|[_\-. ])(mask|masks|label|labels|gt|lbl|ann)(?=$|[_\-. ])", re.IGNORECASE)
+
+
+def is_vector(path: str | Path) -> bool:
+    """Whether ``path`` names a vector file (by its ending)."""
+    return Path(path).suffix.lower() in VECTOR_SUFFIXES
+
+
+def _crs_name(crs: CRS | None) -> str:
+    if crs is None:
+        return "no CRS"
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else (crs.to_dict().get("proj", "custom") + " (custom WKT)")
+
+
+def _fmt(b: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in b) + ")"
+
+
+def read_vector(path: str | Path, attribute: str | None = None):  # type: ignore[no-untyped-def]
+    """Read a polygon file into a GeoDataFrame with a ``value`` column (class ids, 1 by default).
+
+    Raises:
+        InputNotFoundError: the file does not exist.
+        LabelError: unreadable, no CRS, missing attribute, or class values outside 0..254.
+    """
+    import geopandas as gpd
+
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(f"{path}: labels file not found; check the path")
+    try:
+        gdf = gpd.read_file(path)
+    except Exception as err:  # pyogrio raises DataSourceError and others
+        raise LabelError(f"{path}: cannot read labels as a vector file ({str(err).splitlines()[0][:120]})") from None
+    if gdf.crs is None:
+        raise LabelError(f"{path}: the labels have no CRS; set one (e.g. ogr2ogr -a_srs EPSG:XXXX)")
+    gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
+    if attribute:
+        if attribute not in gdf.columns:
+            cols = ", ".join(c for c in gdf.columns if c != "geometry")
+            raise LabelError(f"{path}: no column '{attribute}' for --attribute; columns are: {cols}")
+        vals = gdf[attribute]
+        gdf = gdf[vals.notna()].copy()
+        try:
+            values = gdf[attribute].astype("int64").to_numpy()
+        except (TypeError, ValueError):
+            raise LabelError(f"{path}: column '{attribute}' must hold integer class ids") from None
+    else:
+        gdf = gdf.copy()
+        values = np.ones(len(gdf), dtype=np.int64)
+    if len(values) and (values.min() < 0 or values.max() >= IGNORE):
+        raise LabelError(
+            f"{path}: class ids in '{attribute}' range {values.min()}..{values.max()}; expected 0..254 "
+            f"({IGNORE} means ignore)"
+        )
+    gdf["value"] = values
+    return gdf[["value", "geometry"]]
+
+
+def _grid(src: rasterio.io.DatasetReader) -> dict:
+    return dict(crs=src.crs, transform=src.transform, width=src.width, height=src.height)
+
+
+def _valid_mask(src: rasterio.io.DatasetReader) -> np.ndarray | None:
+    """Boolean [H, W] of pixels that are not nodata in ``src`` (None when all are valid)."""
+    if src.nodata is None and all(MaskFlags.all_valid in f for f in src.mask_flag_enums):
+        return None
+    return src.dataset_mask() > 0
+
+
+def check_overlap(gdf, labels: Path, images: Sequence[tuple[Path, CRS, tuple]]) -> list[bool]:  # type: ignore[no-untyped-def]
+    """For each (path, crs, bounds) image: whether any label polygon overlaps it.
+
+    Raises:
+        LabelError: no polygon overlaps any image (the declared CRS is probably wrong).
+    """
+    import shapely
+
+    hits = []
+    by_crs: dict[str, object] = {}
+    for _, crs, bounds in images:
+        key = crs.to_wkt()
+        if key not in by_crs:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                by_crs[key] = gdf.geometry.to_crs(crs)
+        geoms = by_crs[key]
+        box = shapely.box(*bounds)
+        ok = bool(len(geoms)) and bool(np.any(shapely.intersects(np.asarray(geoms.values), box)))
+        hits.append(ok)
+    if images and not any(hits):
+        lab_bounds = gdf.total_bounds if len(gdf) else [np.nan] * 4
+        path, crs, bounds = images[0]
+        hint = ""
+        if gdf.crs is not None and gdf.crs.is_geographic and len(gdf) and (
+            np.nanmax(np.abs(lab_bounds[[0, 2]])) > 180 or np.nanmax(np.abs(lab_bounds[[1, 3]])) > 90
+        ):
+            hint = " (its coordinates are out of range for degrees, so they are probably metres)"
+        where = path.name if len(images) == 1 else f"any of the {len(images)} images (e.g. {path.name})"
+        raise LabelError(
+            f"{labels}: no label polygon overlaps {where}: labels extent {_fmt(lab_bounds)} in declared "
+            f"{_crs_name(CRS.from_user_input(gdf.crs))}, image extent {_fmt(bounds)} in {_crs_name(crs)}; "
+            f"the declared CRS of the labels is probably wrong{hint}; fix it (e.g. ogr2ogr -a_srs) "
+            "or use labels of this area"
+        )
+    return hits
+
+
+def burn(gdf, grid: dict, *, all_touched: bool = False, valid: np.ndarray | None = None) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Burn polygons (``value`` column) onto a grid; returns a uint8 [H, W] mask.
+
+    0 = background, class ids where polygons lie (later polygons win), IGNORE where ``valid``
+    is False. ``grid`` holds crs, transform, width, height.
+    """
+    from rasterio import features
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        geoms = gdf.geometry.to_crs(grid["crs"])
+    shapes = [(g, int(v)) for g, v in zip(geoms.values, gdf["value"].to_numpy(), strict=True) if g is not None]
+    out = np.zeros((grid["height"], grid["width"]), dtype=np.uint8)
+    if shapes:
+        features.rasterize(shapes, out=out, transform=grid["transform"], all_touched=all_touched, dtype=np.uint8)
+    if valid is not None:
+        out[~valid] = IGNORE
+    return out
+
+
+def write_mask(mask: np.ndarray, out: Path, grid: dict, *, nodata: int | None = IGNORE) -> Path:
+    """Write a uint8 mask atomically (temp name in the same folder, then rename), tiled + deflate."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.tif")
+    h, w = mask.shape
+    profile = dict(driver="GTiff", dtype="uint8", count=1, nodata=nodata, compress="deflate", **grid)
+    if h >= 16 and w >= 16:
+        profile.update(tiled=True, blockxsize=min(256, 16 * (w // 16)), blockysize=min(256, 16 * (h // 16)))
+    try:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(mask, 1)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def rasterize(
+    labels: Path,
+    like: Path,
+    out: Path,
+    *,
+    attribute: str | None = None,
+    all_touched: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Burn vector labels into a mask GeoTIFF on exactly ``like``'s grid.
+
+    The output has ``like``'s CRS, transform, width and height; uint8, 0 = background, class ids
+    from ``attribute`` (else 1) where polygons lie, 255 (ignore, also the file's nodata) where
+    ``like`` is nodata; tiled, deflate-compressed, written atomically. Memory: one uint8 H×W
+    array plus ``like``'s validity mask.
+
+    Raises:
+        InputNotFoundError: ``labels`` or ``like`` does not exist.
+        OutputExistsError: ``out`` exists and not ``overwrite``.
+        LabelError: no polygon overlaps ``like`` (e.g. a wrongly declared CRS), or bad class ids.
+        RasterError: ``like`` is unreadable or has no CRS.
+    """
+    from geoseg import catalog
+    from geoseg.errors import RasterError
+
+    labels, like, out = Path(labels), Path(like), Path(out)
+    if not like.exists():
+        raise InputNotFoundError(f"{like}: image for --like not found; check the path")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
+    gdf = read_vector(labels, attribute)
+    info = catalog.index([like]).rasters[0]
+    if not info.crs_wkt:
+        raise RasterError(f"{like}: raster has no CRS, so labels cannot be placed on it; georeference it first")
+    check_overlap(gdf, labels, [(like, info.crs, info.bounds)])
+    with rasterio.open(like) as src:
+        grid = _grid(src)
+        valid = _valid_mask(src)
+    mask = burn(gdf, grid, all_touched=all_touched, valid=valid)
+    log.info("burned %d polygons into %s", len(gdf), out)
+    return write_mask(mask, out, grid)
+
+
+def _vector_key(path: Path) -> list:
+    # A shapefile is several files: hash the size and mtime of every sibling with its stem.
+    files = sorted(path.parent.glob(path.stem + ".*")) if path.suffix.lower() == ".shp" else [path]
+    return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def burn_cached(
+    labels: Path,
+    images: Sequence[Path],
+    cache_root: Path,
+    *,
+    attribute: str | None = None,
+    all_touched: bool = False,
+) -> list[Path]:
+    """Burn vector labels once onto each image's grid; reuse the masks on the next run.
+
+    Masks go to ``cache_root/labels-<hash>/`` where the hash covers the vector file (path,
+    size, mtime), every image's path and grid, ``attribute`` and ``all_touched``. Images that no
+    polygon overlaps get an all-background mask (ignore where nodata).
+
+    Returns:
+        One mask path per image, in order.
+
+    Raises:
+        LabelError: the labels overlap none of the images (message names both extents).
+    """
+    labels = Path(labels)
+    if not labels.exists():
+        raise InputNotFoundError(f"{labels}: labels file not found; check the path")
+    grids = []
+    for p in images:
+        with rasterio.open(p) as src:
+            grids.append((Path(p), src.crs, tuple(src.bounds), src.transform, src.width, src.height))
+    key = json.dumps(
+        {
+            "vector": _vector_key(labels),
+            "images": [[str(p.resolve()), crs.to_wkt(), list(t)[:6], w, h] for p, crs, _, t, w, h in grids],
+            "attribute": attribute,
+            "all_touched": all_touched,
+            "v": 1,
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    folder = Path(cache_root) / f"labels-{digest}"
+    outs = [folder / f"{i:04d}_{p.stem}.tif" for i, p in enumerate(images)]
+    marker = folder / "done.json"
+    if marker.exists() and all(o.exists() for o in outs):
+        log.info("reusing burned labels in %s", folder)
+        return outs
+    gdf = read_vector(labels, attribute)
+    check_overlap(gdf, labels, [(p, crs, b) for p, crs, b, *_ in grids])
+    with progress.bar(len(grids), "burning labels") as bar:
+        for (p, crs, _, transform, w, h), out in zip(grids, outs, strict=True):
+            with rasterio.open(p) as src:
+                valid = _valid_mask(src)
+            grid = dict(crs=crs, transform=transform, width=w, height=h)
+            write_mask(burn(gdf, grid, all_touched=all_touched, valid=valid), out, grid)
+            bar.advance()
+    marker.write_text(key)
+    return outs
+
+
+def _norm_stem(name: str) -> str:
+    return _MASK_TOKENS.sub("", Path(name).stem).lower()
+
+
+def match_masks(images: Sequence[Path], masks: Sequence[Path], *, by_overlap: bool = True) -> list[Path | None]:
+    """Pair each image with a mask file: same file name (stem), then the stem without words like
+    ``mask``/``label``, then (georeferenced files only) the mask that overlaps it most.
+
+    Returns:
+        One mask path (or None when nothing matches) per image.
+    """
+    by_stem = {Path(m).stem: Path(m) for m in masks}
+    by_norm: dict[str, Path] = {}
+    for m in masks:
+        by_norm.setdefault(_norm_stem(Path(m).name), Path(m))
+    out: list[Path | None] = []
+    missing = []
+    for i, img in enumerate(images):
+        m = by_stem.get(Path(img).stem) or by_norm.get(_norm_stem(Path(img).name))
+        out.append(m)
+        if m is None:
+            missing.append(i)
+    if missing and by_overlap:
+        _match_by_overlap(images, masks, out, missing)
+    return out
+
+
+def _match_by_overlap(images, masks, out, missing) -> None:  # type: ignore[no-untyped-def]
+    import shapely
+    from rasterio.warp import transform_bounds
+
+    boxes = []
+    for m in masks:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(m) as src:
+                boxes.append((src.crs, src.bounds))
+    for i in missing:
+        with rasterio.open(images[i]) as src:
+            crs, bounds = src.crs, src.bounds
+        if crs is None:
+            continue
+        best, best_area = None, 0.0
+        img_box = shapely.box(*bounds)
+        for m, (mcrs, mb) in zip(masks, boxes, strict=True):
+            if mcrs is None:
+                continue
+            b = transform_bounds(mcrs, crs, *mb) if mcrs != crs else mb
+            area = img_box.intersection(shapely.box(*b)).area
+            if area > best_area:
+                best, best_area = Path(m), area
+        out[i] = best
+
+
+def mapping_lut(mapping: dict[int, int] | None, *, nodata: float | None = None, ignore_index: int = IGNORE) -> np.ndarray:
+    """A 256-entry uint8 lookup table: identity, then the mask's nodata → ignore, then ``mapping``."""
+    lut = np.arange(256, dtype=np.uint8)
+    if nodata is not None and float(nodata).is_integer() and 0 <= nodata < 256:
+        lut[int(nodata)] = ignore_index
+    for k, v in (mapping or {}).items():
+        if not (0 <= int(k) < 256 and 0 <= int(v) < 256):
+            raise LabelError(f"data.mask_mapping {{{k}: {v}}}: keys and values must be 0..255")
+        lut[int(k)] = int(v)
+    return lut
+
+
+def check_classes(values: np.ndarray | Sequence[int], num_classes: int, ignore_index: int, source: str | Path) -> None:
+    """Raise LabelError if a mask value is ≥ ``num_classes`` and not ``ignore_index``."""
+    vals = np.unique(np.asarray(values))
+    bad = vals[(vals >= num_classes) & (vals != ignore_index)]
+    if bad.size:
+        raise LabelError(
+            f"{source}: label value(s) {', '.join(map(str, bad[:8].tolist()))} but only {num_classes} classes "
+            f"(0..{num_classes - 1}); --classes is too small: use --classes {int(bad.max()) + 1}, "
+            f"or map values with data.mask_mapping (ignore value is {ignore_index})"
+        )
