@@ -1,0 +1,1083 @@
+"""Sliding-window prediction of georeferenced rasters into mask GeoTIFFs.
+
+:func:`predict_raster` streams one raster through a checkpoint's model: a reader thread reads one
+strip of patch rows at a time with rasterio and builds normalised batches, the model runs on them
+(bf16 autocast and channels_last where that is faster), the patches' probabilities are blended
+with :func:`geoseg.windows.blend_weights` into a band of ``patch_size`` accumulator rows, and each
+row-block is written by a writer thread as soon as no later patch can touch it. Memory therefore
+depends on the raster's *width* and the patch size, never on its height: about
+``num_classes * patch_size * width * 4`` bytes for the accumulator plus one strip of input.
+
+With ``workers > 1`` or a ``scheduler`` address the patch rows are split into row-blocks that dask
+workers predict (each recomputing the halo patch rows the block needs); the block boundaries and
+the batches are those of the single-process run, so both paths write byte-identical files.
+
+Outputs: a uint8 mask (class ids; 255 = nodata, wherever the input is nodata), with exactly the
+input's CRS (as WKT), transform, width and height, class names in the tags and a colour table; a
+Cloud-Optimized GeoTIFF by default. The optional probability raster has one uint8 band per class,
+``round(p * 254)`` (scale tag ``1/254``, 255 = nodata). Both are written under a temporary name
+and renamed only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+
+from geoseg import progress, windows
+from geoseg.errors import (
+    CheckpointError,
+    ConfigError,
+    GeosegError,
+    InputNotFoundError,
+    OutputExistsError,
+    RasterError,
+    SchedulerError,
+)
+
+log = logging.getLogger(__name__)
+
+Tta = Literal["none", "flip", "d4"]
+Precision = Literal["auto", "32", "bf16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+NODATA = 255
+PROB_SCALE = 254  # probability p is stored as round(p * 254); 255 is nodata
+BLOCKSIZE = 512
+RES_TOLERANCE = 0.25
+GDAL_ENV = {"GDAL_CACHEMAX": 64, "GDAL_NUM_THREADS": "ALL_CPUS"}  # MB; keeps RSS bounded
+
+__all__ = ["predict_raster", "predict", "output_paths", "resolve_device", "resolve_precision"]
+
+# A small palette for QGIS: background transparent-ish grey, then distinct colours.
+_PALETTE = [
+    (0, 0, 0, 0), (230, 25, 75, 255), (60, 180, 75, 255), (255, 225, 25, 255), (0, 130, 200, 255),
+    (245, 130, 48, 255), (145, 30, 180, 255), (70, 240, 240, 255), (240, 50, 230, 255),
+    (210, 245, 60, 255), (250, 190, 212, 255), (0, 128, 128, 255), (170, 110, 40, 255),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Settings that travel to dask workers (plain, picklable data only)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The window grid and batching of one raster (identical in every worker)."""
+
+    width: int
+    height: int
+    patch_size: int
+    overlap: int
+    batch_size: int
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
+
+    @classmethod
+    def make(cls, width: int, height: int, patch_size: int, overlap: int, batch_size: int) -> _Plan:
+        return cls(width, height, patch_size, overlap, batch_size,
+                   tuple(windows.offsets(height, patch_size, overlap)),
+                   tuple(windows.offsets(width, patch_size, overlap)))
+
+    @property
+    def n_patches(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def owned(self, r0: int, r1: int) -> tuple[int, int]:
+        """Output rows [start, stop) that patch rows [r0, r1) finish (their row-block)."""
+        start = 0 if r0 == 0 else self.rows[r0]
+        stop = self.height if r1 >= len(self.rows) else self.rows[r1]
+        return start, stop
+
+    def halo_start(self, r0: int) -> int:
+        """First patch row whose patches touch the row-block of patch rows starting at r0."""
+        start = self.owned(r0, r0 + 1)[0]
+        ph = min(self.patch_size, self.height)
+        return next(r for r in range(len(self.rows)) if self.rows[r] + ph > start)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What a worker needs to run the model the same way as the client."""
+
+    checkpoint: str
+    device: str
+    precision: str  # "32" or "bf16"
+    tta: str
+    channels_last: bool
+    band_indexes: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
+    class_values: tuple[int, ...]
+    target_res: float | None = None  # resample the input to this pixel size on the fly
+    threads: int | None = None  # torch threads in a dask worker
+    with_probabilities: bool = False
+
+
+# --------------------------------------------------------------------------------------------
+# Device, precision, batch size
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is present, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device={device!r} is not one of auto, cpu, cuda")
+    return device
+
+
+def _cpu_has_fast_bf16() -> bool:
+    # AMX tiles make bf16 convolutions clearly faster than fp32; plain AVX512-BF16 often does not
+    # (benchmarks/infer.py times both on the machine at hand).
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` -> ``bf16`` on CUDA with bf16 support or on a CPU with AMX, else ``32``."""
+    import torch
+
+    if precision == "auto":
+        if device == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "32"
+        return "bf16" if _cpu_has_fast_bf16() else "32"
+    if precision not in ("32", "bf16"):
+        raise ConfigError(f"precision={precision!r} is not one of auto, 32, bf16")
+    return precision
+
+
+def _default_batch_size(device: str, patch_size: int) -> int:
+    scale = (512 / patch_size) ** 2
+    if device == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        # ~0.5 GiB of activations per 512^2 sample for a ResNet-UNet in bf16, with headroom.
+        return int(max(8, min(128, free / 2**30 * 1.5 * scale)))
+    return int(max(1, min(64, 8 * scale)))
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+
+def _load_model(path: Path, device: str) -> tuple[Any, Any]:
+    """Load weights + card, turning any failure into a one-line CheckpointError."""
+    if not path.is_file():
+        raise InputNotFoundError(f"{path}: checkpoint not found; check the path")
+    from geoseg import checkpoint
+
+    try:
+        return checkpoint.load_model(path, device=device)
+    except GeosegError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure to load is the same user error
+        raise CheckpointError(
+            f"{path}: not a geoseg checkpoint or cannot be loaded safely "
+            f"({err.__class__.__name__}); pass a best.ckpt/last.ckpt written by geoseg train"
+        ) from None
+
+
+def _load_card(path: Path) -> Any:
+    if not path.is_file():
+        raise InputNotFoundError(f"{path}: checkpoint not found; check the path")
+    from geoseg import checkpoint
+
+    try:
+        return checkpoint.load(path).card
+    except GeosegError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(
+            f"{path}: not a geoseg checkpoint or cannot be loaded safely "
+            f"({err.__class__.__name__}); pass a best.ckpt/last.ckpt written by geoseg train"
+        ) from None
+
+
+# One model per worker process, keyed by checkpoint path + mtime (+ how it runs).
+_MODEL_CACHE: dict[tuple[Any, ...], Any] = {}
+
+
+def _cached_model(settings: _Settings) -> Any:
+    import torch
+
+    p = Path(settings.checkpoint)
+    key = (str(p.resolve()), p.stat().st_mtime_ns, settings.device, settings.channels_last)
+    if key not in _MODEL_CACHE:
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        model, _ = _load_model(p, settings.device)
+        if settings.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        _MODEL_CACHE.clear()
+        _MODEL_CACHE[key] = model
+    return _MODEL_CACHE[key]
+
+
+def _tta_ops(tta: str) -> list[tuple[Callable[[Any], Any], Callable[[Any], Any]]]:
+    """(transform, inverse) pairs on (B, C, H, W) tensors."""
+    import torch
+
+    def flip(dims: tuple[int, ...]) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+        if not dims:
+            return (lambda t: t), (lambda t: t)
+        return (lambda t: torch.flip(t, dims)), (lambda t: torch.flip(t, dims))
+
+    if tta == "none":
+        return [flip(())]
+    if tta == "flip":
+        return [flip(()), flip((3,)), flip((2,)), flip((2, 3))]
+    if tta == "d4":
+        ops = []
+        for k in range(4):
+            for f in (False, True):
+                def fwd(t: Any, k: int = k, f: bool = f) -> Any:
+                    return torch.rot90(torch.flip(t, (3,)) if f else t, k, (2, 3))
+
+                def inv(t: Any, k: int = k, f: bool = f) -> Any:
+                    t = torch.rot90(t, -k, (2, 3))
+                    return torch.flip(t, (3,)) if f else t
+
+                ops.append((fwd, inv))
+        return ops
+    raise ConfigError(f"tta={tta!r} is not one of none, flip, d4")
+
+
+def _make_forward(model: Any, settings: _Settings) -> Callable[[np.ndarray], np.ndarray]:
+    """A function: normalised batch (B, C, P, P) float32 -> probabilities (B, K, P, P) float32."""
+    import torch
+
+    ops = _tta_ops(settings.tta)
+    dev = torch.device(settings.device)
+    bf16 = settings.precision == "bf16"
+    fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(dev, non_blocking=True).contiguous(memory_format=fmt)
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            total = None
+            for fwd, inv in ops:
+                logits = model(fwd(x)).float()
+                if logits.shape[1] == 1:  # one-logit binary model: [1 - p, p]
+                    p1 = torch.sigmoid(logits)
+                    probs = torch.cat([1 - p1, p1], 1)
+                else:
+                    probs = torch.softmax(logits, 1)
+                probs = inv(probs)
+                total = probs if total is None else total + probs
+            assert total is not None  # ops is never empty
+            if len(ops) > 1:
+                total = total / len(ops)
+        return total.contiguous().cpu().numpy()
+
+    return forward
+
+
+# --------------------------------------------------------------------------------------------
+# Reading: the source (optionally resampled), strips, patches, batches
+# --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _open_source(path: str | Path, target_res: float | None) -> Iterator[Any]:
+    """The raster to predict: the file itself, or a WarpedVRT of it at ``target_res``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            if target_res is None:
+                yield src
+                return
+            from rasterio.vrt import WarpedVRT
+
+            width, height, transform = _resampled_grid(src, target_res)
+            with WarpedVRT(src, crs=src.crs, transform=transform, width=width, height=height,
+                           resampling=Resampling.bilinear) as vrt:
+                yield vrt
+
+
+def _resampled_grid(src: Any, target_res: float) -> tuple[int, int, Any]:
+    from rasterio.transform import from_origin
+
+    left, bottom, right, top = src.bounds
+    width = max(1, math.ceil((right - left) / target_res - 1e-6))
+    height = max(1, math.ceil((top - bottom) / target_res - 1e-6))
+    return width, height, from_origin(left, top, target_res, target_res)
+
+
+def _all_valid(src: Any) -> bool:
+    return all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums)
+
+
+def _valid_rows(src: Any, y0: int, y1: int) -> np.ndarray | None:
+    """Boolean (h, W) of pixels where the input has data (any band valid), or None = all valid."""
+    if _all_valid(src):
+        return None
+    return src.dataset_mask(window=Window(0, y0, src.width, y1 - y0)) > 0
+
+
+def _patch_index_range(plan: _Plan, rh: int, r1: int) -> tuple[int, int]:
+    """Global patch index range [i0, i1) of the batches that hold patch rows [rh, r1)."""
+    nc, bs = len(plan.cols), plan.batch_size
+    i0 = (rh * nc) // bs * bs
+    i1 = min(plan.n_patches, -(-(r1 * nc) // bs) * bs)
+    return i0, i1
+
+
+def _read_batches(src: Any, plan: _Plan, settings: _Settings, i0: int, i1: int
+                  ) -> Iterator[tuple[np.ndarray, range]]:
+    """Normalised float32 batches (B, C, P, P) of the global patch indices [i0, i1).
+
+    Batches are the global, row-major chunks of ``batch_size`` patches, so a dask block sees
+    exactly the batches of the single-process run. Each strip of patch rows is read once.
+    Nodata pixels are set to the band mean (0 after normalisation); patches sticking out of a
+    raster smaller than one patch are reflect-padded.
+    """
+    P, nc = plan.patch_size, len(plan.cols)
+    mean = np.asarray(settings.mean, np.float32)[:, None, None]
+    inv_std = (1.0 / np.asarray(settings.std, np.float32))[:, None, None]
+    idx = list(settings.band_indexes)
+    strips: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+    for b0 in range(i0, i1, plan.batch_size):
+        b1 = min(b0 + plan.batch_size, plan.n_patches)
+        batch = np.empty((b1 - b0, len(idx), P, P), np.float32)
+        for n, i in enumerate(range(b0, b1)):
+            r, c = divmod(i, nc)
+            if r not in strips:
+                y0 = plan.rows[r]
+                h = min(P, plan.height)
+                data = src.read(idx, window=Window(0, y0, plan.width, h))
+                valid = _valid_rows(src, y0, y0 + h)
+                strips = {k: v for k, v in strips.items() if k >= r - 1}
+                strips[r] = (data, valid)
+            data, valid = strips[r]
+            x0 = plan.cols[c]
+            w = min(P, plan.width)
+            patch = (data[:, :, x0:x0 + w].astype(np.float32) - mean) * inv_std
+            if valid is not None:
+                patch[:, ~valid[:, x0:x0 + w]] = 0.0
+            if patch.shape[1] < P or patch.shape[2] < P:
+                patch = np.pad(patch, ((0, 0), (0, P - patch.shape[1]), (0, P - patch.shape[2])),
+                               mode="reflect")
+            batch[n] = patch
+        yield batch, range(b0, b1)
+
+
+def _threaded(it: Iterator[Any], maxsize: int = 2) -> Iterator[Any]:
+    """Run an iterator in a reader thread with a bounded queue (I/O overlaps compute)."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
+    done = object()
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
+            q.put(err)
+
+    t = threading.Thread(target=run, name="geoseg-reader", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        t.join(timeout=5)
+
+
+# --------------------------------------------------------------------------------------------
+# Blending and streaming
+# --------------------------------------------------------------------------------------------
+
+
+def _weight_sum(length: int, patch_size: int, overlap: int) -> np.ndarray:
+    """Sum over the patches along one axis of their 1-D blending weights (float32, (length,))."""
+    offs = windows.offsets(length, patch_size, overlap)
+    total = np.zeros(length, np.float32)
+    n = min(patch_size, length)
+    for k, o in enumerate(offs):
+        w = windows.ramp(patch_size, overlap, start_flat=k == 0, end_flat=k == len(offs) - 1)
+        total[o:o + n] += w[:n]
+    return total
+
+
+def _stream(src: Any, plan: _Plan, settings: _Settings, forward: Callable[[np.ndarray], np.ndarray],
+            r0: int, r1: int, *, threaded: bool = True, bar: Any = None
+            ) -> Iterator[tuple[int, np.ndarray]]:
+    """Blended probabilities of the row-block of patch rows [r0, r1), in finished pieces.
+
+    Yields ``(y0, probs)`` with probs float32 (K, h, W) for output rows [y0, y0 + h), in order,
+    covering exactly ``plan.owned(r0, r1)``. Only ``patch_size`` accumulator rows are held.
+    """
+    P, ov = plan.patch_size, plan.overlap
+    nc, H, W = len(plan.cols), plan.height, plan.width
+    ph, pw = min(P, H), min(P, W)
+    K = settings.num_classes
+    start, stop = plan.owned(r0, r1)
+    rh = plan.halo_start(r0)
+    i0, i1 = _patch_index_range(plan, rh, r1)
+    wsum_rows = _weight_sum(H, P, ov)
+    wsum_cols = _weight_sum(W, P, ov)
+    weights: dict[tuple[bool, bool, bool, bool], np.ndarray] = {}
+
+    acc = np.zeros((K, ph, W), np.float32)
+    band_row = rh  # patch row whose offset is the accumulator's first row
+    band_top = plan.rows[rh]
+
+    def emit(y_end: int) -> Iterator[tuple[int, np.ndarray]]:
+        # Rows [band_top, y_end) are final: divide by the weight sum, hand out the owned part.
+        n = y_end - band_top
+        lo, hi = max(band_top, start), min(y_end, stop)
+        if hi > lo:
+            denom = np.outer(wsum_rows[lo:hi], wsum_cols)
+            yield lo, acc[:, lo - band_top:hi - band_top] / denom
+        acc[:, : ph - n] = acc[:, n:]
+        acc[:, ph - n:] = 0.0
+
+    batches = _read_batches(src, plan, settings, i0, i1)
+    if threaded:
+        batches = _threaded(batches)
+    for batch, indexes in batches:
+        probs = forward(batch)
+        if bar is not None:
+            bar.advance(len(indexes))
+        for n, i in enumerate(indexes):
+            r, c = divmod(i, nc)
+            if r < rh or r >= r1:
+                continue  # a batch-mate outside this block: computed only to keep batches equal
+            if r != band_row:
+                yield from emit(plan.rows[r])
+                band_row, band_top = r, plan.rows[r]
+            key = (c == 0, r == 0, c == nc - 1, r == len(plan.rows) - 1)
+            if key not in weights:
+                weights[key] = windows.blend_weights(
+                    P, ov, left=key[0], top=key[1], right=key[2], bottom=key[3])[:ph, :pw]
+            x0 = plan.cols[c]
+            acc[:, :, x0:x0 + pw] += probs[n, :, :ph, :pw] * weights[key]
+    end = H if r1 >= len(plan.rows) else plan.rows[r1]
+    yield from emit(end)
+
+
+def _finalize(probs: np.ndarray, valid: np.ndarray | None, settings: _Settings
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class ids (uint8, 255 = nodata) and optional uint8 probabilities from (K, h, W) floats."""
+    arg = probs.argmax(0)
+    values = np.asarray(settings.class_values, np.uint8)
+    classes = values[arg]
+    prob8 = None
+    if settings.with_probabilities:
+        prob8 = np.rint(np.clip(probs, 0.0, 1.0) * PROB_SCALE).astype(np.uint8)
+    if valid is not None:
+        classes[~valid] = NODATA
+        if prob8 is not None:
+            prob8[:, ~valid] = NODATA
+    return classes, prob8
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def _partial(path: Path, tag: str = "") -> Path:
+    # Hidden, and not ending in .tif: an interrupted run never leaves a file that looks finished.
+    return path.with_name(f".{path.name}.{tag}partial-{os.getpid()}")
+
+
+@dataclass
+class _Outputs:
+    """The temporary mask (and probability) GeoTIFFs being written, with row buffering."""
+
+    profile: dict[str, Any]
+    mask_tmp: Path
+    prob_tmp: Path | None
+    class_names: list[str]
+    class_values: list[int]
+    meta: dict[str, str]
+    final: bool  # the temp files are the final format (no COG copy follows)
+    _buf: list[tuple[int, np.ndarray, np.ndarray | None]] = field(default_factory=list)
+    _mask: Any = None
+    _prob: Any = None
+
+    def __enter__(self) -> _Outputs:
+        creation = dict(tiled=True, blockxsize=BLOCKSIZE, blockysize=BLOCKSIZE, compress="deflate",
+                        predictor=2 if self.final else 1, zlevel=6 if self.final else 1,
+                        bigtiff="IF_SAFER")
+        base = dict(self.profile, driver="GTiff", dtype="uint8", nodata=NODATA, **creation)
+        self._mask = rasterio.open(self.mask_tmp, "w", **dict(base, count=1))
+        self._mask.set_band_description(1, "class")
+        self._mask.update_tags(**self.meta)
+        self._mask.update_tags(1, **{f"CLASS_{v}": n for v, n in zip(self.class_values, self.class_names)})
+        cmap = {v: _PALETTE[k % len(_PALETTE)] for k, v in enumerate(self.class_values)}
+        cmap[NODATA] = (0, 0, 0, 0)
+        self._mask.write_colormap(1, cmap)
+        if self.prob_tmp is not None:
+            k = len(self.class_names)
+            self._prob = rasterio.open(self.prob_tmp, "w", **dict(base, count=k))
+            for b, name in enumerate(self.class_names, 1):
+                self._prob.set_band_description(b, f"p({name})")
+            self._prob.scales = [1.0 / PROB_SCALE] * k
+            self._prob.update_tags(**self.meta, encoding=f"uint8 round(p*{PROB_SCALE}); p = value/"
+                                   f"{PROB_SCALE}; {NODATA} = nodata")
+        return self
+
+    def write(self, y0: int, classes: np.ndarray, probs: np.ndarray | None) -> None:
+        """Buffer rows and write them in whole tile rows (no partial tiles are rewritten)."""
+        self._buf.append((y0, classes, probs))
+        first = self._buf[0][0]
+        end = y0 + classes.shape[0]
+        boundary = (end // BLOCKSIZE) * BLOCKSIZE
+        if end >= self.profile["height"]:
+            boundary = end
+        if boundary > first:
+            self._flush(boundary)
+
+    def _flush(self, boundary: int) -> None:
+        first = self._buf[0][0]
+        cls = np.concatenate([b[1] for b in self._buf], axis=0)
+        prb = np.concatenate([b[2] for b in self._buf], axis=1) if self._prob is not None else None
+        n = boundary - first
+        win = Window(0, first, cls.shape[1], n)
+        self._mask.write(cls[None, :n], window=win)
+        if prb is not None:
+            self._prob.write(prb[:, :n], window=win)
+        self._buf = [] if n == cls.shape[0] else [
+            (boundary, cls[n:], prb[:, n:] if prb is not None else None)]
+
+    def __exit__(self, *exc: Any) -> None:
+        for ds in (self._mask, self._prob):
+            if ds is not None:
+                ds.close()
+
+
+class _Writer:
+    """A writer thread with a bounded queue in front of :class:`_Outputs`."""
+
+    def __init__(self, outputs: _Outputs) -> None:
+        self.outputs = outputs
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.t = threading.Thread(target=self._run, name="geoseg-writer", daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    self.outputs.write(*item)
+                except BaseException as err:  # noqa: BLE001 - re-raised by put/close
+                    self.error = err
+
+    def put(self, y0: int, classes: np.ndarray, probs: np.ndarray | None) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put((y0, classes, probs))
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.t.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _to_cog(tmp: Path, dst: Path, *, resampling: str) -> None:
+    from rasterio.shutil import copy
+
+    copy(tmp, dst, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=BLOCKSIZE,
+         OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
+
+
+# --------------------------------------------------------------------------------------------
+# dask
+# --------------------------------------------------------------------------------------------
+
+
+def _block_task(src_path: str, plan: _Plan, settings: _Settings, r0: int, r1: int
+                ) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
+    """Worker side: predict the row-block of patch rows [r0, r1); uint8 rows to write."""
+    model = _cached_model(settings)
+    forward = _make_forward(model, settings)
+    out = []
+    with rasterio.Env(**GDAL_ENV), _open_source(src_path, settings.target_res) as src:
+        for y0, probs in _stream(src, plan, settings, forward, r0, r1, threaded=False):
+            cls, prb = _finalize(probs, _valid_rows(src, y0, y0 + probs.shape[1]), settings)
+            out.append((y0, cls, prb))
+    return out
+
+
+def _blocks(plan: _Plan, n_workers: int) -> list[tuple[int, int]]:
+    n = len(plan.rows)
+    # Several blocks per worker balance the load; each block recomputes its halo patch rows.
+    per = max(1, min(8, math.ceil(n / (3 * max(1, n_workers)))))
+    return [(r, min(n, r + per)) for r in range(0, n, per)]
+
+
+@contextmanager
+def client_for(workers: int = 1, scheduler: str | None = None) -> Iterator[Any]:
+    """A dask client: an existing cluster at ``scheduler``, ``workers`` local processes, or None.
+
+    Workers must see the checkpoint and input paths (shared storage on a multi-machine cluster).
+    """
+    if scheduler:
+        from distributed import Client
+
+        try:
+            client = Client(scheduler, timeout="5s")
+        except (OSError, TimeoutError, ValueError) as err:
+            raise SchedulerError(
+                f"cannot reach the dask scheduler at {scheduler} ({err.__class__.__name__}); "
+                "start one with `dask scheduler` and pass its tcp://host:port, or use --workers N"
+            ) from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    if workers <= 1:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+def _n_workers(client: Any) -> int:
+    try:
+        return max(1, len(client.scheduler_info()["workers"]))
+    except Exception:  # noqa: BLE001
+        return 1
+
+
+def _run_dask(client: Any, src_path: Path, plan: _Plan, settings: _Settings, writer: Any,
+              bar: Any) -> None:
+    from distributed import wait
+
+    nw = _n_workers(client)
+    blocks = _blocks(plan, nw)
+    pending: dict[int, Any] = {}
+    ready: dict[int, list[Any]] = {}
+    nxt = 0  # next block index to write: blocks are written in order, memory stays bounded
+    submitted = 0
+    nc = len(plan.cols)
+    while nxt < len(blocks):
+        while submitted < len(blocks) and len(pending) + len(ready) < 2 * nw:
+            r0, r1 = blocks[submitted]
+            pending[submitted] = client.submit(_block_task, str(src_path), plan, settings, r0, r1,
+                                               pure=False)
+            submitted += 1
+        done, _ = wait(list(pending.values()), return_when="FIRST_COMPLETED")
+        for k in [k for k, f in pending.items() if f in done]:
+            ready[k] = pending.pop(k).result()
+            bar.advance((blocks[k][1] - blocks[k][0]) * nc)
+        while nxt in ready:
+            for y0, cls, prb in ready.pop(nxt):
+                writer.put(y0, cls, prb)
+            nxt += 1
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def _check_inputs(src: Any, path: Path, card: Any, ckpt: Path, allow_ungeoreferenced: bool) -> None:
+    indexes = list(card.band_indexes or range(1, card.in_channels + 1))
+    all_bands = indexes == list(range(1, card.in_channels + 1))
+    if max(indexes) > src.count or (all_bands and src.count != card.in_channels):
+        raise RasterError(
+            f"{path}: has {src.count} band(s) but the checkpoint {ckpt.name} expects "
+            f"{card.in_channels} (bands {indexes}); use an image with {card.in_channels} band(s) "
+            "or a checkpoint trained on this kind of image"
+        )
+    if src.crs is None and not allow_ungeoreferenced:
+        raise RasterError(
+            f"{path}: has no CRS; georeference it (e.g. gdal_edit.py -a_srs EPSG:xxxx) or pass "
+            "--allow-ungeoreferenced to write a mask without a CRS"
+        )
+
+
+def _resolution_target(src: Any, path: Path, card: Any, resample: bool) -> float | None:
+    if src.crs is None or not getattr(card, "res", None):
+        return None
+    res = abs(src.res[0])
+    diff = abs(res - card.res) / card.res
+    if resample and diff > 0.01:
+        log.info("%s: resampling %.4g -> %.4g CRS units per pixel for the model", path, res, card.res)
+        return float(card.res)
+    if diff > RES_TOLERANCE:
+        log.warning(
+            "%s: pixel size %.4g differs from the training pixel size %.4g by %.0f%%; results may "
+            "be poor: pass --resample to resample on the fly", path, res, card.res, 100 * diff)
+    return None
+
+
+def predict_raster(
+    src: Path,
+    dst: Path,
+    *,
+    checkpoint: Path,
+    patch_size: int | None = None,
+    overlap: int = 64,
+    batch_size: int | None = None,
+    tta: Tta = "none",
+    precision: Precision = "auto",
+    device: Device = "auto",
+    probabilities: Path | None = None,
+    cog: bool = True,
+    overwrite: bool = False,
+    workers: int = 1,
+    scheduler: str | None = None,
+    allow_ungeoreferenced: bool = False,
+    resample: bool = False,
+    client: Any = None,
+) -> Path:
+    """Predict one raster with a checkpoint into a georeferenced mask GeoTIFF.
+
+    Args:
+        src: Input GeoTIFF; the checkpoint's ``band_indexes`` (1-based) are read from it.
+        dst: Output mask: uint8 class ids (the card's ``class_ids``), 255 = nodata where the
+            input is nodata; exactly ``src``'s CRS, transform, width and height.
+        checkpoint: A geoseg checkpoint (weights + model card; the card supplies bands,
+            normalisation, class names, patch size and training pixel size).
+        patch_size: Model input window in pixels (default: the card's); divisible by the
+            model's downsampling factor.
+        overlap: Pixels shared by neighbouring patches, blended with a cosine window.
+        batch_size: Patches per forward pass (default: 8 at 512 px on CPU; by free memory on CUDA).
+        tta: ``none``, ``flip`` (4 flips) or ``d4`` (8 dihedral transforms), averaged as
+            probabilities after undoing each transform.
+        precision: ``auto`` (bf16 on CUDA with bf16 and on AMX CPUs, else fp32), ``32`` or ``bf16``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        probabilities: Also write a probability GeoTIFF here: one uint8 band per class,
+            ``round(p * 254)`` (p = value / 254), 255 = nodata.
+        cog: Write Cloud-Optimized GeoTIFFs (tiled 512, deflate, nearest overviews).
+        overwrite: Replace existing outputs.
+        workers: Local dask worker processes (1 = in process, streaming).
+        scheduler: Address of an existing dask scheduler (``tcp://host:port``); workers must see
+            the same paths.
+        allow_ungeoreferenced: Accept an input without CRS (the mask then has none either).
+        resample: Predict at the training pixel size (WarpedVRT, bilinear) and bring the mask
+            back to the input grid (nearest) when the pixel sizes differ.
+        client: An existing ``distributed.Client`` to use (overrides ``workers``/``scheduler``).
+
+    Returns:
+        ``dst``. Memory: about ``num_classes * patch_size * width * 4`` bytes plus one strip of
+        input and the model's batch, independent of the raster's height.
+
+    Raises:
+        InputNotFoundError, RasterError (bands, CRS), CheckpointError, OutputExistsError,
+        SchedulerError, ConfigError (bad patch size/overlap).
+    """
+    src, dst, ckpt = Path(src), Path(dst), Path(checkpoint)
+    for out in (dst, probabilities):
+        if out is not None and out.exists() and not overwrite:
+            raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
+    if not src.is_file():
+        raise InputNotFoundError(f"{src}: input raster not found; check the path")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    card = _load_card(ckpt)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            handle = rasterio.open(src)
+    except rasterio.errors.RasterioIOError as err:
+        raise RasterError(f"{src}: cannot be read as a raster ({err}); check the file") from None
+    with handle:
+        _check_inputs(handle, src, card, ckpt, allow_ungeoreferenced)
+        target_res = _resolution_target(handle, src, card, resample)
+        profile = dict(width=handle.width, height=handle.height, transform=handle.transform)
+        if handle.crs is not None:
+            profile["crs"] = handle.crs
+    P = int(patch_size or card.patch_size)
+    _check_patch(P, overlap, card.architecture, ckpt)
+    bs = int(batch_size or _default_batch_size(dev, P))
+    if bs < 1:
+        raise ConfigError(f"batch_size={bs} must be >= 1")
+
+    class_names = list(card.class_names)
+    class_values = list(getattr(card, "class_ids", None) or range(len(class_names)))
+    settings = _Settings(
+        checkpoint=str(ckpt.resolve()), device=dev, precision=prec, tta=tta,
+        channels_last=dev == "cuda" or prec == "bf16",
+        band_indexes=tuple(card.band_indexes or range(1, card.in_channels + 1)),
+        mean=tuple(float(m) for m in card.mean), std=tuple(float(s) or 1.0 for s in card.std),
+        num_classes=len(class_names), class_values=tuple(class_values), target_res=target_res,
+        with_probabilities=probabilities is not None,
+    )
+    _tta_ops(tta)  # validate early
+    meta = {
+        "class_names": json.dumps(class_names), "class_ids": json.dumps(class_values),
+        "nodata_meaning": "255 = no data in the input", "checkpoint": ckpt.name,
+        "architecture": str(card.architecture), "patch_size": str(P), "overlap": str(overlap),
+        "tta": tta, "precision": prec, "software": "geoseg",
+    }
+    t0 = time.perf_counter()
+    temps: list[Path] = []
+    try:
+        with rasterio.Env(**GDAL_ENV):
+            if target_res is None:
+                _predict_to(src, profile, settings, P, overlap, bs, dst, probabilities, cog,
+                            class_names, class_values, meta, workers, scheduler, client, temps)
+            else:
+                _predict_resampled(src, profile, settings, P, overlap, bs, dst, probabilities,
+                                   cog, class_names, class_values, meta, workers, scheduler,
+                                   client, temps)
+    finally:
+        for t in temps:
+            t.unlink(missing_ok=True)
+    mp = profile["width"] * profile["height"] / 1e6
+    log.info("%s -> %s: %.2f MP in %.1f s", src.name, dst, mp, time.perf_counter() - t0)
+    return dst
+
+
+def _check_patch(P: int, overlap: int, architecture: str, ckpt: Path) -> None:
+    try:
+        from geoseg import models
+
+        factor = models.downsampling(architecture)
+    except Exception:  # noqa: BLE001 - unknown architecture: checkpoint.load_model reports it
+        factor = 1
+    if P < 1 or P % factor:
+        lo = max(factor, P // factor * factor)
+        raise ConfigError(
+            f"patch_size={P} is not divisible by {factor} (what {architecture} from {ckpt.name} "
+            f"needs); use {lo} or {lo + factor}"
+        )
+    if overlap < 0 or overlap >= P:
+        raise ConfigError(f"overlap={overlap} must be >= 0 and < patch_size={P}; e.g. {P // 8}")
+
+
+def _predict_to(src: Path, profile: dict[str, Any], settings: _Settings, P: int, overlap: int,
+                bs: int, dst: Path, probabilities: Path | None, cog: bool, class_names: list[str],
+                class_values: list[int], meta: dict[str, str], workers: int,
+                scheduler: str | None, client: Any, temps: list[Path],
+                source_res: float | None = None) -> None:
+    """Predict ``src`` (resampled to ``settings.target_res`` if set) into dst (+ probabilities)."""
+    mask_tmp, prob_tmp = _partial(dst), _partial(probabilities) if probabilities else None
+    temps += [t for t in (mask_tmp, prob_tmp) if t is not None]
+    with _open_source(src, settings.target_res) as source:
+        plan = _Plan.make(source.width, source.height, P, overlap, bs)
+        grid_profile = dict(profile, width=source.width, height=source.height,
+                            transform=source.transform)
+        with client_for(workers, scheduler) if client is None else nullcontext(client) as cl, \
+                _Outputs(grid_profile, mask_tmp, prob_tmp, class_names, class_values, meta,
+                         final=not cog) as outputs, \
+                progress.bar(plan.n_patches, f"infer {src.name}", unit="patches") as bar:
+            writer = _Writer(outputs)
+            try:
+                if cl is None:
+                    model = _cached_model(settings)
+                    forward = _make_forward(model, settings)
+                    for y0, probs in _stream(source, plan, settings, forward, 0, len(plan.rows),
+                                             bar=bar):
+                        h = probs.shape[1]
+                        writer.put(y0, *_finalize(probs, _valid_rows(source, y0, y0 + h), settings))
+                else:
+                    nw = _n_workers(cl)
+                    settings = _with_threads(settings, nw)
+                    _run_dask(cl, src, plan, settings, writer, bar)
+            finally:
+                writer.close()
+    _publish(mask_tmp, dst, cog, "NEAREST", temps)
+    if prob_tmp is not None and probabilities is not None:
+        _publish(prob_tmp, probabilities, cog, "AVERAGE", temps)
+
+
+def _with_threads(settings: _Settings, n_workers: int) -> _Settings:
+    from dataclasses import replace
+
+    return replace(settings, threads=max(1, (os.cpu_count() or 1) // max(1, n_workers)))
+
+
+def _publish(tmp: Path, dst: Path, cog: bool, resampling: str, temps: list[Path]) -> None:
+    if cog:
+        cog_tmp = _partial(dst, "cog.")
+        temps.append(cog_tmp)
+        _to_cog(tmp, cog_tmp, resampling=resampling)
+        os.replace(cog_tmp, dst)
+    else:
+        os.replace(tmp, dst)
+
+
+def _predict_resampled(src: Path, profile: dict[str, Any], settings: _Settings, P: int,
+                       overlap: int, bs: int, dst: Path, probabilities: Path | None, cog: bool,
+                       class_names: list[str], class_values: list[int], meta: dict[str, str],
+                       workers: int, scheduler: str | None, client: Any, temps: list[Path]) -> None:
+    """Predict at the training pixel size, then bring the result back to the input grid."""
+    from rasterio.vrt import WarpedVRT
+
+    work = _partial(dst, "work.").with_suffix(".tif")
+    work_prob = _partial(dst, "workprob.").with_suffix(".tif") if probabilities else None
+    temps += [t for t in (work, work_prob) if t is not None]
+    _predict_to(src, profile, settings, P, overlap, bs, work, work_prob, False, class_names,
+                class_values, meta, workers, scheduler, client, temps)
+    mask_tmp, prob_tmp = _partial(dst), _partial(probabilities) if probabilities else None
+    temps += [t for t in (mask_tmp, prob_tmp) if t is not None]
+    W, H = profile["width"], profile["height"]
+    grid = dict(crs=profile["crs"], transform=profile["transform"], width=W, height=H,
+                resampling=Resampling.nearest)
+    with rasterio.open(src) as orig, rasterio.open(work) as wm, WarpedVRT(wm, **grid) as vm, \
+            _Outputs(profile, mask_tmp, prob_tmp, class_names, class_values,
+                     dict(meta, resampled_from=str(settings.target_res)), final=not cog) as outputs:
+        wp = rasterio.open(work_prob) if work_prob else None
+        vp = WarpedVRT(wp, **grid) if wp is not None else None
+        try:
+            for y0 in range(0, H, BLOCKSIZE):
+                win = Window(0, y0, W, min(BLOCKSIZE, H - y0))
+                cls = vm.read(1, window=win)
+                prb = vp.read(window=win) if vp is not None else None
+                valid = _valid_rows(orig, y0, y0 + win.height)
+                if valid is not None:
+                    cls[~valid] = NODATA
+                    if prb is not None:
+                        prb[:, ~valid] = NODATA
+                outputs.write(y0, cls, prb)
+        finally:
+            for ds in (vp, wp):
+                if ds is not None:
+                    ds.close()
+    _publish(mask_tmp, dst, cog, "NEAREST", temps)
+    if prob_tmp is not None and probabilities is not None:
+        _publish(prob_tmp, probabilities, cog, "AVERAGE", temps)
+
+
+def output_paths(inputs: list[Path], out: Path) -> list[Path]:
+    """Mask paths for ``inputs``: ``out`` itself for one input with a .tif name, else out/<name>."""
+    if len(inputs) == 1 and out.suffix.lower() in (".tif", ".tiff"):
+        return [out]
+    return [out / f"{p.stem}.tif" for p in inputs]
+
+
+def probability_path(mask: Path) -> Path:
+    """``<mask stem>_prob.tif`` next to the mask."""
+    return mask.with_name(f"{mask.stem}_prob.tif")
+
+
+def _expand(inputs: list[Path] | list[str]) -> list[Path]:
+    try:
+        from geoseg import catalog
+
+        return list(catalog.find_rasters([str(p) for p in inputs]))
+    except ImportError:
+        pass
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += sorted(q for q in p.rglob("*") if q.suffix.lower() in (".tif", ".tiff"))
+        elif p.exists():
+            found.append(p)
+        else:
+            import glob
+
+            hits = sorted(Path(h) for h in glob.glob(str(item), recursive=True))
+            if not hits:
+                raise InputNotFoundError(f"{item}: no such file, folder or glob match; check the path")
+            found += hits
+    if not found:
+        raise InputNotFoundError(f"{inputs}: no GeoTIFFs (*.tif, *.tiff) found; check the paths")
+    return found
+
+
+def predict(
+    checkpoint: Path,
+    inputs: list[Path] | list[str],
+    out: Path,
+    *,
+    probabilities: bool = False,
+    overwrite: bool = False,
+    workers: int = 1,
+    scheduler: str | None = None,
+    vectorize: Path | None = None,
+    **kwargs: Any,
+) -> list[Path]:
+    """Predict several rasters (files, folders, globs): one mask per input.
+
+    With one input and ``out`` ending in .tif, ``out`` is the mask; otherwise ``out`` is a folder
+    and each mask keeps its input's base name. ``probabilities`` adds ``<mask>_prob.tif``.
+    ``vectorize``: also write building footprints (one GeoPackage, or a folder of them for several
+    inputs) with :func:`geoseg.vectorize.vectorize`. Other keyword arguments are those of
+    :func:`predict_raster`. All outputs are checked for existence before any work starts.
+    """
+    out = Path(out)
+    paths = _expand(inputs)
+    masks = output_paths(paths, out)
+    if len(set(masks)) != len(masks):
+        raise ConfigError(f"two inputs share a base name, so their masks would collide in {out}; "
+                          "predict them into different --out folders")
+    gpkgs: list[Path | None] = [None] * len(masks)
+    if vectorize is not None:
+        vectorize = Path(vectorize)
+        gpkgs = [vectorize] if len(masks) == 1 and vectorize.suffix else [
+            vectorize / f"{m.stem}.gpkg" for m in masks]
+        try:
+            from geoseg import vectorize as _vec  # noqa: F401
+        except ImportError:
+            raise ConfigError("--vectorize needs geoseg.vectorize, which is not installed in this "
+                              "build; run `geoseg vectorize MASK` later instead") from None
+    for m, g in zip(masks, gpkgs):
+        for p in (m, probability_path(m) if probabilities else None, g):
+            if p is not None and p.exists() and not overwrite:
+                raise OutputExistsError(f"{p} exists; pass --overwrite to replace it or choose another --out")
+    for m in masks:
+        m.parent.mkdir(parents=True, exist_ok=True)
+    with client_for(workers, scheduler) if kwargs.get("client") is None else nullcontext(
+            kwargs.pop("client")) as client:
+        for src, m, g in zip(paths, masks, gpkgs):
+            prob = probability_path(m) if probabilities else None
+            predict_raster(src, m, checkpoint=Path(checkpoint), probabilities=prob,
+                           overwrite=overwrite, client=client, **kwargs)
+            if g is not None:
+                from geoseg import vectorize as vec
+
+                g.parent.mkdir(parents=True, exist_ok=True)
+                vec.vectorize(m, g, probabilities=prob, overwrite=overwrite)
+    return masks
