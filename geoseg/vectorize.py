@@ -1,0 +1,592 @@
+"""Masks to footprints: class-id GeoTIFF -> valid polygons in the raster's CRS -> GeoPackage.
+
+``polygons`` reads the mask in blocks (memory bounded by ``block_size``), polygonises each block
+with :func:`rasterio.features.shapes` (always with the block's ``transform=``, so coordinates are
+in the raster's CRS), merges the polygons that cross block seams into one, then cleans up
+(minimum area in m², simplification in metres, optional right-angle regularisation) and adds the
+attributes ``class_id``, ``class_name``, ``area_m2``, ``perimeter_m`` and ``confidence``.
+``write`` saves a GeoDataFrame atomically (GeoPackage with a spatial index, GeoJSON or
+Shapefile, chosen by extension).
+
+Masks are uint8 class ids; ``nodata`` (normally 255) is never polygonised. Class names come from
+the mask's ``class_names`` dataset tag (a JSON list, as ``geoseg infer`` writes it); without it
+they are ``class_<id>``, or ``background``/``building`` for a two-class mask.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio.features import rasterize, shapes
+from rasterio.windows import Window
+
+from geoseg import progress
+from geoseg.errors import ConfigError, InputNotFoundError, OutputExistsError, RasterError
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["class_id", "class_name", "area_m2", "perimeter_m", "confidence"]
+DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".shp": "ESRI Shapefile"}
+#: Below this IoU with the polygon it came from, a regularised outline is rejected.
+REGULARIZE_MIN_IOU = 0.7
+_METRES_PER_DEGREE = 111_320.0  # one degree of latitude (and at most one of longitude)
+
+
+# ----------------------------------------------------------------------------- class names
+
+
+def class_names(mask: Path | str) -> list[str]:
+    """The class names of a mask GeoTIFF, index = class id.
+
+    Read from the ``class_names`` dataset tag (a JSON list, or comma-separated); without it the
+    mask is scanned for its largest class id (nodata excluded): ``['background', 'building']``
+    for ids 0-1, else ``class_0 ... class_<max>``.
+    """
+    with _open_raster(Path(mask)) as src:
+        return _class_names(src)
+
+
+def _class_names(src: rasterio.DatasetReader) -> list[str]:
+    for tags in (src.tags(), src.tags(1)):
+        for key, value in tags.items():
+            if key.lower() != "class_names":
+                continue
+            try:
+                names = json.loads(value)
+            except ValueError:
+                names = [n.strip() for n in value.split(",")]
+            if isinstance(names, list) and names:
+                return [str(n) for n in names]
+    top = _max_class_id(src)
+    return ["background", "building"] if top <= 1 else [f"class_{i}" for i in range(top + 1)]
+
+
+def _max_class_id(src: rasterio.DatasetReader) -> int:
+    """Largest class id in band 1 outside nodata, read block by block."""
+    top = 0
+    nodata = src.nodata if src.nodata is not None else 255
+    for _, window in src.block_windows(1):
+        block = src.read(1, window=window)
+        valid = block[block != nodata]
+        if valid.size:
+            top = max(top, int(valid.max()))
+    return top
+
+
+def select_classes(names: Sequence[str], classes: Sequence[str | int] | None,
+                   mask: Path | str = "mask") -> list[int]:
+    """Class ids for names/ids given by the user (``building``, ``1``, ``class_3``).
+
+    ``None`` selects every class except the background (id 0 or a class named ``background``).
+    Raises ConfigError naming the mask and its classes for an unknown class.
+    """
+    if not classes:
+        return [i for i, n in enumerate(names) if i != 0 and n.lower() != "background"]
+    lookup = {n.lower(): i for i, n in enumerate(names)}
+    ids: list[int] = []
+    for c in classes:
+        key = str(c).strip().lower()
+        if key in lookup:
+            ids.append(lookup[key])
+        elif key.isdigit() and int(key) < len(names):
+            ids.append(int(key))
+        elif key.startswith("class_") and key[6:].isdigit() and int(key[6:]) < len(names):
+            ids.append(int(key[6:]))
+        else:
+            listed = ", ".join(f"{i}={n}" for i, n in enumerate(names))
+            raise ConfigError(f"{mask}: class {c!r} is not in the mask's classes ({listed}); "
+                              f"pass --class with one of these names or ids")
+    return sorted(set(ids))
+
+
+# ----------------------------------------------------------------------------- polygonise
+
+
+def polygons(
+    mask: Path | str,
+    *,
+    classes: Sequence[str | int] | None = None,
+    probabilities: Path | str | None = None,
+    min_area_m2: float = 0.0,
+    simplify_m: float = 0.0,
+    regularize: bool = False,
+    block_size: int = 2048,
+    allow_ungeoreferenced: bool = False,
+) -> Any:  # geopandas.GeoDataFrame
+    """Polygons of the connected regions of the chosen classes of a mask GeoTIFF.
+
+    Args:
+        mask: uint8 class-id GeoTIFF (band 1); its nodata value (255 by default) is skipped.
+        classes: class names or ids to polygonise; default every class but the background.
+        probabilities: optional probability raster on the mask's grid, one band per class
+            (uint8 scaled 0-255, or float 0-1); gives each polygon's ``confidence``, the mean
+            probability of its class over its pixels.
+        min_area_m2: drop regions smaller than this, in square metres (computed in a projected
+            CRS, also for geographic rasters).
+        simplify_m: Douglas-Peucker tolerance in metres (topology preserved); 0 keeps the exact
+            pixel outlines.
+        regularize: square building outlines (edges snapped to the dominant orientation);
+            outlines that would be invalid or differ too much stay as they were.
+        block_size: side of the blocks read at once, in pixels. Memory is about
+            ``block_size² × (1 + 4 × probability bands)`` bytes plus the polygons.
+        allow_ungeoreferenced: accept a mask without a CRS (areas then in its transform units).
+
+    Returns:
+        A GeoDataFrame in the mask's CRS, one valid Polygon per connected region (holes kept),
+        with columns ``class_id``, ``class_name``, ``area_m2``, ``perimeter_m``, ``confidence``
+        (NaN without probabilities).
+    """
+    import geopandas as gpd
+
+    mask = Path(mask)
+    if block_size < 2:
+        raise ConfigError(f"block_size={block_size} is too small; use e.g. 2048 (pixels)")
+    with _open_raster(mask) as src:
+        if src.crs is None and not allow_ungeoreferenced:
+            raise RasterError(f"{mask}: the mask has no CRS, so polygons cannot be placed on the "
+                              "map; fix the file (e.g. gdal_edit.py -a_srs) or pass "
+                              "--allow-ungeoreferenced")
+        names = _class_names(src)
+        ids = select_classes(names, classes, mask)
+        crs = _gpd_crs(src.crs)
+        transform = src.transform
+        prob = _ProbabilityReader(Path(probabilities), src, names, ids) if probabilities else None
+        try:
+            geoms, class_id, conf_sum, conf_n = _polygonize(src, ids, block_size, prob)
+        finally:
+            if prob is not None:
+                prob.close()
+
+    gdf = gpd.GeoDataFrame({"class_id": class_id.astype("int32")}, geometry=geoms, crs=crs)
+    if min_area_m2 > 0 and len(gdf):
+        gdf = gdf[_metric_area_length(gdf)[0] >= min_area_m2]
+    geometry = gdf.geometry.values.to_numpy() if len(gdf) else np.empty(0, dtype=object)
+    keep = gdf.index.to_numpy()
+    tol = _crs_units(simplify_m, crs, gdf) if simplify_m > 0 else 0.0
+    if tol > 0:
+        geometry = shapely.simplify(geometry, tol, preserve_topology=True)
+    if regularize and len(geometry):
+        pixel = math.sqrt(abs(transform.determinant))
+        geometry = regularize_polygons(geometry, tolerance=max(tol, pixel))
+    geometry, parts_of = _valid_polygons(geometry)
+    keep = keep[parts_of]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = conf_sum[keep] / conf_n[keep] if prob is not None else np.full(len(keep), np.nan)
+    out = gpd.GeoDataFrame(
+        {"class_id": class_id[keep].astype("int32"),
+         "class_name": np.array(names, dtype=object)[class_id[keep]] if len(keep) else
+         np.empty(0, dtype=object)},
+        geometry=geometry, crs=crs,
+    )
+    area, length = _metric_area_length(out)
+    out["area_m2"] = area
+    out["perimeter_m"] = length
+    out["confidence"] = confidence.astype("float64")
+    log.info("%s: %d polygons of %s", mask, len(out), ", ".join(names[i] for i in ids))
+    return out[[*COLUMNS, "geometry"]].reset_index(drop=True)
+
+
+def _polygonize(src: rasterio.DatasetReader, ids: list[int], block_size: int,
+                prob: _ProbabilityReader | None) -> tuple[np.ndarray, ...]:
+    """Block pass + seam merge. Returns geometries (CRS), class ids, confidence sums, counts."""
+    transform = src.transform
+    inverse = ~transform
+    windows = list(_blocks(src.width, src.height, block_size))
+    geoms, values, on_seam, sums, counts = [], [], [], [], []
+    block_of: list[np.ndarray] = []
+    nodata = src.nodata if src.nodata is not None else 255
+    wanted = np.array([i for i in ids if i != nodata], dtype=np.int64)
+    with progress.bar(len(windows), "vectorize", unit="blocks") as bar:
+        for b, window in enumerate(windows):
+            block = src.read(1, window=window)
+            selected = np.isin(block, wanted)
+            if not selected.any():
+                bar.advance()
+                continue
+            wt = src.window_transform(window)
+            g, v = _shapes(block, selected, wt)
+            geoms.append(g)
+            values.append(v)
+            block_of.append(np.full(len(g), b, dtype=np.int64))
+            on_seam.append(_touches_inner_edge(g, inverse, window, src.width, src.height))
+            if prob is not None:
+                s, n = prob.sums(g, v, window, wt)
+                sums.append(s)
+                counts.append(n)
+            bar.advance()
+    if not geoms:
+        empty = np.empty(0)
+        return np.empty(0, dtype=object), np.empty(0, dtype=np.int64), empty, empty
+    g = np.concatenate(geoms)
+    v = np.concatenate(values)
+    seam = np.concatenate(on_seam)
+    s = np.concatenate(sums) if sums else np.zeros(len(g))
+    n = np.concatenate(counts) if counts else np.zeros(len(g))
+    if not seam.any():
+        return g, v, s, n
+    mg, mv, ms, mn = _merge_seams(g[seam], v[seam], s[seam], n[seam], transform)
+    keep = ~seam
+    return (np.concatenate([g[keep], mg]), np.concatenate([v[keep], mv]),
+            np.concatenate([s[keep], ms]), np.concatenate([n[keep], mn]))
+
+
+def _blocks(width: int, height: int, size: int) -> Iterator[Window]:
+    for row in range(0, height, size):
+        for col in range(0, width, size):
+            yield Window(col, row, min(size, width - col), min(size, height - row))
+
+
+def _shapes(block: np.ndarray, selected: np.ndarray, transform: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Polygons of the selected regions of one block, in CRS coordinates, and their class ids."""
+    # rasterio.features.shapes yields GeoJSON-like dicts one by one; collecting them into flat
+    # coordinate arrays and building all polygons in one shapely call is the cheapest conversion
+    # (shapely.geometry.shape per dict costs about twice as much).
+    rings: list[Any] = []
+    ring_counts: list[int] = []
+    vals: list[float] = []
+    for geom, value in shapes(block, mask=selected, connectivity=4, transform=transform):
+        coords = geom["coordinates"]
+        rings.extend(coords)
+        ring_counts.append(len(coords))
+        vals.append(value)
+    ring_len = np.fromiter((len(r) for r in rings), dtype=np.int64, count=len(rings))
+    xy = np.fromiter((c for r in rings for p in r for c in p), dtype=np.float64,
+                     count=2 * int(ring_len.sum())).reshape(-1, 2)
+    ring_offsets = np.concatenate([[0], np.cumsum(ring_len)])
+    geom_offsets = np.concatenate([[0], np.cumsum(ring_counts)])
+    polys = shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy,
+                                      (ring_offsets, geom_offsets))
+    return polys, np.asarray(vals, dtype=np.int64)
+
+
+def _touches_inner_edge(geoms: np.ndarray, inverse: Any, window: Window, width: int,
+                        height: int) -> np.ndarray:
+    """True for polygons whose pixel bounds reach an edge of the block shared with another block."""
+    b = shapely.bounds(geoms)
+    # Bounds corners to pixel space; for rotated transforms this over-selects, which is harmless
+    # (an extra candidate is merged with nothing).
+    xs = b[:, [0, 2, 0, 2]]
+    ys = b[:, [1, 1, 3, 3]]
+    cols = inverse.a * xs + inverse.b * ys + inverse.c
+    rows = inverse.d * xs + inverse.e * ys + inverse.f
+    c0, c1 = cols.min(1), cols.max(1)
+    r0, r1 = rows.min(1), rows.max(1)
+    left, top = window.col_off, window.row_off
+    right, bottom = left + window.width, top + window.height
+    eps = 1e-6
+    seam = np.zeros(len(geoms), dtype=bool)
+    if left > 0:
+        seam |= c0 <= left + eps
+    if top > 0:
+        seam |= r0 <= top + eps
+    if right < width:
+        seam |= c1 >= right - eps
+    if bottom < height:
+        seam |= r1 >= bottom - eps
+    return seam
+
+
+def _merge_seams(geoms: np.ndarray, values: np.ndarray, sums: np.ndarray, counts: np.ndarray,
+                 transform: Any) -> tuple[np.ndarray, ...]:
+    """Union the seam polygons that share an edge (same class) into one polygon each.
+
+    Every vertex from ``shapes`` is a pixel corner, so the candidates are taken to whole pixel
+    coordinates first: the two sides of a seam then coincide exactly (in CRS units they can
+    differ in the last bit, block origins being computed separately), and the union is exact.
+    Regions that touch only at a corner stay apart, as with 4-connectivity on the whole raster.
+    """
+    inverse = ~transform
+    px = shapely.transform(geoms, lambda xy: np.rint(_apply(inverse, xy)))
+    out_g, out_v, out_s, out_n = [], [], [], []
+    for cls in np.unique(values):
+        members = np.flatnonzero(values == cls)
+        # One cascaded union per class: the parts of the result are exactly the edge-connected
+        # groups (corner contacts give separate parts of a MultiPolygon).
+        merged = shapely.get_parts(shapely.union_all(px[members]))
+        merged = merged[shapely.get_type_id(merged) == shapely.GeometryType.POLYGON]
+        # Which merged part each member went into: a point inside the member lies in one part.
+        inside = shapely.point_on_surface(px[members])
+        member_idx, part_idx = shapely.STRtree(merged).query(inside, predicate="intersects")
+        first = np.unique(member_idx, return_index=True)[1]
+        member_idx, part_idx = member_idx[first], part_idx[first]
+        out_s.append(np.bincount(part_idx, weights=sums[members][member_idx], minlength=len(merged)))
+        out_n.append(np.bincount(part_idx, weights=counts[members][member_idx], minlength=len(merged)))
+        out_g.append(shapely.transform(merged, lambda xy: _apply(transform, xy)))
+        out_v.append(np.full(len(merged), cls, dtype=np.int64))
+    return (np.concatenate(out_g), np.concatenate(out_v), np.concatenate(out_s),
+            np.concatenate(out_n))
+
+
+def _apply(affine: Any, xy: np.ndarray) -> np.ndarray:
+    """An affine transform applied to an (N, 2) coordinate array."""
+    x, y = xy[:, 0], xy[:, 1]
+    return np.column_stack([affine.a * x + affine.b * y + affine.c,
+                            affine.d * x + affine.e * y + affine.f])
+
+
+class _ProbabilityReader:
+    """Per-block sums of a class probability over polygon pixels (for ``confidence``)."""
+
+    def __init__(self, path: Path, mask: rasterio.DatasetReader, names: list[str],
+                 ids: list[int]) -> None:
+        self.path = path
+        self.src = _open_raster(path)
+        s = self.src
+        if (s.width, s.height) != (mask.width, mask.height) or not s.transform.almost_equals(
+                mask.transform):
+            s.close()
+            raise RasterError(f"{path}: probability grid {s.width}x{s.height} {tuple(s.transform)[:6]} "
+                              f"differs from the mask's {mask.width}x{mask.height} "
+                              f"{tuple(mask.transform)[:6]}; pass the *_prob.tif written with this mask")
+        if s.count == len(names):
+            band = {i: i + 1 for i in ids}
+        elif s.count == 1 and ids == [len(names) - 1]:
+            band = {ids[0]: 1}  # a single band: the probability of the (last) foreground class
+        else:
+            s.close()
+            raise RasterError(f"{path}: {s.count} probability bands but the mask has "
+                              f"{len(names)} classes; expected one band per class")
+        self.bands = sorted(band.values())
+        self.slot = np.zeros(max(ids) + 1, dtype=np.int64)
+        for cls, b in band.items():
+            self.slot[cls] = self.bands.index(b)
+        self.scale = 1 / 255 if np.dtype(s.dtypes[0]) == np.uint8 else 1.0
+
+    def sums(self, geoms: np.ndarray, values: np.ndarray, window: Window,
+             transform: Any) -> tuple[np.ndarray, np.ndarray]:
+        n = len(geoms)
+        ids = rasterize(zip(geoms, range(1, n + 1)), out_shape=(int(window.height), int(window.width)),
+                        transform=transform, fill=0, dtype="int32")
+        rows, cols = np.nonzero(ids)
+        poly = ids[rows, cols] - 1
+        data = self.src.read(self.bands, window=window)
+        p = data[self.slot[values[poly]], rows, cols].astype(np.float64) * self.scale
+        return (np.bincount(poly, weights=p, minlength=n),
+                np.bincount(poly, minlength=n).astype(np.float64))
+
+    def close(self) -> None:
+        self.src.close()
+
+
+# ----------------------------------------------------------------------------- clean-up
+
+
+def regularize_polygons(geoms: np.ndarray, *, tolerance: float,
+                        min_iou: float = REGULARIZE_MIN_IOU) -> np.ndarray:
+    """Building-like outlines: every edge parallel or perpendicular to the dominant orientation.
+
+    The orientation is that of each polygon's minimum rotated rectangle. In that rotated frame
+    the (simplified) rings' edges are classed horizontal or vertical, runs of one class become
+    one straight line at their length-weighted mean position, and corners are where consecutive
+    lines cross. A result that is invalid, or whose IoU with the input is below ``min_iou``,
+    falls back to the simplified input. Hand-written (array-wise over all rings) because
+    shapely has no orthogonalisation; ``tolerance`` (CRS units, about a pixel) removes the pixel
+    staircase first.
+    """
+    geoms = np.asarray(geoms, dtype=object)
+    base = shapely.simplify(geoms, tolerance, preserve_topology=True)
+    env = shapely.oriented_envelope(base)
+    angle = np.zeros(len(geoms))
+    is_poly = shapely.get_type_id(env) == shapely.GeometryType.POLYGON
+    if is_poly.any():
+        ring = shapely.get_coordinates(shapely.get_exterior_ring(env[is_poly])).reshape(-1, 5, 2)
+        d = ring[:, 1] - ring[:, 0]
+        angle[is_poly] = np.mod(np.arctan2(d[:, 1], d[:, 0]), np.pi / 2)
+    centre = shapely.get_coordinates(shapely.centroid(base))
+    rotated = _rotate(base, -angle, centre)
+
+    rings, poly_of_ring = shapely.get_rings(rotated, return_index=True)
+    xy, ring_of = shapely.get_coordinates(rings, return_index=True)
+    same = ring_of[1:] == ring_of[:-1]
+    start = xy[:-1][same]
+    d = (xy[1:] - xy[:-1])[same]
+    edge_ring = ring_of[:-1][same]
+    horizontal = np.abs(d[:, 0]) >= np.abs(d[:, 1])
+    length = np.hypot(d[:, 0], d[:, 1])
+    mid = start + d / 2
+    # Runs of consecutive edges of one direction within a ring (the last run of a ring joins the
+    # first when both have the same direction: rings are closed).
+    new_ring = np.r_[True, edge_ring[1:] != edge_ring[:-1]]
+    run_start = new_ring | np.r_[True, horizontal[1:] != horizontal[:-1]]
+    run = np.cumsum(run_start) - 1
+    first_edge = np.flatnonzero(new_ring)
+    last_edge = np.r_[first_edge[1:], len(edge_ring)] - 1
+    wrap = (horizontal[first_edge] == horizontal[last_edge]) & (run[first_edge] != run[last_edge])
+    remap = np.arange(run.max() + 1 if len(run) else 0)
+    remap[run[last_edge[wrap]]] = run[first_edge[wrap]]
+    run = remap[run]
+    run_ids, run = np.unique(run, return_inverse=True)
+    nrun = len(run_ids)
+    weight = np.bincount(run, weights=length, minlength=nrun)
+    pos = np.where(horizontal, mid[:, 1], mid[:, 0])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        level = np.bincount(run, weights=length * pos, minlength=nrun) / weight
+    run_h = np.zeros(nrun, dtype=bool)
+    run_h[run] = horizontal
+    run_ring = np.zeros(nrun, dtype=np.int64)
+    run_ring[run] = edge_ring
+    # Runs in ring order (run ids increase along each ring; the wrapped run keeps its first id).
+    runs_per_ring = np.bincount(run_ring, minlength=len(rings))
+    ring_ok = (runs_per_ring >= 4) & (runs_per_ring % 2 == 0)
+    nxt = np.arange(1, nrun + 1)
+    ring_first = np.r_[0, np.cumsum(runs_per_ring)[:-1]]
+    last_of_ring = np.r_[run_ring[1:] != run_ring[:-1], True]
+    nxt[last_of_ring] = ring_first[run_ring[last_of_ring]]
+    nxt = np.minimum(nxt, nrun - 1) if nrun else nxt
+    vx = np.where(run_h, level[nxt], level)
+    vy = np.where(run_h, level, level[nxt])
+    good = ring_ok[run_ring]
+    # Rings that cannot be squared keep their (rotated, simplified) coordinates.
+    keep_old = ~ring_ok[ring_of]
+    coords = np.concatenate([np.column_stack([vx, vy])[good], xy[keep_old]])
+    coord_ring = np.concatenate([run_ring[good], ring_of[keep_old]])
+    order = np.argsort(coord_ring, kind="stable")
+    new_rings = shapely.linearrings(coords[order], indices=coord_ring[order])
+    result = np.full(len(geoms), None, dtype=object)
+    if len(new_rings):
+        shapely.polygons(new_rings, indices=poly_of_ring, out=result)
+    result = _rotate(result, angle, centre)
+    inter = shapely.area(shapely.intersection(result, geoms))
+    union = shapely.area(geoms) + shapely.area(result) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, inter / union, 0.0)
+    bad = ~shapely.is_valid(result) | (iou < min_iou) | shapely.is_empty(result)
+    bad |= shapely.get_type_id(result) != shapely.GeometryType.POLYGON
+    if bad.any():
+        log.debug("regularize: %d of %d outlines kept unsquared", int(bad.sum()), len(geoms))
+    return np.where(bad, base, result)
+
+
+def _rotate(geoms: np.ndarray, angle: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Rotate each geometry by its own angle (radians, counter-clockwise) about its centre."""
+    xy, idx = shapely.get_coordinates(geoms, return_index=True)
+    if not len(xy):
+        return geoms
+    c, s = np.cos(angle[idx]), np.sin(angle[idx])
+    rel = xy - centre[idx]
+    out = centre[idx] + np.column_stack([c * rel[:, 0] - s * rel[:, 1], s * rel[:, 0] + c * rel[:, 1]])
+    return shapely.set_coordinates(geoms.copy(), out)
+
+
+def _valid_polygons(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Repair invalid geometries and split multi-part results; returns parts and their source."""
+    geoms = np.asarray(geoms, dtype=object)
+    if not len(geoms):
+        return geoms, np.empty(0, dtype=np.int64)
+    invalid = ~shapely.is_valid(geoms)
+    if invalid.any():
+        geoms = geoms.copy()
+        geoms[invalid] = shapely.make_valid(geoms[invalid])
+    parts, source = shapely.get_parts(geoms, return_index=True)
+    keep = (shapely.get_type_id(parts) == shapely.GeometryType.POLYGON) & ~shapely.is_empty(parts)
+    keep &= shapely.area(parts) > 0
+    return parts[keep], source[keep]
+
+
+def _metric_area_length(gdf: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Area (m²) and perimeter (m) of each geometry, in a projected CRS."""
+    if not len(gdf):
+        return np.empty(0), np.empty(0)
+    crs = gdf.crs
+    if crs is None:
+        geoms = gdf.geometry.values.to_numpy()
+        return shapely.area(geoms), shapely.length(geoms)
+    if crs.is_geographic:
+        geoms = gdf.geometry.to_crs(gdf.geometry.estimate_utm_crs()).values.to_numpy()
+        return shapely.area(geoms), shapely.length(geoms)
+    factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    geoms = gdf.geometry.values.to_numpy()
+    return shapely.area(geoms) * factor**2, shapely.length(geoms) * factor
+
+
+def _crs_units(metres: float, crs: Any, gdf: Any) -> float:
+    """A length in metres as CRS units (degrees: per degree of latitude, the conservative way)."""
+    if crs is None:
+        return metres
+    if crs.is_geographic:
+        return metres / _METRES_PER_DEGREE
+    factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    return metres / factor
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def write(gdf: Any, out: Path | str, *, layer: str = "footprints", overwrite: bool = False) -> Path:
+    """Write polygons atomically: GeoPackage (with spatial index), GeoJSON or Shapefile by extension.
+
+    The file is written under a temporary name in the same folder and renamed when complete, so a
+    reader never sees half a file. An empty GeoDataFrame gives an empty layer with the schema and
+    the CRS. ``layer`` names the GeoPackage layer (ignored by the other formats).
+    """
+    out = Path(out)
+    driver = DRIVERS.get(out.suffix.lower())
+    if driver is None:
+        raise ConfigError(f"{out}: unknown vector format {out.suffix!r}; use .gpkg, .geojson or .shp")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp = tmp_dir / out.name
+        kwargs: dict[str, Any] = {"driver": driver, "engine": "pyogrio", "geometry_type": "Polygon"}
+        if driver == "GPKG":
+            kwargs["layer"] = layer
+            kwargs["SPATIAL_INDEX"] = "YES"
+        gdf.to_file(tmp, **kwargs)
+        if driver == "ESRI Shapefile":
+            stem = out.with_suffix("")
+            for part in tmp_dir.iterdir():
+                os.replace(part, stem.with_suffix(part.suffix))
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    log.info("wrote %d polygons to %s", len(gdf), out)
+    return out
+
+
+def vectorize(mask: Path | str, out: Path | str, *, layer: str = "footprints",
+              overwrite: bool = False, **kwargs: Any) -> Path:
+    """``polygons(mask, **kwargs)`` written to ``out`` (see :func:`polygons`, :func:`write`)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
+    if out.suffix.lower() not in DRIVERS:
+        raise ConfigError(f"{out}: unknown vector format {out.suffix!r}; use .gpkg, .geojson or .shp")
+    gdf = polygons(mask, **kwargs)
+    return write(gdf, out, layer=layer, overwrite=overwrite)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _open_raster(path: Path) -> rasterio.DatasetReader:
+    if not path.exists():
+        raise InputNotFoundError(f"{path}: no such file; check the path")
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as err:
+        raise RasterError(f"{path}: not a readable raster ({str(err).splitlines()[0]}); "
+                          "pass a GeoTIFF mask") from None
+
+
+def _gpd_crs(crs: Any) -> Any:
+    """A pyproj CRS from a rasterio CRS, through WKT (custom CRSs have no EPSG code)."""
+    if crs is None:
+        return None
+    from pyproj import CRS
+
+    epsg = crs.to_epsg(confidence_threshold=100)
+    return CRS.from_epsg(epsg) if epsg else CRS.from_wkt(crs.to_wkt())
