@@ -1,0 +1,129 @@
+"""The window grid, the blending weights, and stitching: stitched == direct for a pointwise model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rasterio.io import MemoryFile
+from rasterio.transform import from_origin
+
+from geoseg import infer, windows
+
+
+def _coverage(width: int, height: int, patch: int, overlap: int) -> np.ndarray:
+    hits = np.zeros((height, width), int)
+    for w in windows.grid(width, height, patch, overlap):
+        assert w.col_off >= 0 and w.row_off >= 0
+        assert w.col_off + w.width <= width and w.row_off + w.height <= height  # never outside
+        hits[w.row_off:w.row_off + w.height, w.col_off:w.col_off + w.width] += 1
+    return hits
+
+
+@pytest.mark.parametrize("width,height,patch,overlap", [
+    (100, 70, 32, 8), (64, 64, 64, 0), (65, 200, 64, 16), (10, 7, 32, 8), (1, 1, 16, 4),
+])
+def test_grid_covers_the_raster_exactly(width: int, height: int, patch: int, overlap: int) -> None:
+    assert (_coverage(width, height, patch, overlap) >= 1).all()
+
+
+def test_last_patch_is_shifted_back_inside() -> None:
+    assert windows.offsets(100, 32, 8) == [0, 24, 48, 68]
+    assert windows.offsets(80, 32, 8) == [0, 24, 48]  # 48 + 32 == 80: no extra patch
+    assert windows.offsets(20, 32, 8) == [0]
+    w = windows.grid(20, 10, 32, 8)
+    assert [(x.col_off, x.row_off, x.width, x.height) for x in w] == [(0, 0, 20, 10)]
+
+
+def test_bad_overlap_is_refused() -> None:
+    with pytest.raises(ValueError, match="overlap=32"):
+        windows.offsets(100, 32, 32)
+
+
+def test_blend_weights_are_flat_on_raster_borders_and_positive_inside() -> None:
+    w = windows.blend_weights(32, 8, left=True, top=True, right=False, bottom=False)
+    assert w.shape == (32, 32) and w.dtype == np.float32
+    assert (w[0, :24] == 1).all() and (w[:24, 0] == 1).all()  # raster border: never blanked
+    assert (w > 0).all() and (w <= 1).all()
+    assert w[-1, -1] < 0.01 and w[16, 16] == 1  # interior edge tapers, middle is 1
+    inner = windows.blend_weights(32, 8, left=False, top=False, right=False, bottom=False)
+    assert inner[0, 16] < 0.05 and inner[16, 0] < 0.05
+    # The rising and falling edges of two neighbours add up to 1 over a plain overlap.
+    r = windows.ramp(32, 8, start_flat=False, end_flat=False)
+    np.testing.assert_allclose(r[:8] + r[-8:], 1.0, atol=1e-6)
+
+
+def _pointwise(batch: np.ndarray) -> np.ndarray:
+    """An identity-like "model": each pixel's class probabilities depend on that pixel only."""
+    logits = np.stack([batch[:, 0], 2 * batch[:, 1] - batch[:, 2], -batch[:, 0] * 0.5], axis=1)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+def _settings(**kw: object) -> infer._Settings:
+    base = dict(checkpoint="", device="cpu", precision="32", tta="none", channels_last=False,
+                band_indexes=(1, 2, 3), mean=(10.0, 20.0, 30.0), std=(5.0, 10.0, 20.0),
+                num_classes=3, class_values=(0, 1, 2))
+    base.update(kw)
+    return infer._Settings(**base)  # type: ignore[arg-type]
+
+
+def _stitch(data: np.ndarray, patch: int, overlap: int, batch: int,
+            blocks: list[tuple[int, int]] | None = None) -> np.ndarray:
+    _, h, w = data.shape
+    s = _settings()
+    plan = infer._Plan.make(w, h, patch, overlap, batch)
+    out = np.full((3, h, w), np.nan, np.float32)
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", width=w, height=h, count=3, dtype="float32",
+                          transform=from_origin(0, 1000, 1, 1)) as dst:
+            dst.write(data)
+        with mem.open() as src:
+            for r0, r1 in blocks or [(0, len(plan.rows))]:
+                for y0, probs in infer._stream(src, plan, s, _pointwise, r0, r1,
+                                               threaded=r0 % 2 == 0):
+                    assert np.isnan(out[:, y0:y0 + probs.shape[1]]).all()  # each row once
+                    out[:, y0:y0 + probs.shape[1]] = probs
+    return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    height=st.integers(1, 90), width=st.integers(1, 90), patch=st.integers(4, 40),
+    overlap_frac=st.floats(0, 0.9), batch=st.integers(1, 5), seed=st.integers(0, 2**16),
+)
+def test_stitched_equals_direct(height: int, width: int, patch: int, overlap_frac: float,
+                                batch: int, seed: int) -> None:
+    """Blending never alters a pointwise model's output: no seams, no blanked borders."""
+    overlap = min(patch - 1, int(patch * overlap_frac))
+    data = np.random.default_rng(seed).normal(20, 15, (3, height, width)).astype(np.float32)
+    stitched = _stitch(data, patch, overlap, batch)
+    s = _settings()
+    norm = (data - np.array(s.mean, np.float32)[:, None, None]) / np.array(s.std, np.float32)[:, None, None]
+    direct = _pointwise(norm[None])[0]
+    np.testing.assert_allclose(stitched, direct, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(height=st.integers(1, 120), patch=st.integers(4, 24), overlap_frac=st.floats(0, 0.7),
+       batch=st.integers(1, 7), per=st.integers(1, 4))
+def test_row_blocks_are_byte_identical_to_one_pass(height: int, patch: int, overlap_frac: float,
+                                                   batch: int, per: int) -> None:
+    """What a dask block computes (halo patch rows + the same batches) is bit for bit the same."""
+    overlap = min(patch - 1, int(patch * overlap_frac))
+    data = np.random.default_rng(height).normal(20, 15, (3, height, 37)).astype(np.float32)
+    n_rows = len(windows.offsets(height, patch, overlap))
+    blocks = [(r, min(n_rows, r + per)) for r in range(0, n_rows, per)]
+    whole = _stitch(data, patch, overlap, batch)
+    pieces = _stitch(data, patch, overlap, batch, blocks)
+    assert whole.tobytes() == pieces.tobytes()
+
+
+def test_border_rows_and_columns_keep_full_weight() -> None:
+    """The outer row/column of the stitched result equals the model's output there (not 0)."""
+    data = np.random.default_rng(1).normal(20, 15, (3, 50, 61)).astype(np.float32)
+    stitched = _stitch(data, 16, 6, 3)
+    assert not np.isnan(stitched).any()
+    for edge in (stitched[:, 0], stitched[:, -1], stitched[:, :, 0], stitched[:, :, -1]):
+        np.testing.assert_allclose(edge.sum(0), 1.0, atol=1e-5)  # probabilities, never blanked
