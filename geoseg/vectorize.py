@@ -58,18 +58,40 @@ def class_names(mask: Path | str) -> list[str]:
 
 
 def _class_names(src: rasterio.DatasetReader) -> list[str]:
-    for tags in (src.tags(), src.tags(1)):
-        for key, value in tags.items():
-            if key.lower() != "class_names":
-                continue
-            try:
-                names = json.loads(value)
-            except ValueError:
-                names = [n.strip() for n in value.split(",")]
-            if isinstance(names, list) and names:
-                return [str(n) for n in names]
-    top = _max_class_id(src)
-    return ["background", "building"] if top <= 1 else [f"class_{i}" for i in range(top + 1)]
+    """Names indexed by class id (= mask value); gaps in the ids are named ``class_<id>``."""
+    table = _class_table(src)
+    if table is None:
+        top = _max_class_id(src)
+        return ["background", "building"] if top <= 1 else [f"class_{i}" for i in range(top + 1)]
+    names = [f"class_{i}" for i in range(max(table) + 1)]
+    for value, name in table.items():
+        names[value] = name
+    return names
+
+
+def _class_table(src: rasterio.DatasetReader) -> dict[int, str] | None:
+    """Mask value -> class name from the tags ``geoseg infer`` writes, in tag order.
+
+    ``class_names`` (JSON list, or comma-separated) with optional ``class_ids`` (JSON list of the
+    mask values, default 0..K-1); else band-1 tags ``CLASS_<value>=<name>``.
+    """
+    tags = {k.lower(): v for k, v in src.tags().items()}
+    if "class_names" in tags:
+        raw = tags["class_names"]
+        try:
+            names = json.loads(raw)
+        except ValueError:
+            names = [n.strip() for n in raw.split(",")]
+        try:
+            ids = json.loads(tags["class_ids"]) if "class_ids" in tags else list(range(len(names)))
+        except ValueError:
+            ids = list(range(len(names)))
+        if isinstance(names, list) and names and len(ids) == len(names):
+            return {int(i): str(n) for i, n in zip(ids, names)}
+    band = {k[6:]: v for k, v in src.tags(1).items() if k.upper().startswith("CLASS_")}
+    if band and all(k.isdigit() for k in band):
+        return {int(k): v for k, v in sorted(band.items(), key=lambda kv: int(kv[0]))}
+    return None
 
 
 def _max_class_id(src: rasterio.DatasetReader) -> int:
@@ -349,19 +371,27 @@ class _ProbabilityReader:
             raise RasterError(f"{path}: probability grid {s.width}x{s.height} {tuple(s.transform)[:6]} "
                               f"differs from the mask's {mask.width}x{mask.height} "
                               f"{tuple(mask.transform)[:6]}; pass the *_prob.tif written with this mask")
-        if s.count == len(names):
-            band = {i: i + 1 for i in ids}
-        elif s.count == 1 and ids == [len(names) - 1]:
-            band = {ids[0]: 1}  # a single band: the probability of the (last) foreground class
+        table = _class_table(mask)
+        order = list(table) if table else list(range(len(names)))  # class value of each band
+        if s.count == len(order) and all(i in order for i in ids):
+            band = {i: order.index(i) + 1 for i in ids}
+        elif s.count == 1 and len(ids) == 1:
+            band = {ids[0]: 1}  # a single band: the probability of the one class asked for
         else:
             s.close()
             raise RasterError(f"{path}: {s.count} probability bands but the mask has "
-                              f"{len(names)} classes; expected one band per class")
+                              f"{len(order)} classes; expected one band per class")
         self.bands = sorted(band.values())
         self.slot = np.zeros(max(ids) + 1, dtype=np.int64)
         for cls, b in band.items():
             self.slot[cls] = self.bands.index(b)
-        self.scale = 1 / 255 if np.dtype(s.dtypes[0]) == np.uint8 else 1.0
+        # Integer bands hold p scaled to 0-255 (or to the band scale, e.g. 1/254 from geoseg
+        # infer, which keeps 255 for nodata); float bands hold p itself.
+        scale = s.scales[self.bands[0] - 1]
+        if np.dtype(s.dtypes[0]).kind in "ui":
+            self.scale = scale if scale not in (0, 1) else 1 / 255
+        else:
+            self.scale = 1.0
 
     def sums(self, geoms: np.ndarray, values: np.ndarray, window: Window,
              transform: Any) -> tuple[np.ndarray, np.ndarray]:

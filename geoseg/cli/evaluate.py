@@ -1,0 +1,45 @@
+"""``geoseg evaluate``: pixel metrics (masks) or building F1 (polygons) of a prediction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from geoseg.cli._common import Overwrite, Quiet, check_output, set_quiet
+
+
+def evaluate(
+    prediction: Annotated[Path, typer.Argument(help="Predicted mask GeoTIFF or footprints file.")],
+    truth: Annotated[Path, typer.Argument(help="Truth mask GeoTIFF or polygon file.")],
+    iou_threshold: Annotated[float, typer.Option(
+        "--iou-threshold", min=0, max=1, help="A building match needs IoU strictly above this.")] = 0.5,
+    report: Annotated[Optional[Path], typer.Option(  # noqa: UP007 (typer needs Optional)
+        "--json", help="Write every figure to this JSON file.")] = None,
+    classes: Annotated[Optional[list[str]], typer.Option(  # noqa: UP007
+        "--classes", help="Class names by id, in order (repeat: --classes background --classes building).")] = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Score PREDICTION against TRUTH: two masks -> pixel IoU/F1; two polygon files -> building
+    precision/recall/F1 (SpaceNet, IoU > 0.5); a mask and polygons -> both. Exits 0 whatever the
+    score.
+
+    Example: geoseg evaluate footprints.gpkg truth.geojson --json report.json
+    """
+    set_quiet(quiet)
+    if report is not None:
+        check_output(report, overwrite)
+    from rich.console import Console
+
+    from geoseg import evaluate as lib
+
+    result = lib.evaluate(prediction, truth, iou_threshold=iou_threshold, classes=classes,
+                          report=report, overwrite=overwrite)
+    console = Console()
+    console.print(f"mode: {result['mode']}  prediction: {prediction}  truth: {truth}")
+    for table in lib.tables(result):
+        console.print(table)
+    if report is not None:
+        console.print(f"report: {report}")
