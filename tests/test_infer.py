@@ -1,0 +1,305 @@
+"""geoseg infer: georeferencing kept exactly, nodata, COG output, atomicity, TTA, dask, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from typer.testing import CliRunner
+
+from geoseg import checkpoint, infer, models
+from geoseg.cli.main import app
+
+runner = CliRunner()
+
+
+def make_checkpoint(path: Path, *, in_channels: int = 3, band_indexes: list[int] | None = None,
+                    mean: float = 100.0, std: float = 50.0, res: float | None = 0.5,
+                    patch_size: int = 32, classes: int = 2, seed: int = 0) -> Path:
+    """A tiny plain-UNet checkpoint (width 2) with a card that matches the given bands."""
+    torch.manual_seed(seed)
+    model = models.build("unet", in_channels=in_channels, num_classes=classes, width=2)
+    names = ["background", "building", "road", "water"][:classes]
+    card = checkpoint.ModelCard(
+        architecture="unet", model_args={"width": 2}, in_channels=in_channels,
+        band_names=[f"b{i}" for i in range(in_channels)],
+        band_indexes=band_indexes or list(range(1, in_channels + 1)),
+        mean=[mean] * in_channels, std=[std] * in_channels, class_names=names,
+        class_ids=list(range(classes)), patch_size=patch_size, res=res,
+    )
+    checkpoint.save(path, model=model, card=card)
+    return path
+
+
+@pytest.fixture
+def ckpt3(tmp_path: Path) -> Path:
+    return make_checkpoint(tmp_path / "rgb.ckpt")
+
+
+def _run(*args: object):
+    return runner.invoke(app, ["infer", *map(str, args), "--quiet"])
+
+
+def _same_grid(out: Path, src: Path) -> None:
+    with rasterio.open(out) as d, rasterio.open(src) as s:
+        assert (d.width, d.height) == (s.width, s.height)
+        assert d.transform == s.transform
+        if s.crs is None:
+            assert d.crs is None
+        else:
+            assert d.crs.to_wkt() == s.crs.to_wkt()
+        assert d.dtypes == ("uint8",) and d.nodata == 255
+        valid = s.dataset_mask() > 0
+        mask = d.read(1)
+        assert ((mask == 255) == ~valid).all()  # nodata exactly where the input has none
+        assert set(np.unique(mask[valid])) <= {0, 1}
+
+
+# ------------------------------------------------------------------------ real samples
+
+
+def test_real_utm_rgb_keeps_grid_and_is_a_cog(tmp_path: Path, real_data: Path, ckpt3: Path) -> None:
+    src = real_data / "rgb_utm31_4p5m.tif"
+    out = tmp_path / "mask.tif"
+    res = _run(ckpt3, src, "--out", out, "--overlap", 8, "--probabilities")
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.strip() == str(out)
+    _same_grid(out, src)
+    with rasterio.open(out) as d:
+        assert d.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert d.profile["tiled"] and d.block_shapes[0] == (512, 512)
+        assert d.tags()["class_names"] == '["background", "building"]'
+        assert d.descriptions == ("class",)
+        assert d.colormap(1)[1][3] == 255
+    prob = tmp_path / "mask_prob.tif"
+    with rasterio.open(prob) as p:
+        assert p.count == 2 and p.crs == rasterio.open(src).crs
+        v = p.read().astype(int)
+        assert np.abs(v.sum(0) - 254).max() <= 1  # p(background) + p(building) = 1
+        assert p.scales == (1 / 254, 1 / 254)
+
+
+def test_real_custom_albers_wkt_and_int16_nodata(tmp_path: Path, real_data: Path) -> None:
+    # The sample declares nodata -9999 but has none: a copy gets a corner of it (read-only source).
+    real = real_data / "albers_custom_crs_30m.tif"
+    src = tmp_path / "albers.tif"
+    with rasterio.open(real) as s:
+        assert s.crs.to_epsg() is None and s.nodata == -9999
+        profile, data = s.profile, s.read()
+    data[:, :40, :100] = -9999
+    with rasterio.open(src, "w", **profile) as d:
+        d.write(data)
+    ck = make_checkpoint(tmp_path / "albers.ckpt", mean=500, std=300, res=30.0)
+    out = tmp_path / "albers_mask.tif"
+    infer.predict_raster(src, out, checkpoint=ck, overlap=8)
+    _same_grid(out, src)
+    with rasterio.open(out) as d, rasterio.open(real) as s:
+        assert d.crs.to_wkt() == s.crs.to_wkt() and d.transform == s.transform
+        m = d.read(1)
+        assert (m[:40, :100] == 255).all() and (m[40:] != 255).all()
+
+
+def test_real_uint16_single_band(tmp_path: Path, real_data: Path) -> None:
+    src = real_data / "atlanta_pan_0p5m.tif"
+    ck = make_checkpoint(tmp_path / "pan.ckpt", in_channels=1, mean=300, std=200, patch_size=64)
+    out = tmp_path / "pan_mask.tif"
+    infer.predict_raster(src, out, checkpoint=ck, overlap=16, cog=False)
+    _same_grid(out, src)
+
+
+# ------------------------------------------------------------------------ behaviour
+
+
+def test_cog_has_overviews_on_a_bigger_raster(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
+    src = make_geotiff("big.tif", size=(700, 1100), seed=3)
+    out = tmp_path / "big_mask.tif"
+    infer.predict_raster(src, out, checkpoint=ckpt3, patch_size=64, overlap=8, batch_size=16)
+    with rasterio.open(out) as d:
+        assert d.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert d.overviews(1)[:1] == [2]  # overviews down to one 512 block
+        assert d.profile["tiled"]
+    _same_grid(out, src)
+
+
+def test_nodata_propagates_and_border_is_never_blank(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
+    data = np.random.default_rng(0).integers(1, 255, (3, 90, 70)).astype("uint8")
+    data[:, 30:40, 20:50] = 0  # all bands nodata: output 255
+    data[0, 60:70, 10:20] = 0  # one band only: still data
+    src = make_geotiff("nd.tif", data=data, nodata=0)
+    out = tmp_path / "nd_mask.tif"
+    infer.predict_raster(src, out, checkpoint=ckpt3, overlap=12, probabilities=tmp_path / "p.tif")
+    _same_grid(out, src)
+    with rasterio.open(out) as d, rasterio.open(tmp_path / "p.tif") as p:
+        m, pr = d.read(1), p.read()
+        assert (m[30:40, 20:50] == 255).all() and (m[60:70, 10:20] != 255).all()
+        for edge in (pr[:, 0], pr[:, -1], pr[:, :, 0], pr[:, :, -1]):
+            assert np.abs(edge.astype(int).sum(0) - 254).max() <= 1  # outer rows/cols: real values
+
+
+def test_smaller_than_one_patch(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
+    src = make_geotiff("tiny.tif", size=(5, 9))
+    out = tmp_path / "tiny_mask.tif"
+    infer.predict_raster(src, out, checkpoint=ckpt3, overlap=8)
+    _same_grid(out, src)
+
+
+def test_no_final_file_when_a_run_fails(tmp_path: Path, make_geotiff, ckpt3: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    src = make_geotiff("img.tif", size=(200, 200))
+    out = tmp_path / "out" / "mask.tif"
+    out.parent.mkdir()
+    calls = {"n": 0}
+    real = infer._finalize
+
+    def failing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise RuntimeError("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(infer, "_finalize", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        infer.predict_raster(src, out, checkpoint=ckpt3, overlap=8, batch_size=2,
+                             probabilities=out.with_name("p.tif"))
+    assert list(out.parent.iterdir()) == []  # no mask, no probabilities, no temp files
+
+
+class _Pointwise(torch.nn.Module):
+    """A 1x1-conv model: equivariant to every flip and rotation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("tta", ["flip", "d4"])
+def test_tta_of_an_equivariant_model_changes_nothing(tmp_path: Path, make_geotiff, ckpt3: Path,
+                                                     monkeypatch: pytest.MonkeyPatch, tta: str) -> None:
+    monkeypatch.setattr(infer, "_cached_model", lambda s: _Pointwise().eval())
+    src = make_geotiff("img.tif", size=(80, 75), seed=5)
+    outs = {}
+    for mode in ("none", tta):
+        out = tmp_path / f"{mode}.tif"
+        infer.predict_raster(src, out, checkpoint=ckpt3, overlap=8, tta=mode, cog=False,
+                             probabilities=tmp_path / f"{mode}_p.tif")
+        with rasterio.open(out) as d, rasterio.open(tmp_path / f"{mode}_p.tif") as p:
+            outs[mode] = (d.read(1), p.read().astype(int))
+    assert (outs["none"][0] == outs[tta][0]).all()
+    assert np.abs(outs["none"][1] - outs[tta][1]).max() <= 1
+
+
+def test_tta_inverts_each_transform() -> None:
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    for tta in ("flip", "d4"):
+        ops = infer._tta_ops(tta)
+        assert len(ops) == (4 if tta == "flip" else 8)
+        assert len({fwd(x).numpy().tobytes() for fwd, _ in ops}) == len(ops)
+        for fwd, inv in ops:
+            assert torch.equal(inv(fwd(x)), x)
+
+
+def test_d4_runs_with_a_real_model(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
+    src = make_geotiff("img.tif", size=(40, 40))
+    out = tmp_path / "d4.tif"
+    assert _run(ckpt3, src, "--out", out, "--tta", "d4", "--overlap", 8).exit_code == 0
+    _same_grid(out, src)
+
+
+def test_several_inputs_go_to_a_folder(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
+    a = make_geotiff("in/a.tif", size=(40, 50))
+    b = make_geotiff("in/sub/b.tiff", size=(30, 20), seed=2)
+    res = _run(ckpt3, tmp_path / "in", "--out", tmp_path / "masks", "--overlap", 8, "--no-cog")
+    assert res.exit_code == 0, res.stderr
+    _same_grid(tmp_path / "masks" / "a.tif", a)
+    _same_grid(tmp_path / "masks" / "b.tif", b)
+
+
+def test_resolution_mismatch_warns_or_resamples(tmp_path: Path, make_geotiff, caplog) -> None:
+    ck = make_checkpoint(tmp_path / "r.ckpt", res=1.0)
+    src = make_geotiff("fine.tif", size=(64, 48), transform=from_origin(500000, 5000000, 0.5, 0.5))
+    with caplog.at_level("WARNING", logger="geoseg.infer"):
+        infer.predict_raster(src, tmp_path / "a.tif", checkpoint=ck, overlap=8)
+    assert "--resample" in caplog.text
+    out = tmp_path / "b.tif"
+    infer.predict_raster(src, out, checkpoint=ck, overlap=8, resample=True,
+                         probabilities=tmp_path / "b_p.tif")
+    _same_grid(out, src)
+    with rasterio.open(out) as d:
+        assert d.tags()["resampled_from"] == "1.0"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_ungeoreferenced_only_when_allowed(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
+    src = make_geotiff("nocrs.tif", size=(40, 40), crs=None)
+    out = tmp_path / "nocrs_mask.tif"
+    res = _run(ckpt3, src, "--out", out)
+    assert res.exit_code == 1
+    assert res.stderr.count("\n") == 1 and "has no CRS" in res.stderr and "nocrs.tif" in res.stderr
+    assert not out.exists()
+    res = _run(ckpt3, src, "--out", out, "--allow-ungeoreferenced", "--overlap", 8)
+    assert res.exit_code == 0, res.stderr
+    _same_grid(out, src)
+
+
+# ------------------------------------------------------------------------ errors
+
+
+def test_band_count_mismatch_is_one_line(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
+    src = make_geotiff("four.tif", count=4)
+    res = _run(ckpt3, src, "--out", tmp_path / "m.tif")
+    assert res.exit_code == 1
+    assert res.stderr.count("\n") == 1
+    assert "four.tif" in res.stderr and "4 band(s)" in res.stderr and "expects 3" in res.stderr
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", "pickle"])
+def test_not_a_checkpoint(tmp_path: Path, make_geotiff, content: object) -> None:
+    bad = tmp_path / "bad.ckpt"
+    if content == "pickle":
+        torch.save({"model": torch.nn.Linear(2, 2)}, bad)  # a whole module: unsafe to load
+    else:
+        bad.write_bytes(content)  # type: ignore[arg-type]
+    res = _run(bad, make_geotiff(), "--out", tmp_path / "m.tif")
+    assert res.exit_code == 1
+    assert res.stderr.count("\n") == 1 and "bad.ckpt" in res.stderr
+
+
+def test_output_exists(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
+    out = tmp_path / "m.tif"
+    out.write_bytes(b"keep me")
+    res = _run(ckpt3, make_geotiff(), "--out", out)
+    assert res.exit_code == 1 and res.stderr.count("\n") == 1 and "--overwrite" in res.stderr
+    assert out.read_bytes() == b"keep me"
+    res = _run(ckpt3, make_geotiff(), "--out", out, "--overwrite", "--overlap", 8)
+    assert res.exit_code == 0 and out.read_bytes() != b"keep me"
+
+
+def test_unreachable_scheduler(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
+    res = _run(ckpt3, make_geotiff(), "--out", tmp_path / "m.tif", "--scheduler", "tcp://127.0.0.1:9")
+    assert res.exit_code == 1
+    assert res.stderr.count("\n") == 1 and "tcp://127.0.0.1:9" in res.stderr
+    assert not (tmp_path / "m.tif").exists()
+
+
+# ------------------------------------------------------------------------ dask
+
+
+@pytest.mark.slow
+def test_two_dask_workers_write_byte_identical_files(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
+    src = make_geotiff("img.tif", size=(300, 130), seed=7, nodata=0)
+    one, two = tmp_path / "one.tif", tmp_path / "two.tif"
+    kw = dict(checkpoint=ckpt3, overlap=8, batch_size=3, precision="32")
+    infer.predict_raster(src, one, probabilities=tmp_path / "one_p.tif", **kw)
+    infer.predict_raster(src, two, probabilities=tmp_path / "two_p.tif", workers=2, **kw)
+    with rasterio.open(one) as a, rasterio.open(two) as b:
+        assert (a.read() == b.read()).all()
+    assert one.read_bytes() == two.read_bytes()
+    assert (tmp_path / "one_p.tif").read_bytes() == (tmp_path / "two_p.tif").read_bytes()
