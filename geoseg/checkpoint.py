@@ -170,14 +170,14 @@ def _to_safe(value: Any, where: str) -> Any:
 
     numpy arrays become tensors and numpy scalars Python numbers; tensors are copied to the CPU.
     """
+    if isinstance(value, np.generic):  # first: np.float64 is also a float, but pickles as numpy
+        return value.item()
     if value is None or isinstance(value, str | int | float | bool | torch.dtype | torch.device | torch.Size):
         return value
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, np.ndarray):
         return torch.from_numpy(np.array(value))
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, dict):
         return {k if isinstance(k, str | int) else str(k): _to_safe(v, where) for k, v in value.items()}
     if isinstance(value, list):
