@@ -487,12 +487,14 @@ def regularize_polygons(geoms: np.ndarray, *, tolerance: float,
     if len(new_rings):
         shapely.polygons(new_rings, indices=poly_of_ring, out=result)
     result = _rotate(result, angle, centre)
-    inter = shapely.area(shapely.intersection(result, geoms))
-    union = shapely.area(geoms) + shapely.area(result) - inter
+    bad = ~shapely.is_valid(result) | shapely.is_empty(result)
+    bad |= shapely.get_type_id(result) != shapely.GeometryType.POLYGON
+    ok = np.flatnonzero(~bad)
+    inter = shapely.area(shapely.intersection(result[ok], geoms[ok]))
+    union = shapely.area(geoms[ok]) + shapely.area(result[ok]) - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, inter / union, 0.0)
-    bad = ~shapely.is_valid(result) | (iou < min_iou) | shapely.is_empty(result)
-    bad |= shapely.get_type_id(result) != shapely.GeometryType.POLYGON
+    bad[ok[iou < min_iou]] = True
     if bad.any():
         log.debug("regularize: %d of %d outlines kept unsquared", int(bad.sum()), len(geoms))
     return np.where(bad, base, result)
