@@ -317,7 +317,7 @@ _COVER_RGB = np.array(
 _COVER_TEX = np.array(
     [[0.10, 0.09, 0.07], [0.10, 0.08, 0.07], [0.09, 0.08, 0.08], [0.06, 0.05, 0.05],
      [0.05, 0.04, 0.04], [0.05, 0.03, 0.05], [0.06, 0.06, 0.09]], dtype=np.float32)
-_COVER_P = np.array([0.38, 0.10, 0.12, 0.14, 0.10, 0.08, 0.08])
+_COVER_P = np.array([0.41, 0.10, 0.12, 0.11, 0.10, 0.08, 0.08])
 _FIELD_SOIL = np.array([128, 104, 78], dtype=np.float32)
 
 # Roofs: pitched (tiles/slate/metal) and flat (membrane/gravel/concrete) palettes, RGB.
@@ -378,11 +378,15 @@ class _Scene:
         return _Scene(**kw)
 
 
+def _corners(c: np.ndarray, e1: np.ndarray, a: float, b: float) -> np.ndarray:
+    """Corners (4, 2) of the rectangle centred on ``c``, half-lengths ``a`` along unit ``e1``, ``b`` across."""
+    e2 = np.array([-e1[1], e1[0]])
+    return np.array([c + a * e1 + b * e2, c - a * e1 + b * e2, c - a * e1 - b * e2, c + a * e1 - b * e2])
+
+
 def _rect(c: np.ndarray, e1: np.ndarray, a: float, b: float) -> Any:
     """Rectangle centred on ``c`` with half-lengths ``a`` along unit ``e1`` and ``b`` across."""
-    e2 = np.array([-e1[1], e1[0]])
-    pts = [c + a * e1 + b * e2, c - a * e1 + b * e2, c - a * e1 - b * e2, c + a * e1 - b * e2]
-    return shapely.Polygon(pts)
+    return shapely.Polygon(_corners(c, e1, a, b))
 
 
 def _shade(downslope: np.ndarray, slope: float, sun_az: float, sun_el: float) -> float:
@@ -482,13 +486,13 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
         marks.append(shapely.linestrings(ends))
     markings = (shapely.buffer(np.concatenate(marks), 0.2, cap_style="flat") if marks
                 else np.array([], dtype=object))
-    road_zone = shapely.union_all(shapely.buffer(sidewalks, 0.5))
+    road_zone = shapely.union_all(shapely.buffer(sidewalks, 0.5, cap_style="flat", join_style="mitre"))
     shapely.prepare(road_zone)
     fields = shapely.union_all(cells[cover == _FIELD]) if (cover == _FIELD).any() else shapely.Polygon()
     shapely.prepare(fields)
 
     # Building candidates as groups (one house, one L, one terrace ...), then a greedy pick of
-    # groups that keep 2 m from each other and from streets, until ~20% of the ground is covered.
+    # groups that keep 1.6 m from each other and from streets, until ~20% of the ground is covered.
     groups: list[list[dict[str, Any]]] = []
 
     def house(c: np.ndarray, e1: np.ndarray, length: float, depth: float, kind: str) -> list[dict[str, Any]]:
@@ -513,13 +517,13 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
             parts.insert(0, (wc, e2, (depth + ext) / 2, ww / 2))
         return [dict(parts=parts, roof=roof, h=h, flat=roof == _FLAT)]
 
-    def row(base: np.ndarray, e1: np.ndarray, side: float, road_w: float) -> None:
+    def row(base: np.ndarray, e1: np.ndarray, side: float, road_w: float, behind: float) -> None:
         e2 = np.array([-e1[1], e1[0]]) * side
         u = -half + rng.uniform(0, 10)
         while u < half:
             r = rng.random()
-            setback = road_w / 2 + 2.0 + rng.uniform(2.5, 8)
-            if r < 0.50:
+            setback = road_w / 2 + 2.0 + rng.uniform(2.5, 7) + behind
+            if r < 0.52:
                 ln, dp = rng.uniform(9, 17), rng.uniform(8, 13)
                 c = base + (u + ln / 2) * e1 + (setback + dp / 2) * e2
                 ang = rng.normal(0, 0.05)
@@ -533,20 +537,21 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
                 groups.append([dict(parts=[(c0 + (k + 0.5) * uw * e1, e1, uw / 2, dp / 2)], roof=roof,
                                     h=h + rng.normal(0, 0.3), flat=roof == _FLAT, terrace=True)
                                for k in range(n)])
-            elif r < 0.86:
+            elif r < 0.90:
                 ln, dp = rng.uniform(18, 30), rng.uniform(14, 24)
                 c = base + (u + ln / 2) * e1 + (setback + dp / 2) * e2
                 groups.append(house(c, e1, ln, dp, "big"))
             else:
-                ln = rng.uniform(6, 15)
-            u += ln + rng.uniform(2.5, 9)
+                ln = rng.uniform(4, 10)
+            u += ln + rng.uniform(2.5, 7)
 
     for line, w in zip(lines[: len(v_roads)], widths[: len(v_roads)]):
         (x0, y0), _ = line.coords
         base = np.array([x0, y0]) + half * eu
         for side in (-1.0, 1.0):
-            row(base, eu, side, w)
-    n_scatter = int(area / 350)
+            row(base, eu, side, w, 0.0)
+            row(base, eu, side, w, rng.uniform(15, 22))  # a second row behind the first
+    n_scatter = int(area / 200)
     for _ in range(n_scatter):  # everything else: random place, random orientation
         c = np.array([rng.uniform(xmin, xmax), rng.uniform(ymin, ymax)])
         e1 = _rot(np.array([1.0, 0.0]), rng.uniform(0, np.pi))
@@ -557,11 +562,16 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
         else:
             groups.append(house(c, e1, rng.uniform(16, 30), rng.uniform(12, 22), "big"))
 
-    outlines = np.array([shapely.union_all([_rect(*p) for b in g for p in b["parts"]]) for g in groups])
+    corners = np.array([_corners(*p) for g in groups for b in g for p in b["parts"]])
+    part_group = np.repeat(np.arange(len(groups)), [sum(len(b["parts"]) for b in g) for g in groups])
+    parts = shapely.polygons(corners)
+    outlines = parts[np.searchsorted(part_group, np.arange(len(groups)))]  # first part of each group
+    for i in np.flatnonzero(np.bincount(part_group) > 1):  # L-shapes and terraces
+        outlines[i] = shapely.union_all(parts[part_group == i])
     ok = ~shapely.intersects(outlines, road_zone) & ~shapely.intersects(outlines, fields)
     ok &= shapely.within(outlines, box)
     order = np.flatnonzero(ok)
-    grown = shapely.buffer(outlines, 1.0)
+    grown = shapely.buffer(outlines, 0.8, join_style="mitre")
     tree_idx = shapely.STRtree(grown)
     pairs = tree_idx.query(grown, predicate="intersects")
     neighbours: dict[int, list[int]] = {}
