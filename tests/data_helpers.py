@@ -1,0 +1,47 @@
+"""Small generated data sets for the catalog / labels / data tests (not fixtures: plain functions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+
+CRS = "EPSG:32631"
+X0, Y0, RES = 500000.0, 5000000.0, 0.5
+
+
+def write(path: Path, data: np.ndarray, *, crs: str | None = CRS, transform=None, nodata=None, driver="GTiff") -> Path:
+    """Write (C, H, W) or (H, W) ``data`` to ``path``; returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = data[None] if data.ndim == 2 else data
+    profile = dict(driver=driver, width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype=data.dtype)
+    if crs is not None:
+        profile.update(crs=crs, transform=transform or from_origin(X0, Y0, RES, RES))
+    if nodata is not None:
+        profile["nodata"] = nodata
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def mosaic(root: Path, *, grid: tuple[int, int] = (2, 2), size: int = 128, seed: int = 0,
+           nodata_cols: int = 0) -> tuple[Path, Path]:
+    """A grid of adjacent 3-band uint8 tiles in ``root/img`` and masks in ``root/mask``.
+
+    The mask is a function of the image (1 where band 1 > 128), so alignment can be checked on
+    any patch after augmentation. With ``nodata_cols``, tile 0's first columns are nodata (0).
+    """
+    rng = np.random.default_rng(seed)
+    k = 0
+    for i in range(grid[0]):
+        for j in range(grid[1]):
+            img = rng.integers(1, 256, (3, size, size)).astype(np.uint8)
+            if k == 0 and nodata_cols:
+                img[:, :, :nodata_cols] = 0
+            t = from_origin(X0 + j * size * RES, Y0 - i * size * RES, RES, RES)
+            write(root / "img" / f"tile_{k:02d}.tif", img, transform=t, nodata=0)
+            write(root / "mask" / f"tile_{k:02d}.tif", (img[0] > 128).astype(np.uint8), transform=t)
+            k += 1
+    return root / "img", root / "mask"
