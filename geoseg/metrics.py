@@ -38,16 +38,13 @@ log = logging.getLogger(__name__)
 __all__ = ["ConfusionMatrix"]
 
 
-def _as_tensor(x: Any, device: torch.device | None = None) -> torch.Tensor:
+def _as_numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
-        return x if device is None else x.to(device)
+        x = x.detach().cpu().numpy()
     arr = np.asarray(x)
     if arr.dtype.kind not in "iub":
         raise TypeError(f"expected integer class ids, got an array of dtype {arr.dtype}")
-    if arr.dtype == np.uint16 or arr.dtype == np.uint32 or arr.dtype == np.uint64:
-        arr = arr.astype(np.int64)  # torch has no from_numpy for these
-    t = torch.from_numpy(np.ascontiguousarray(arr))
-    return t if device is None else t.to(device)
+    return arr
 
 
 class ConfusionMatrix:
@@ -57,8 +54,9 @@ class ConfusionMatrix:
         num_classes: K, the number of classes (background included).
         ignore_index: Truth (and prediction) value of pixels to leave out (nodata, unlabelled).
 
-    The counts live on the device of the first update (no host sync per batch); :attr:`matrix`
-    copies the K x K counts to the CPU.
+    CPU tensors and numpy arrays are counted with numpy; CUDA (or other accelerator) tensors are
+    counted on their device, where the counts stay (one small host sync per update, for the
+    label range check); :attr:`matrix` copies the K x K counts to the CPU.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255):
@@ -83,37 +81,11 @@ class ConfusionMatrix:
                 or a prediction is not a class id and not ``ignore_index``.
             ValueError: ``pred`` and ``target`` shapes differ.
         """
-        device = pred.device if isinstance(pred, torch.Tensor) else (
-            target.device if isinstance(target, torch.Tensor) else None
-        )
-        p = _as_tensor(pred, device)
-        t = _as_tensor(target, device)
-        if p.shape != t.shape:
-            raise ValueError(f"prediction and truth differ in shape: {tuple(p.shape)} vs {tuple(t.shape)}")
-        p = p.reshape(-1).to(torch.int64)
-        t = t.reshape(-1).to(torch.int64)
-        keep = (t != self.ignore_index) & (p != self.ignore_index)
-        p = p[keep]
-        t = t[keep]
-        if t.numel() == 0:
-            return self
-        k = self.num_classes
-        where = f"{source}: " if source else ""
-        # one reduction (and host sync) for all four range checks
-        lo_hi = torch.stack([t.min(), t.max(), p.min(), p.max()]).tolist()
-        if lo_hi[0] < 0 or lo_hi[1] >= k:
-            bad = lo_hi[1] if lo_hi[1] >= k else lo_hi[0]
-            raise LabelError(
-                f"{where}found label value {bad} but there are {k} classes (ids 0..{k - 1}, "
-                f"ignore {self.ignore_index}); fix the number of classes or remap the mask values"
-            )
-        if lo_hi[2] < 0 or lo_hi[3] >= k:
-            bad = lo_hi[3] if lo_hi[3] >= k else lo_hi[2]
-            raise LabelError(
-                f"{where}found predicted class {bad} but there are {k} classes (ids 0..{k - 1}, "
-                f"nodata {self.ignore_index}); evaluate against a model with the same classes"
-            )
-        counts = torch.bincount(t * k + p, minlength=k * k).reshape(k, k)
+        on_accelerator = any(isinstance(x, torch.Tensor) and x.device.type != "cpu" for x in (pred, target))
+        if on_accelerator:
+            counts = self._count_torch(pred, target, source)
+        else:
+            counts = torch.from_numpy(self._count_numpy(_as_numpy(pred), _as_numpy(target), source))
         if self._counts.device != counts.device:
             if not bool(self._counts.any()):
                 self._counts = self._counts.to(counts.device)
@@ -121,6 +93,59 @@ class ConfusionMatrix:
                 counts = counts.to(self._counts.device)
         self._counts += counts
         return self
+
+    # Two counting paths, both checked against torchmetrics in tests: on the CPU numpy's bincount
+    # is ~10x faster than torch's; on a GPU, torch counts in place without boolean indexing and
+    # syncs with the host once per update (for the range check).
+    def _count_numpy(self, p: np.ndarray, t: np.ndarray, source: str | None) -> np.ndarray:
+        k = self.num_classes
+        if p.shape != t.shape:
+            raise ValueError(f"prediction and truth differ in shape: {p.shape} vs {t.shape}")
+        p, t = p.ravel(), t.ravel()
+        keep = (t != self.ignore_index) & (p != self.ignore_index)
+        t = t[keep].astype(np.int64, copy=False)
+        p = p[keep].astype(np.int64, copy=False)
+        if t.size == 0:
+            return np.zeros((k, k), dtype=np.int64)
+        self._check_range(int(t.min()), int(t.max()), int(p.min()), int(p.max()), source)
+        return np.bincount(t * k + p, minlength=k * k).reshape(k, k).astype(np.int64, copy=False)
+
+    def _count_torch(self, pred: Any, target: Any, source: str | None) -> torch.Tensor:
+        k = self.num_classes
+        devices = [x.device for x in (pred, target) if isinstance(x, torch.Tensor)]
+        device = next((d for d in devices if d.type != "cpu"), devices[0])
+        p = pred.to(device) if isinstance(pred, torch.Tensor) else torch.from_numpy(_as_numpy(pred)).to(device)
+        t = target.to(device) if isinstance(target, torch.Tensor) else torch.from_numpy(_as_numpy(target)).to(device)
+        if p.shape != t.shape:
+            raise ValueError(f"prediction and truth differ in shape: {tuple(p.shape)} vs {tuple(t.shape)}")
+        p = p.reshape(-1).to(torch.int64)
+        t = t.reshape(-1).to(torch.int64)
+        keep = (t != self.ignore_index) & (p != self.ignore_index)
+        in_range = (t >= 0) & (t < k) & (p >= 0) & (p < k)
+        # bin k*k: left-out pixels; bin k*k+1: kept pixels with an id outside 0..K-1
+        index = torch.where(keep, torch.where(in_range, t * k + p, k * k + 1), k * k)
+        counts = torch.bincount(index, minlength=k * k + 2)
+        if int(counts[k * k + 1]) > 0:  # slow path, only to name the bad value
+            bad = keep & ~in_range
+            tb, pb = t[bad], p[bad]
+            self._check_range(int(tb.min()), int(tb.max()), int(pb.min()), int(pb.max()), source)
+        return counts[: k * k].reshape(k, k)
+
+    def _check_range(self, t_min: int, t_max: int, p_min: int, p_max: int, source: str | None) -> None:
+        k = self.num_classes
+        where = f"{source}: " if source else ""
+        if t_min < 0 or t_max >= k:
+            bad = t_max if t_max >= k else t_min
+            raise LabelError(
+                f"{where}found label value {bad} but there are {k} classes (ids 0..{k - 1}, "
+                f"ignore {self.ignore_index}); fix the number of classes or remap the mask values"
+            )
+        if p_min < 0 or p_max >= k:
+            bad = p_max if p_max >= k else p_min
+            raise LabelError(
+                f"{where}found predicted class {bad} but there are {k} classes (ids 0..{k - 1}, "
+                f"nodata {self.ignore_index}); evaluate against a model with the same classes"
+            )
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add another matrix's counts (same number of classes) to this one; returns self."""

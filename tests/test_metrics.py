@@ -145,3 +145,22 @@ def test_all_reduce_sums_over_processes(tmp_path: Path) -> None:
     mp.spawn(_all_reduce_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         np.testing.assert_array_equal(np.load(tmp_path / f"rank{rank}.npy"), [[0, 0], [1, 3]])
+
+
+def test_accelerator_path_agrees_with_the_numpy_path() -> None:
+    """The torch counting path (used for CUDA tensors) gives the same matrix and errors; run on CPU."""
+    gen = torch.Generator().manual_seed(1)
+    target = torch.randint(0, 4, (3, 20, 20), generator=gen)
+    target[:, :2] = 255
+    pred = torch.randint(0, 4, (3, 20, 20), generator=gen)
+    pred[0, 5] = 255
+    cm = ConfusionMatrix(4)
+    expected = ConfusionMatrix(4).update(pred.numpy(), target.numpy()).matrix
+    np.testing.assert_array_equal(cm._count_torch(pred, target, None).numpy(), expected)
+    target[1, 7, 7] = 9
+    with pytest.raises(LabelError, match="a.tif: found label value 9"):
+        cm._count_torch(pred, target, "a.tif")
+    target[1, 7, 7] = 1
+    pred[2, 3, 3] = -2
+    with pytest.raises(LabelError, match="found predicted class -2"):
+        cm._count_torch(pred, target, None)
