@@ -274,6 +274,11 @@ def _footprint(transform: Affine, size: int) -> Any:
     return shapely.box(left, top - size * RES_M, left + size * RES_M, top)
 
 
+def _apply(t: Affine, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An affine transform applied to coordinate arrays."""
+    return t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f
+
+
 def _reproject(geoms: np.ndarray, src: int, dst: int) -> np.ndarray:
     from pyproj import Transformer
 
@@ -302,7 +307,7 @@ def _nodata_region(rng: np.random.Generator, transform: Affine, size: int) -> An
     top_x = rng.uniform(0.14, 0.26) * size
     bottom_x = rng.uniform(0.03, 0.10) * size
     px = np.array([[-1.0, -1.0], [top_x, -1.0], [bottom_x, size + 1.0], [-1.0, size + 1.0]])
-    xs, ys = transform * (px[:, 0], px[:, 1])
+    xs, ys = _apply(transform, px[:, 0], px[:, 1])
     return shapely.Polygon(np.column_stack([xs, ys]))
 
 
@@ -683,7 +688,7 @@ def _render(scene: _Scene, rng: np.random.Generator, transform: Affine, size: in
     """Render a tile: RGB uint8 (3, size, size) and the building mask (size, size) bool."""
     n = size + 2 * _PAD
     shape = (n, n)
-    tf = transform * Affine.translation(-_PAD, -_PAD)
+    tf = transform @ Affine.translation(-_PAD, -_PAD)
     left, top = tf.c, tf.f
     pad_box = shapely.box(left, top - n * RES_M, left + n * RES_M, top)
 
@@ -734,7 +739,7 @@ def _render(scene: _Scene, rng: np.random.Generator, transform: Affine, size: in
     on = tid > 0
     if on.any():
         inv = ~tf
-        tc, tr_ = inv * (scene.tree_xy[:, 0], scene.tree_xy[:, 1])
+        tc, tr_ = _apply(inv, scene.tree_xy[:, 0], scene.tree_xy[:, 1])
         k = tid[on] - 1
         rad = scene.tree_r[k] / RES_M
         dx, dy = (cols[on] - tc[k]) / rad, (rows[on] - tr_[k]) / rad
@@ -815,7 +820,8 @@ def _shift(a: np.ndarray, dr: int, dc: int) -> np.ndarray:
 
 
 def _block(size: int) -> int:
-    return min(_BLOCK, size // 16 * 16)
+    # Small tiles get at least 2 x 2 blocks, so readers (rasterio's profile) see a tiled file.
+    return _BLOCK if size > _BLOCK else max(16, size // 2 // 16 * 16)
 
 
 def _write_image(path: Path, rgb: np.ndarray, crs: CRS, transform: Affine) -> Path:
