@@ -232,7 +232,7 @@ def _polygonize(src: rasterio.DatasetReader, ids: list[int], block_size: int,
     with progress.bar(len(windows), "vectorize", unit="blocks") as bar:
         for b, window in enumerate(windows):
             block = src.read(1, window=window)
-            selected = np.isin(block, wanted)
+            selected = block == wanted[0] if len(wanted) == 1 else np.isin(block, wanted)
             if not selected.any():
                 bar.advance()
                 continue
