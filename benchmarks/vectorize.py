@@ -67,29 +67,46 @@ def make_mask(path: Path, size: int, buildings: int, seed: int = 0) -> None:
     centre = (ij + 0.5) * cell + rng.uniform(-cell / 6, cell / 6, size=(len(ij), 2))
     w = rng.uniform(0.25, 0.6, len(ij)) * cell
     h = rng.uniform(0.25, 0.6, len(ij)) * cell
-    boxes = shapely.box(centre[:, 0] - w / 2, centre[:, 1] - h / 2, centre[:, 0] + w / 2,
-                        centre[:, 1] + h / 2)
+    boxes = shapely.box(
+        centre[:, 0] - w / 2, centre[:, 1] - h / 2, centre[:, 0] + w / 2, centre[:, 1] + h / 2
+    )
     # a third L-shaped (a box cut away at one corner), a third rotated by up to 40 degrees
     third = len(boxes) // 3
-    cut = shapely.box(centre[:third, 0], centre[:third, 1], centre[:third, 0] + w[:third],
-                      centre[:third, 1] + h[:third])
+    cut = shapely.box(
+        centre[:third, 0],
+        centre[:third, 1],
+        centre[:third, 0] + w[:third],
+        centre[:third, 1] + h[:third],
+    )
     boxes[:third] = shapely.difference(boxes[:third], cut)
     rot = slice(third, 2 * third)
     angle = rng.uniform(-40, 40, third)
     from shapely import affinity
 
-    boxes[rot] = [affinity.rotate(g, a) for g, a in zip(boxes[rot], angle)]
+    boxes[rot] = [affinity.rotate(g, a) for g, a in zip(boxes[rot], angle, strict=True)]
     mask = rasterize(((g, 1) for g in boxes), out_shape=(size, size), fill=0, dtype="uint8")
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint8",
-                       crs="EPSG:32631", transform=from_origin(500000, 5000000, 0.5, 0.5),
-                       nodata=255, tiled=True, blockxsize=512, blockysize=512,
-                       compress="deflate") as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32631",
+        transform=from_origin(500000, 5000000, 0.5, 0.5),
+        nodata=255,
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+    ) as dst:
         dst.write(mask, 1)
         dst.update_tags(class_names=json.dumps(["background", "building"]))
 
 
 def jitter(footprints: Path, out: Path, seed: int = 1) -> int:
-    """Proposals: the footprints shifted by up to 2 m, with a random confidence, file order shuffled."""
+    """Proposals: the footprints shifted by up to 2 m, random confidence, shuffled order."""
     import geopandas as gpd
     import shapely
 
@@ -105,8 +122,9 @@ def jitter(footprints: Path, out: Path, seed: int = 1) -> int:
 
 def run(kind: str, *args: str) -> dict:
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", RUNNER, kind, *args], capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, kind, *args], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -126,36 +144,57 @@ def main() -> None:
         mask = tmp / "mask.tif"
         t0 = time.perf_counter()
         make_mask(mask, a.size, a.buildings)
-        print(f"mask {a.size}x{a.size}, {a.buildings} buildings generated in "
-              f"{time.perf_counter() - t0:.1f} s")
+        print(
+            f"mask {a.size}x{a.size}, {a.buildings} buildings generated in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
         floor, ours = [], []
         for _ in range(a.repeat):  # interleaved, so both see the same machine load
             floor.append(run("shapes", str(mask)))
-            ours.append(run("vectorize", str(mask), "--out", str(tmp / "fp.gpkg"), "--overwrite",
-                            "--quiet"))
+            ours.append(
+                run("vectorize", str(mask), "--out", str(tmp / "fp.gpkg"), "--overwrite", "--quiet")
+            )
         floor_best = min(floor, key=lambda r: r["seconds"])
         ours_best = min(ours, key=lambda r: r["seconds"])
         import pyogrio
 
         n = pyogrio.read_info(tmp / "fp.gpkg")["features"]
         n_props = jitter(tmp / "fp.gpkg", tmp / "proposals.gpkg")
-        ev = run("evaluate", str(tmp / "proposals.gpkg"), str(tmp / "fp.gpkg"), "--json",
-                 str(tmp / "report.json"), "--quiet")
+        ev = run(
+            "evaluate",
+            str(tmp / "proposals.gpkg"),
+            str(tmp / "fp.gpkg"),
+            "--json",
+            str(tmp / "report.json"),
+            "--quiet",
+        )
         report = json.loads((tmp / "report.json").read_text())
     ratio = floor_best["seconds"] / ours_best["seconds"]
-    print(f"bare rasterio.features.shapes (whole mask): {floor_best['seconds']:.2f} s, "
-          f"{floor_best['count']} polygons, peak RSS {floor_best['peak_rss_mb']:.0f} MB")
-    print(f"geoseg vectorize (2048-px blocks, merge, attributes, GeoPackage): "
-          f"{ours_best['seconds']:.2f} s, {n} polygons, peak RSS {ours_best['peak_rss_mb']:.0f} MB")
+    print(
+        f"bare rasterio.features.shapes (whole mask): {floor_best['seconds']:.2f} s, "
+        f"{floor_best['count']} polygons, peak RSS {floor_best['peak_rss_mb']:.0f} MB"
+    )
+    print(
+        f"geoseg vectorize (2048-px blocks, merge, attributes, GeoPackage): "
+        f"{ours_best['seconds']:.2f} s, {n} polygons, peak RSS {ours_best['peak_rss_mb']:.0f} MB"
+    )
     print(f"geoseg_vs_shapes (rate, >= 0.7 wanted): {ratio:.2f}")
-    print(f"geoseg evaluate {n_props} vs {n} polygons: {ev['seconds']:.2f} s "
-          f"(F1 {report['f1']:.3f}), peak RSS {ev['peak_rss_mb']:.0f} MB")
+    print(
+        f"geoseg evaluate {n_props} vs {n} polygons: {ev['seconds']:.2f} s "
+        f"(F1 {report['f1']:.3f}), peak RSS {ev['peak_rss_mb']:.0f} MB"
+    )
     figures = {
-        "size": a.size, "buildings": a.buildings, "polygons": n,
-        "shapes_seconds": floor_best["seconds"], "shapes_peak_rss_mb": floor_best["peak_rss_mb"],
-        "geoseg_seconds": ours_best["seconds"], "geoseg_peak_rss_mb": ours_best["peak_rss_mb"],
-        "geoseg_vs_shapes": ratio, "evaluate_seconds_20k": ev["seconds"],
-        "evaluate_peak_rss_mb": ev["peak_rss_mb"], "evaluate_f1": report["f1"],
+        "size": a.size,
+        "buildings": a.buildings,
+        "polygons": n,
+        "shapes_seconds": floor_best["seconds"],
+        "shapes_peak_rss_mb": floor_best["peak_rss_mb"],
+        "geoseg_seconds": ours_best["seconds"],
+        "geoseg_peak_rss_mb": ours_best["peak_rss_mb"],
+        "geoseg_vs_shapes": ratio,
+        "evaluate_seconds_20k": ev["seconds"],
+        "evaluate_peak_rss_mb": ev["peak_rss_mb"],
+        "evaluate_f1": report["f1"],
         "runs": {"shapes": floor, "geoseg": ours},
     }
     if a.json:

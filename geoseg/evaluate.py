@@ -44,8 +44,9 @@ CONFIDENCE_COLUMNS = ("confidence", "conf", "score")
 # ----------------------------------------------------------------------------- objects
 
 
-def objects(prediction: Path | str | Any, truth: Path | str | Any, *,
-            iou_threshold: float = 0.5) -> dict[str, Any]:
+def objects(
+    prediction: Path | str | Any, truth: Path | str | Any, *, iou_threshold: float = 0.5
+) -> dict[str, Any]:
     """SpaceNet building metric: greedy one-to-one matching of proposals to truth polygons.
 
     Proposals are taken in order of descending ``confidence`` (or ``conf``/``score``) when such
@@ -93,7 +94,8 @@ def objects(prediction: Path | str | Any, truth: Path | str | Any, *,
     used_t = np.zeros(len(t_geoms), dtype=bool)
     matches: list[dict[str, Any]] = []
     # The greedy pass is inherently sequential; it runs over the (few) candidate pairs only.
-    for p, t, v in zip(p_idx[order].tolist(), t_idx[order].tolist(), iou[order].tolist()):
+    pairs = zip(p_idx[order].tolist(), t_idx[order].tolist(), iou[order].tolist(), strict=True)
+    for p, t, v in pairs:
         if used_p[p] or used_t[t]:
             continue
         used_p[p] = used_t[t] = True
@@ -106,7 +108,12 @@ def objects(prediction: Path | str | Any, truth: Path | str | Any, *,
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     log.info("objects: tp=%d fp=%d fn=%d f1=%.4f", tp, fp, fn, f1)
     return {
-        "tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": f1,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
         "iou_threshold": float(iou_threshold),
         "mean_iou": float(np.mean([m["iou"] for m in matches])) if matches else math.nan,
         "matches": sorted(matches, key=lambda m: m["prediction"]),
@@ -140,8 +147,10 @@ def _polygonal(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         fixed = shapely.make_valid(geoms[bad])
         # Keep the areal parts of each repaired geometry (make_valid may return collections).
         parts, idx = shapely.get_parts(fixed, return_index=True)
-        areal = np.isin(shapely.get_type_id(parts), [shapely.GeometryType.POLYGON,
-                                                     shapely.GeometryType.MULTIPOLYGON])
+        areal = np.isin(
+            shapely.get_type_id(parts),
+            [shapely.GeometryType.POLYGON, shapely.GeometryType.MULTIPOLYGON],
+        )
         out = np.full(len(fixed), None, dtype=object)
         if areal.any():
             polys = shapely.get_parts(parts[areal], return_index=True)
@@ -163,11 +172,14 @@ def _read_vector(source: Path | str | Any) -> tuple[str, Any]:
         return str(path), gpd.read_file(path, engine="pyogrio")
     except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, ... per driver
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise LabelError(f"{path}: cannot read polygons ({msg}); pass a GeoPackage, GeoJSON or "
-                         "Shapefile") from None
+        raise LabelError(
+            f"{path}: cannot read polygons ({msg}); pass a GeoPackage, GeoJSON or Shapefile"
+        ) from None
 
 
-def _common_projected_crs(pred: Any, truth: Any, pred_name: str, truth_name: str) -> tuple[Any, Any]:
+def _common_projected_crs(
+    pred: Any, truth: Any, pred_name: str, truth_name: str
+) -> tuple[Any, Any]:
     """Both frames in one projected CRS: the truth's if projected, else an estimated UTM zone."""
     if pred.crs is None and truth.crs is None:
         return pred, truth
@@ -175,13 +187,18 @@ def _common_projected_crs(pred: Any, truth: Any, pred_name: str, truth_name: str
         missing, other = (pred_name, truth_name) if pred.crs is None else (truth_name, pred_name)
         log.warning("%s has no CRS; assuming that of %s", missing, other)
         crs = truth.crs or pred.crs
-        pred, truth = pred.set_crs(crs, allow_override=True), truth.set_crs(crs, allow_override=True)
+        pred, truth = (
+            pred.set_crs(crs, allow_override=True),
+            truth.set_crs(crs, allow_override=True),
+        )
     target = truth.crs
     if not target.is_projected:
         base = truth if len(truth) else pred
         target = base.geometry.estimate_utm_crs() if len(base) else target
-    return (pred.to_crs(target) if pred.crs != target else pred,
-            truth.to_crs(target) if truth.crs != target else truth)
+    return (
+        pred.to_crs(target) if pred.crs != target else pred,
+        truth.to_crs(target) if truth.crs != target else truth,
+    )
 
 
 def _check_overlap(p: np.ndarray, t: np.ndarray, pred_name: str, truth_name: str, crs: Any) -> None:
@@ -190,8 +207,10 @@ def _check_overlap(p: np.ndarray, t: np.ndarray, pred_name: str, truth_name: str
     pb, tb = shapely.total_bounds(p), shapely.total_bounds(t)
     if pb[0] > tb[2] or tb[0] > pb[2] or pb[1] > tb[3] or tb[1] > pb[3]:
         unit = f" ({crs.name})" if crs is not None else ""
-        raise LabelError(f"{pred_name} extent {_fmt(pb)} and {truth_name} extent {_fmt(tb)} do not "
-                         f"overlap{unit}; check that both cover the same area and declare the right CRS")
+        raise LabelError(
+            f"{pred_name} extent {_fmt(pb)} and {truth_name} extent {_fmt(tb)} do not "
+            f"overlap{unit}; check that both cover the same area and declare the right CRS"
+        )
 
 
 def _fmt(b: Sequence[float]) -> str:
@@ -201,8 +220,14 @@ def _fmt(b: Sequence[float]) -> str:
 # ----------------------------------------------------------------------------- pixels
 
 
-def pixels(prediction: Path | str, truth: Path | str, *, class_names: Sequence[str] | None = None,
-           ignore_index: int = 255, block_size: int = 2048) -> dict[str, Any]:
+def pixels(
+    prediction: Path | str,
+    truth: Path | str,
+    *,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int = 255,
+    block_size: int = 2048,
+) -> dict[str, Any]:
     """Pixel metrics from one confusion matrix over the whole prediction raster.
 
     Args:
@@ -222,42 +247,69 @@ def pixels(prediction: Path | str, truth: Path | str, *, class_names: Sequence[s
     pred_path, truth_path = Path(prediction), Path(truth)
     with vectorize._open_raster(pred_path) as pred, vectorize._open_raster(truth_path) as ref:
         names = _pixel_class_names(pred, ref, class_names)
-        same = (ref.crs == pred.crs and ref.transform.almost_equals(pred.transform)
-                and (ref.width, ref.height) == (pred.width, pred.height))
+        same = (
+            ref.crs == pred.crs
+            and ref.transform.almost_equals(pred.transform)
+            and (ref.width, ref.height) == (pred.width, pred.height)
+        )
         if same:
             return _confusion(pred, ref, ref.nodata, names, ignore_index, block_size, pred_path)
         if pred.crs is None or ref.crs is None:
-            raise RasterError(f"{truth_path}: grid differs from {pred_path} and one has no CRS, so "
-                              "they cannot be aligned; give both a CRS or the same grid")
+            raise RasterError(
+                f"{truth_path}: grid differs from {pred_path} and one has no CRS, so "
+                "they cannot be aligned; give both a CRS or the same grid"
+            )
         _check_raster_overlap(pred, ref, pred_path, truth_path)
-        msg = (f"{truth_path}: grid differs from the prediction's; resampled (nearest) onto "
-               f"{pred_path}'s grid")
+        msg = (
+            f"{truth_path}: grid differs from the prediction's; resampled (nearest) onto "
+            f"{pred_path}'s grid"
+        )
         log.warning(msg)
         warnings.warn(msg, stacklevel=2)
         nodata = ref.nodata if ref.nodata is not None else ignore_index
-        with WarpedVRT(ref, crs=pred.crs, transform=pred.transform, width=pred.width,
-                       height=pred.height, resampling=Resampling.nearest, nodata=nodata,
-                       src_nodata=nodata) as vrt:
+        with WarpedVRT(
+            ref,
+            crs=pred.crs,
+            transform=pred.transform,
+            width=pred.width,
+            height=pred.height,
+            resampling=Resampling.nearest,
+            nodata=nodata,
+            src_nodata=nodata,
+        ) as vrt:
             return _confusion(pred, vrt, nodata, names, ignore_index, block_size, pred_path)
 
 
-def _confusion(pred: Any, truth: Any, truth_nodata: float | None, names: list[str],
-               ignore_index: int, block_size: int, source: Path) -> dict[str, Any]:
+def _confusion(
+    pred: Any,
+    truth: Any,
+    truth_nodata: float | None,
+    names: list[str],
+    ignore_index: int,
+    block_size: int,
+    source: Path,
+) -> dict[str, Any]:
     from geoseg.metrics import ConfusionMatrix
 
     cm = ConfusionMatrix(len(names), ignore_index=ignore_index)
     windows = list(vectorize._blocks(pred.width, pred.height, block_size))
     with progress.bar(len(windows), "evaluate", unit="blocks") as bar:
         for window in windows:
-            p, t = _aligned_block(pred, truth.read(1, window=window), truth_nodata, window,
-                                  ignore_index)
+            p, t = _aligned_block(
+                pred, truth.read(1, window=window), truth_nodata, window, ignore_index
+            )
             cm.update(p, t, source=str(source))
             bar.advance()
     return cm.scores(names)
 
 
-def _aligned_block(pred: Any, truth_block: np.ndarray, truth_nodata: float | None,
-                   window: Window, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
+def _aligned_block(
+    pred: Any,
+    truth_block: np.ndarray,
+    truth_nodata: float | None,
+    window: Window,
+    ignore_index: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Prediction and truth of one window as int64 with every left-out pixel = ignore_index."""
     p = pred.read(1, window=window).astype(np.int64)
     t = truth_block.astype(np.int64)
@@ -285,27 +337,42 @@ def _check_raster_overlap(pred: Any, ref: Any, pred_path: Path, truth_path: Path
     tb = transform_bounds(ref.crs, pred.crs, *ref.bounds)
     pb = tuple(pred.bounds)
     if pb[0] >= tb[2] or tb[0] >= pb[2] or pb[1] >= tb[3] or tb[1] >= pb[3]:
-        raise LabelError(f"{pred_path} extent {_fmt(pb)} and {truth_path} extent {_fmt(tb)} do "
-                         f"not overlap (in {pred.crs}); check that both cover the same area and "
-                         "declare the right CRS")
+        raise LabelError(
+            f"{pred_path} extent {_fmt(pb)} and {truth_path} extent {_fmt(tb)} do "
+            f"not overlap (in {pred.crs}); check that both cover the same area and "
+            "declare the right CRS"
+        )
 
 
-def _pixels_with_vector(raster: Path, polygons: Any, names: list[str], building: int, *,
-                        raster_is_prediction: bool, vector_name: str, ignore_index: int = 255,
-                        block_size: int = 2048) -> dict[str, Any]:
+def _pixels_with_vector(
+    raster: Path,
+    polygons: Any,
+    names: list[str],
+    building: int,
+    *,
+    raster_is_prediction: bool,
+    vector_name: str,
+    ignore_index: int = 255,
+    block_size: int = 2048,
+) -> dict[str, Any]:
     """Pixel metrics of a mask against polygons burned onto its grid (building id inside)."""
     from geoseg.metrics import ConfusionMatrix
 
     with vectorize._open_raster(raster) as src:
-        geoms = polygons.to_crs(src.crs).geometry.values.to_numpy() if (
-            polygons.crs is not None and src.crs is not None) else polygons.geometry.values.to_numpy()
+        geoms = (
+            polygons.to_crs(src.crs).geometry.values.to_numpy()
+            if (polygons.crs is not None and src.crs is not None)
+            else polygons.geometry.values.to_numpy()
+        )
         geoms, _ = _polygonal(geoms)
         if len(geoms):
             box = shapely.box(*src.bounds)
             if not shapely.intersects(box, shapely.box(*shapely.total_bounds(geoms))):
-                raise LabelError(f"{raster} extent {_fmt(src.bounds)} and {vector_name} extent "
-                                 f"{_fmt(shapely.total_bounds(geoms))} do not overlap; check that "
-                                 "both cover the same area and declare the right CRS")
+                raise LabelError(
+                    f"{raster} extent {_fmt(src.bounds)} and {vector_name} extent "
+                    f"{_fmt(shapely.total_bounds(geoms))} do not overlap; check that "
+                    "both cover the same area and declare the right CRS"
+                )
         tree = shapely.STRtree(geoms)
         cm = ConfusionMatrix(len(names), ignore_index=ignore_index)
         windows = list(vectorize._blocks(src.width, src.height, block_size))
@@ -314,9 +381,17 @@ def _pixels_with_vector(raster: Path, polygons: Any, names: list[str], building:
                 wt = src.window_transform(window)
                 hits = tree.query(shapely.box(*rasterio.windows.bounds(window, src.transform)))
                 shape = (int(window.height), int(window.width))
-                burned = rasterize(((g, building) for g in geoms[hits]), out_shape=shape,
-                                   transform=wt, fill=0, dtype="uint8") if len(hits) else \
-                    np.zeros(shape, dtype=np.uint8)
+                burned = (
+                    rasterize(
+                        ((g, building) for g in geoms[hits]),
+                        out_shape=shape,
+                        transform=wt,
+                        fill=0,
+                        dtype="uint8",
+                    )
+                    if len(hits)
+                    else np.zeros(shape, dtype=np.uint8)
+                )
                 mask, other = _aligned_block(src, burned, None, window, ignore_index)
                 p, t = (mask, other) if raster_is_prediction else (other, mask)
                 cm.update(p, t, source=str(raster))
@@ -327,9 +402,15 @@ def _pixels_with_vector(raster: Path, polygons: Any, names: list[str], building:
 # ----------------------------------------------------------------------------- dispatch
 
 
-def evaluate(prediction: Path | str, truth: Path | str, *, iou_threshold: float = 0.5,
-             classes: Sequence[str] | None = None, report: Path | str | None = None,
-             overwrite: bool = False) -> dict[str, Any]:
+def evaluate(
+    prediction: Path | str,
+    truth: Path | str,
+    *,
+    iou_threshold: float = 0.5,
+    classes: Sequence[str] | None = None,
+    report: Path | str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Score a prediction against the truth; what is done depends on the two file types.
 
     Two rasters: pixel metrics (``mode='pixels'``). Two vector files: object metrics
@@ -352,7 +433,9 @@ def evaluate(prediction: Path | str, truth: Path | str, *, iou_threshold: float 
     """
     prediction, truth = Path(prediction), Path(truth)
     if report is not None and Path(report).exists() and not overwrite:
-        raise OutputExistsError(f"{report} exists; pass --overwrite to replace it or choose another --json")
+        raise OutputExistsError(
+            f"{report} exists; pass --overwrite to replace it or choose another --json"
+        )
     kinds = (_kind(prediction), _kind(truth))
     out: dict[str, Any] = {"prediction": str(prediction), "truth": str(truth)}
     if kinds == ("raster", "raster"):
@@ -371,8 +454,14 @@ def evaluate(prediction: Path | str, truth: Path | str, *, iou_threshold: float 
         _, vec = _read_vector(vector)
         scored = (polys, vec) if kinds[0] == "raster" else (vec, polys)
         # Pixel metrics first: they give the clearer no-overlap error (with the raster's extent).
-        pix = _pixels_with_vector(raster, vec, names, building,
-                                  raster_is_prediction=kinds[0] == "raster", vector_name=str(vector))
+        pix = _pixels_with_vector(
+            raster,
+            vec,
+            names,
+            building,
+            raster_is_prediction=kinds[0] == "raster",
+            vector_name=str(vector),
+        )
         out.update(objects(*scored, iou_threshold=iou_threshold))
         out.update(pix)
         out["vectorized"] = str(raster)
@@ -427,17 +516,24 @@ def tables(report: dict[str, Any]) -> list[Any]:
         t = Table(title=f"buildings (IoU > {report['iou_threshold']:g})")
         for col in ("TP", "FP", "FN", "precision", "recall", "F1", "mean IoU"):
             t.add_column(col, justify="right")
-        t.add_row(*(str(report[k]) for k in ("tp", "fp", "fn")),
-                  *(_num(report[k]) for k in ("precision", "recall", "f1", "mean_iou")))
+        t.add_row(
+            *(str(report[k]) for k in ("tp", "fp", "fn")),
+            *(_num(report[k]) for k in ("precision", "recall", "f1", "mean_iou")),
+        )
         out.append(t)
     if "per_class" in report:
-        t = Table(title=f"pixels (mIoU {_num(report['miou'])}, accuracy {_num(report['accuracy'])})")
+        t = Table(
+            title=f"pixels (mIoU {_num(report['miou'])}, accuracy {_num(report['accuracy'])})"
+        )
         t.add_column("class")
         for col in ("IoU", "F1", "precision", "recall", "pixels"):
             t.add_column(col, justify="right")
         for name, s in report["per_class"].items():
-            t.add_row(name, *(_num(s[k]) for k in ("iou", "f1", "precision", "recall")),
-                      str(s.get("support", "")))
+            t.add_row(
+                name,
+                *(_num(s[k]) for k in ("iou", "f1", "precision", "recall")),
+                str(s.get("support", "")),
+            )
         out.append(t)
     return out
 

@@ -87,7 +87,7 @@ def _class_table(src: rasterio.DatasetReader) -> dict[int, str] | None:
         except ValueError:
             ids = list(range(len(names)))
         if isinstance(names, list) and names and len(ids) == len(names):
-            return {int(i): str(n) for i, n in zip(ids, names)}
+            return {int(i): str(n) for i, n in zip(ids, names, strict=True)}
     band = {k[6:]: v for k, v in src.tags(1).items() if k.upper().startswith("CLASS_")}
     if band and all(k.isdigit() for k in band):
         return {int(k): v for k, v in sorted(band.items(), key=lambda kv: int(kv[0]))}
@@ -106,8 +106,9 @@ def _max_class_id(src: rasterio.DatasetReader) -> int:
     return top
 
 
-def select_classes(names: Sequence[str], classes: Sequence[str | int] | None,
-                   mask: Path | str = "mask") -> list[int]:
+def select_classes(
+    names: Sequence[str], classes: Sequence[str | int] | None, mask: Path | str = "mask"
+) -> list[int]:
     """Class ids for names/ids given by the user (``building``, ``1``, ``class_3``).
 
     ``None`` selects every class except the background (id 0 or a class named ``background``).
@@ -127,8 +128,10 @@ def select_classes(names: Sequence[str], classes: Sequence[str | int] | None,
             ids.append(int(key[6:]))
         else:
             listed = ", ".join(f"{i}={n}" for i, n in enumerate(names))
-            raise ConfigError(f"{mask}: class {c!r} is not in the mask's classes ({listed}); "
-                              f"pass --class with one of these names or ids")
+            raise ConfigError(
+                f"{mask}: class {c!r} is not in the mask's classes ({listed}); "
+                f"pass --class with one of these names or ids"
+            )
     return sorted(set(ids))
 
 
@@ -176,9 +179,11 @@ def polygons(
         raise ConfigError(f"block_size={block_size} is too small; use e.g. 2048 (pixels)")
     with _open_raster(mask) as src:
         if src.crs is None and not allow_ungeoreferenced:
-            raise RasterError(f"{mask}: the mask has no CRS, so polygons cannot be placed on the "
-                              "map; fix the file (e.g. gdal_edit.py -a_srs) or pass "
-                              "--allow-ungeoreferenced")
+            raise RasterError(
+                f"{mask}: the mask has no CRS, so polygons cannot be placed on the "
+                "map; fix the file (e.g. gdal_edit.py -a_srs) or pass "
+                "--allow-ungeoreferenced"
+            )
         names = _class_names(src)
         ids = select_classes(names, classes, mask)
         crs = _gpd_crs(src.crs)
@@ -204,12 +209,18 @@ def polygons(
     geometry, parts_of = _valid_polygons(geometry)
     keep = keep[parts_of]
     with np.errstate(invalid="ignore", divide="ignore"):
-        confidence = conf_sum[keep] / conf_n[keep] if prob is not None else np.full(len(keep), np.nan)
+        confidence = (
+            conf_sum[keep] / conf_n[keep] if prob is not None else np.full(len(keep), np.nan)
+        )
     out = gpd.GeoDataFrame(
-        {"class_id": class_id[keep].astype("int32"),
-         "class_name": np.array(names, dtype=object)[class_id[keep]] if len(keep) else
-         np.empty(0, dtype=object)},
-        geometry=geometry, crs=crs,
+        {
+            "class_id": class_id[keep].astype("int32"),
+            "class_name": np.array(names, dtype=object)[class_id[keep]]
+            if len(keep)
+            else np.empty(0, dtype=object),
+        },
+        geometry=geometry,
+        crs=crs,
     )
     area, length = _metric_area_length(out)
     out["area_m2"] = area
@@ -219,8 +230,9 @@ def polygons(
     return out[[*COLUMNS, "geometry"]].reset_index(drop=True)
 
 
-def _polygonize(src: rasterio.DatasetReader, ids: list[int], block_size: int,
-                prob: _ProbabilityReader | None) -> tuple[np.ndarray, ...]:
+def _polygonize(
+    src: rasterio.DatasetReader, ids: list[int], block_size: int, prob: _ProbabilityReader | None
+) -> tuple[np.ndarray, ...]:
     """Block pass + seam merge. Returns geometries (CRS), class ids, confidence sums, counts."""
     transform = src.transform
     inverse = ~transform
@@ -259,8 +271,12 @@ def _polygonize(src: rasterio.DatasetReader, ids: list[int], block_size: int,
         return g, v, s, n
     mg, mv, ms, mn = _merge_seams(g[seam], v[seam], s[seam], n[seam], transform)
     keep = ~seam
-    return (np.concatenate([g[keep], mg]), np.concatenate([v[keep], mv]),
-            np.concatenate([s[keep], ms]), np.concatenate([n[keep], mn]))
+    return (
+        np.concatenate([g[keep], mg]),
+        np.concatenate([v[keep], mv]),
+        np.concatenate([s[keep], ms]),
+        np.concatenate([n[keep], mn]),
+    )
 
 
 def _blocks(width: int, height: int, size: int) -> Iterator[Window]:
@@ -269,7 +285,9 @@ def _blocks(width: int, height: int, size: int) -> Iterator[Window]:
             yield Window(col, row, min(size, width - col), min(size, height - row))
 
 
-def _shapes(block: np.ndarray, selected: np.ndarray, transform: Any) -> tuple[np.ndarray, np.ndarray]:
+def _shapes(
+    block: np.ndarray, selected: np.ndarray, transform: Any
+) -> tuple[np.ndarray, np.ndarray]:
     """Polygons of the selected regions of one block, in CRS coordinates, and their class ids."""
     # rasterio.features.shapes yields GeoJSON-like dicts one by one; collecting them into flat
     # coordinate arrays and building all polygons in one shapely call is the cheapest conversion
@@ -283,17 +301,20 @@ def _shapes(block: np.ndarray, selected: np.ndarray, transform: Any) -> tuple[np
         ring_counts.append(len(coords))
         vals.append(value)
     ring_len = np.fromiter((len(r) for r in rings), dtype=np.int64, count=len(rings))
-    xy = np.fromiter((c for r in rings for p in r for c in p), dtype=np.float64,
-                     count=2 * int(ring_len.sum())).reshape(-1, 2)
+    xy = np.fromiter(
+        (c for r in rings for p in r for c in p), dtype=np.float64, count=2 * int(ring_len.sum())
+    ).reshape(-1, 2)
     ring_offsets = np.concatenate([[0], np.cumsum(ring_len)])
     geom_offsets = np.concatenate([[0], np.cumsum(ring_counts)])
-    polys = shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy,
-                                      (ring_offsets, geom_offsets))
+    polys = shapely.from_ragged_array(
+        shapely.GeometryType.POLYGON, xy, (ring_offsets, geom_offsets)
+    )
     return polys, np.asarray(vals, dtype=np.int64)
 
 
-def _touches_inner_edge(geoms: np.ndarray, inverse: Any, window: Window, width: int,
-                        height: int) -> np.ndarray:
+def _touches_inner_edge(
+    geoms: np.ndarray, inverse: Any, window: Window, width: int, height: int
+) -> np.ndarray:
     """True for polygons whose pixel bounds reach an edge of the block shared with another block."""
     b = shapely.bounds(geoms)
     # Bounds corners to pixel space; for rotated transforms this over-selects, which is harmless
@@ -319,8 +340,9 @@ def _touches_inner_edge(geoms: np.ndarray, inverse: Any, window: Window, width: 
     return seam
 
 
-def _merge_seams(geoms: np.ndarray, values: np.ndarray, sums: np.ndarray, counts: np.ndarray,
-                 transform: Any) -> tuple[np.ndarray, ...]:
+def _merge_seams(
+    geoms: np.ndarray, values: np.ndarray, sums: np.ndarray, counts: np.ndarray, transform: Any
+) -> tuple[np.ndarray, ...]:
     """Union the seam polygons that share an edge (same class) into one polygon each.
 
     Every vertex from ``shapes`` is a pixel corner, so the candidates are taken to whole pixel
@@ -342,35 +364,48 @@ def _merge_seams(geoms: np.ndarray, values: np.ndarray, sums: np.ndarray, counts
         member_idx, part_idx = shapely.STRtree(merged).query(inside, predicate="intersects")
         first = np.unique(member_idx, return_index=True)[1]
         member_idx, part_idx = member_idx[first], part_idx[first]
-        out_s.append(np.bincount(part_idx, weights=sums[members][member_idx], minlength=len(merged)))
-        out_n.append(np.bincount(part_idx, weights=counts[members][member_idx], minlength=len(merged)))
+        out_s.append(
+            np.bincount(part_idx, weights=sums[members][member_idx], minlength=len(merged))
+        )
+        out_n.append(
+            np.bincount(part_idx, weights=counts[members][member_idx], minlength=len(merged))
+        )
         out_g.append(shapely.transform(merged, lambda xy: _apply(transform, xy)))
         out_v.append(np.full(len(merged), cls, dtype=np.int64))
-    return (np.concatenate(out_g), np.concatenate(out_v), np.concatenate(out_s),
-            np.concatenate(out_n))
+    return (
+        np.concatenate(out_g),
+        np.concatenate(out_v),
+        np.concatenate(out_s),
+        np.concatenate(out_n),
+    )
 
 
 def _apply(affine: Any, xy: np.ndarray) -> np.ndarray:
     """An affine transform applied to an (N, 2) coordinate array."""
     x, y = xy[:, 0], xy[:, 1]
-    return np.column_stack([affine.a * x + affine.b * y + affine.c,
-                            affine.d * x + affine.e * y + affine.f])
+    return np.column_stack(
+        [affine.a * x + affine.b * y + affine.c, affine.d * x + affine.e * y + affine.f]
+    )
 
 
 class _ProbabilityReader:
     """Per-block sums of a class probability over polygon pixels (for ``confidence``)."""
 
-    def __init__(self, path: Path, mask: rasterio.DatasetReader, names: list[str],
-                 ids: list[int]) -> None:
+    def __init__(
+        self, path: Path, mask: rasterio.DatasetReader, names: list[str], ids: list[int]
+    ) -> None:
         self.path = path
         self.src = _open_raster(path)
         s = self.src
         if (s.width, s.height) != (mask.width, mask.height) or not s.transform.almost_equals(
-                mask.transform):
+            mask.transform
+        ):
             s.close()
-            raise RasterError(f"{path}: probability grid {s.width}x{s.height} {tuple(s.transform)[:6]} "
-                              f"differs from the mask's {mask.width}x{mask.height} "
-                              f"{tuple(mask.transform)[:6]}; pass the *_prob.tif written with this mask")
+            raise RasterError(
+                f"{path}: probability grid {s.width}x{s.height} {tuple(s.transform)[:6]} "
+                f"differs from the mask's {mask.width}x{mask.height} "
+                f"{tuple(mask.transform)[:6]}; pass the *_prob.tif written with this mask"
+            )
         table = _class_table(mask)
         order = list(table) if table else list(range(len(names)))  # class value of each band
         if s.count == len(order) and all(i in order for i in ids):
@@ -379,8 +414,10 @@ class _ProbabilityReader:
             band = {ids[0]: 1}  # a single band: the probability of the one class asked for
         else:
             s.close()
-            raise RasterError(f"{path}: {s.count} probability bands but the mask has "
-                              f"{len(order)} classes; expected one band per class")
+            raise RasterError(
+                f"{path}: {s.count} probability bands but the mask has "
+                f"{len(order)} classes; expected one band per class"
+            )
         self.bands = sorted(band.values())
         self.slot = np.zeros(max(ids) + 1, dtype=np.int64)
         for cls, b in band.items():
@@ -393,17 +430,25 @@ class _ProbabilityReader:
         else:
             self.scale = 1.0
 
-    def sums(self, geoms: np.ndarray, values: np.ndarray, window: Window,
-             transform: Any) -> tuple[np.ndarray, np.ndarray]:
+    def sums(
+        self, geoms: np.ndarray, values: np.ndarray, window: Window, transform: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
         n = len(geoms)
-        ids = rasterize(zip(geoms, range(1, n + 1)), out_shape=(int(window.height), int(window.width)),
-                        transform=transform, fill=0, dtype="int32")
+        ids = rasterize(
+            zip(geoms, range(1, n + 1), strict=True),
+            out_shape=(int(window.height), int(window.width)),
+            transform=transform,
+            fill=0,
+            dtype="int32",
+        )
         rows, cols = np.nonzero(ids)
         poly = ids[rows, cols] - 1
         data = self.src.read(self.bands, window=window)
         p = data[self.slot[values[poly]], rows, cols].astype(np.float64) * self.scale
-        return (np.bincount(poly, weights=p, minlength=n),
-                np.bincount(poly, minlength=n).astype(np.float64))
+        return (
+            np.bincount(poly, weights=p, minlength=n),
+            np.bincount(poly, minlength=n).astype(np.float64),
+        )
 
     def close(self) -> None:
         self.src.close()
@@ -412,8 +457,9 @@ class _ProbabilityReader:
 # ----------------------------------------------------------------------------- clean-up
 
 
-def regularize_polygons(geoms: np.ndarray, *, tolerance: float,
-                        min_iou: float = REGULARIZE_MIN_IOU) -> np.ndarray:
+def regularize_polygons(
+    geoms: np.ndarray, *, tolerance: float, min_iou: float = REGULARIZE_MIN_IOU
+) -> np.ndarray:
     """Building-like outlines: every edge parallel or perpendicular to the dominant orientation.
 
     The orientation is that of each polygon's minimum rotated rectangle. In that rotated frame
@@ -507,7 +553,9 @@ def _rotate(geoms: np.ndarray, angle: np.ndarray, centre: np.ndarray) -> np.ndar
         return geoms
     c, s = np.cos(angle[idx]), np.sin(angle[idx])
     rel = xy - centre[idx]
-    out = centre[idx] + np.column_stack([c * rel[:, 0] - s * rel[:, 1], s * rel[:, 0] + c * rel[:, 1]])
+    out = centre[idx] + np.column_stack(
+        [c * rel[:, 0] - s * rel[:, 1], s * rel[:, 0] + c * rel[:, 1]]
+    )
     return shapely.set_coordinates(geoms.copy(), out)
 
 
@@ -556,7 +604,7 @@ def _crs_units(metres: float, crs: Any, gdf: Any) -> float:
 
 
 def write(gdf: Any, out: Path | str, *, layer: str = "footprints", overwrite: bool = False) -> Path:
-    """Write polygons atomically: GeoPackage (with spatial index), GeoJSON or Shapefile by extension.
+    """Write polygons atomically: GeoPackage (spatial index), GeoJSON or Shapefile by extension.
 
     The file is written under a temporary name in the same folder and renamed when complete, so a
     reader never sees half a file. An empty GeoDataFrame gives an empty layer with the schema and
@@ -565,9 +613,13 @@ def write(gdf: Any, out: Path | str, *, layer: str = "footprints", overwrite: bo
     out = Path(out)
     driver = DRIVERS.get(out.suffix.lower())
     if driver is None:
-        raise ConfigError(f"{out}: unknown vector format {out.suffix!r}; use .gpkg, .geojson or .shp")
+        raise ConfigError(
+            f"{out}: unknown vector format {out.suffix!r}; use .gpkg, .geojson or .shp"
+        )
     if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
+        raise OutputExistsError(
+            f"{out} exists; pass --overwrite to replace it or choose another --out"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -589,14 +641,24 @@ def write(gdf: Any, out: Path | str, *, layer: str = "footprints", overwrite: bo
     return out
 
 
-def vectorize(mask: Path | str, out: Path | str, *, layer: str = "footprints",
-              overwrite: bool = False, **kwargs: Any) -> Path:
+def vectorize(
+    mask: Path | str,
+    out: Path | str,
+    *,
+    layer: str = "footprints",
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> Path:
     """``polygons(mask, **kwargs)`` written to ``out`` (see :func:`polygons`, :func:`write`)."""
     out = Path(out)
     if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
+        raise OutputExistsError(
+            f"{out} exists; pass --overwrite to replace it or choose another --out"
+        )
     if out.suffix.lower() not in DRIVERS:
-        raise ConfigError(f"{out}: unknown vector format {out.suffix!r}; use .gpkg, .geojson or .shp")
+        raise ConfigError(
+            f"{out}: unknown vector format {out.suffix!r}; use .gpkg, .geojson or .shp"
+        )
     gdf = polygons(mask, **kwargs)
     return write(gdf, out, layer=layer, overwrite=overwrite)
 
@@ -610,8 +672,9 @@ def _open_raster(path: Path) -> rasterio.DatasetReader:
     try:
         return rasterio.open(path)
     except rasterio.errors.RasterioIOError as err:
-        raise RasterError(f"{path}: not a readable raster ({str(err).splitlines()[0]}); "
-                          "pass a GeoTIFF mask") from None
+        raise RasterError(
+            f"{path}: not a readable raster ({str(err).splitlines()[0]}); pass a GeoTIFF mask"
+        ) from None
 
 
 def _gpd_crs(crs: Any) -> Any:

@@ -24,9 +24,18 @@ UTM = "EPSG:32631"
 
 def write_mask(path: Path, data: np.ndarray, *, transform=None, names=None, crs=UTM) -> Path:
     data = np.asarray(data, dtype=np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
-                       dtype="uint8", nodata=255, crs=crs,
-                       transform=transform or from_origin(500000, 5000000, 1, 1)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[1],
+        height=data.shape[0],
+        count=1,
+        dtype="uint8",
+        nodata=255,
+        crs=crs,
+        transform=transform or from_origin(500000, 5000000, 1, 1),
+    ) as dst:
         dst.write(data, 1)
         if names:
             dst.update_tags(class_names=json.dumps(names))
@@ -43,14 +52,8 @@ def box(x0, y0, x1, y1):
 
 # ----------------------------------------------------------------------------- pixels
 
-PRED = np.array([[0, 0, 1, 1],
-                 [0, 2, 1, 1],
-                 [2, 2, 0, 255],
-                 [1, 0, 0, 0]])
-TRUTH = np.array([[0, 1, 1, 1],
-                  [0, 2, 2, 1],
-                  [2, 0, 255, 0],
-                  [1, 1, 0, 0]])
+PRED = np.array([[0, 0, 1, 1], [0, 2, 1, 1], [2, 2, 0, 255], [1, 0, 0, 0]])
+TRUTH = np.array([[0, 1, 1, 1], [0, 2, 2, 1], [2, 0, 255, 0], [1, 1, 0, 0]])
 # by hand, rows = truth, cols = prediction, pixels with 255 on either side left out:
 #   truth 0: (0,0)->0 (1,0)->0 (2,1)->2 (3,2)->0 (3,3)->0          -> [4, 0, 1]
 #   truth 1: (0,1)->0 (0,2)->1 (0,3)->1 (1,3)->1 (3,0)->1 (3,1)->0 -> [2, 4, 0]
@@ -77,7 +80,9 @@ def test_pixel_metrics_match_a_hand_computed_confusion_matrix(tmp_path):
 def test_truth_on_another_grid_is_resampled_with_a_warning(tmp_path):
     pred = write_mask(tmp_path / "pred.tif", PRED, names=["background", "building", "road"])
     fine = np.repeat(np.repeat(TRUTH, 2, axis=0), 2, axis=1)  # same area, 0.5 m pixels
-    truth = write_mask(tmp_path / "truth.tif", fine, transform=from_origin(500000, 5000000, 0.5, 0.5))
+    truth = write_mask(
+        tmp_path / "truth.tif", fine, transform=from_origin(500000, 5000000, 0.5, 0.5)
+    )
     with pytest.warns(UserWarning, match="resampled"):
         s = evaluate.pixels(pred, truth)
     assert s["confusion_matrix"] == HAND
@@ -139,8 +144,9 @@ def test_empty_proposals_or_truth_do_not_crash():
 
 
 def test_invalid_polygons_are_repaired_and_crs_are_aligned():
-    bowtie = shapely.Polygon([(500000, 5000000), (500010, 5000010), (500010, 5000000),
-                              (500000, 5000010)])
+    bowtie = shapely.Polygon(
+        [(500000, 5000000), (500010, 5000010), (500010, 5000000), (500000, 5000010)]
+    )
     square = box(0, 0, 10, 10)
     truth = frame([square])
     props = frame([square]).to_crs("EPSG:4326")  # same polygon, geographic CRS
@@ -149,7 +155,9 @@ def test_invalid_polygons_are_repaired_and_crs_are_aligned():
     assert r["fp"] == 1 and r["tp"] == 0  # a bow-tie of two triangles: IoU 0.5, not above it
 
 
-def brute_force(props: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, thr: float) -> tuple[int, int, int, list]:
+def brute_force(
+    props: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, thr: float
+) -> tuple[int, int, int, list]:
     """The SpaceNet metric written the slow, obvious way: all pairs, one proposal at a time."""
     props = props.to_crs(truth.crs)
     order = sorted(range(len(props)), key=lambda i: -float(props["conf"].iloc[i]))
@@ -177,8 +185,11 @@ def test_real_spacenet_footprints_match_the_brute_force_answer(real_data):
     assert truth.geometry.is_valid.all() and props.geometry.is_valid.all()
     for thr in (0.5, 0.3):
         tp, fp, fn, matches = brute_force(props, truth, thr)
-        r = evaluate.objects(real_data / "eval" / "footprints_proposal.geojson",
-                             real_data / "eval" / "footprints_truth.geojson", iou_threshold=thr)
+        r = evaluate.objects(
+            real_data / "eval" / "footprints_proposal.geojson",
+            real_data / "eval" / "footprints_truth.geojson",
+            iou_threshold=thr,
+        )
         assert (r["tp"], r["fp"], r["fn"]) == (tp, fp, fn)
         got = sorted((m["prediction"], m["truth"], m["iou"]) for m in r["matches"])
         assert [g[:2] for g in got] == [m[:2] for m in matches]
@@ -204,16 +215,38 @@ def test_raster_prediction_against_vector_truth_does_both(tmp_path):
     cm = np.array(r["confusion_matrix"])
     assert cm[1, 1] == 16 + 20 and cm[0, 1] == 20 and cm[1, 0] == 10 + 4
     saved = json.loads((tmp_path / "r.json").read_text())
-    for key in ("tp", "fp", "fn", "precision", "recall", "f1", "iou_threshold", "per_class", "miou",
-                "accuracy", "confusion_matrix", "mode", "prediction", "truth"):
+    for key in (
+        "tp",
+        "fp",
+        "fn",
+        "precision",
+        "recall",
+        "f1",
+        "iou_threshold",
+        "per_class",
+        "miou",
+        "accuracy",
+        "confusion_matrix",
+        "mode",
+        "prediction",
+        "truth",
+    ):
         assert key in saved
 
 
 def test_cli_evaluate_objects_report_and_low_score_exit_0(tmp_path, real_data):
     report = tmp_path / "report.json"
-    r = runner.invoke(app, ["evaluate", str(real_data / "eval" / "footprints_proposal.geojson"),
-                            str(real_data / "eval" / "footprints_truth.geojson"), "--json", str(report),
-                            "--quiet"])
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(real_data / "eval" / "footprints_proposal.geojson"),
+            str(real_data / "eval" / "footprints_truth.geojson"),
+            "--json",
+            str(report),
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "precision" in r.stdout and "TP" in r.stdout
     saved = json.loads(report.read_text())
@@ -226,8 +259,23 @@ def test_cli_evaluate_pixels_report(tmp_path):
     pred = write_mask(tmp_path / "pred.tif", PRED)
     truth = write_mask(tmp_path / "truth.tif", TRUTH)
     report = tmp_path / "r.json"
-    r = runner.invoke(app, ["evaluate", str(pred), str(truth), "--json", str(report), "-q",
-                            "--classes", "bg", "--classes", "house", "--classes", "road"])
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(pred),
+            str(truth),
+            "--json",
+            str(report),
+            "-q",
+            "--classes",
+            "bg",
+            "--classes",
+            "house",
+            "--classes",
+            "road",
+        ],
+    )
     assert r.exit_code == 0, r.output
     saved = json.loads(report.read_text())
     assert saved["mode"] == "pixels" and saved["confusion_matrix"] == HAND
@@ -253,24 +301,37 @@ def test_cli_no_overlap_is_an_error_naming_both_extents(tmp_path):
 def test_cli_raster_and_vector_without_overlap_is_an_error(tmp_path):
     pred = write_mask(tmp_path / "pred.tif", PRED)
     frame([box(1000, 1000, 1005, 1005)]).to_file(tmp_path / "b.gpkg")
-    _one_line_error(runner.invoke(app, ["evaluate", str(pred), str(tmp_path / "b.gpkg")]),
-                    "do not overlap", "pred.tif", "b.gpkg")
+    _one_line_error(
+        runner.invoke(app, ["evaluate", str(pred), str(tmp_path / "b.gpkg")]),
+        "do not overlap",
+        "pred.tif",
+        "b.gpkg",
+    )
 
 
 def test_cli_unreadable_vector_file_is_an_error(tmp_path):
     bad = tmp_path / "truth.geojson"
     bad.write_text("{ this is not json")
     frame([box(0, 0, 5, 5)]).to_file(tmp_path / "a.gpkg")
-    _one_line_error(runner.invoke(app, ["evaluate", str(tmp_path / "a.gpkg"), str(bad)]),
-                    "truth.geojson", "cannot read")
+    _one_line_error(
+        runner.invoke(app, ["evaluate", str(tmp_path / "a.gpkg"), str(bad)]),
+        "truth.geojson",
+        "cannot read",
+    )
 
 
 def test_cli_existing_report_is_an_error(tmp_path):
     frame([box(0, 0, 5, 5)]).to_file(tmp_path / "a.gpkg")
     report = tmp_path / "r.json"
     report.write_text("{}")
-    _one_line_error(runner.invoke(app, ["evaluate", str(tmp_path / "a.gpkg"), str(tmp_path / "a.gpkg"),
-                                        "--json", str(report)]), "r.json", "--overwrite")
+    _one_line_error(
+        runner.invoke(
+            app,
+            ["evaluate", str(tmp_path / "a.gpkg"), str(tmp_path / "a.gpkg"), "--json", str(report)],
+        ),
+        "r.json",
+        "--overwrite",
+    )
     assert report.read_text() == "{}"
 
 

@@ -1,4 +1,4 @@
-"""geoseg vectorize: placement in the mask's CRS, holes, seam merging, clean-up, attributes, output."""
+"""geoseg vectorize: placement in the mask's CRS, holes, seams, clean-up, attributes, output."""
 
 from __future__ import annotations
 
@@ -24,13 +24,20 @@ runner = CliRunner()
 UTM = "EPSG:32631"
 
 
-def write_mask(path: Path, data: np.ndarray, *, crs=UTM, transform=None, names=None,
-               nodata=255, dtype="uint8") -> Path:
+def write_mask(
+    path: Path, data: np.ndarray, *, crs=UTM, transform=None, names=None, nodata=255, dtype="uint8"
+) -> Path:
     """A one-band class-id GeoTIFF with an optional ``class_names`` tag (as geoseg infer writes)."""
     data = np.asarray(data)
-    profile = dict(driver="GTiff", width=data.shape[-1], height=data.shape[-2],
-                   count=1 if data.ndim == 2 else data.shape[0], dtype=dtype, nodata=nodata,
-                   transform=transform or from_origin(500000, 5000000, 0.5, 0.5))
+    profile = dict(
+        driver="GTiff",
+        width=data.shape[-1],
+        height=data.shape[-2],
+        count=1 if data.ndim == 2 else data.shape[0],
+        dtype=dtype,
+        nodata=nodata,
+        transform=transform or from_origin(500000, 5000000, 0.5, 0.5),
+    )
     if crs is not None:
         profile["crs"] = crs
     with rasterio.open(path, "w", **profile) as dst:
@@ -43,18 +50,18 @@ def write_mask(path: Path, data: np.ndarray, *, crs=UTM, transform=None, names=N
 def seam_mask() -> np.ndarray:
     """100 x 100 mask whose shapes cross the seams of 32-pixel blocks (at 32, 64, 96)."""
     m = np.zeros((100, 100), np.uint8)
-    m[10:20, 10:20] = 1                      # inside one block
-    m[25:40, 28:36] = 1                      # crosses row 32 and column 32
-    m[50:90, 40:45] = 1                      # a U: leaves block (64..96, 32..64) and re-enters it
+    m[10:20, 10:20] = 1  # inside one block
+    m[25:40, 28:36] = 1  # crosses row 32 and column 32
+    m[50:90, 40:45] = 1  # a U: leaves block (64..96, 32..64) and re-enters it
     m[85:90, 40:75] = 1
     m[50:90, 70:75] = 1
-    m[55:75, 52:69] = 1                      # a ring with a hole, crossing row 64 and column 64
+    m[55:75, 52:69] = 1  # a ring with a hole, crossing row 64 and column 64
     m[60:70, 57:66] = 0
-    m[30:34, 90:99] = 1                      # crosses row 32 ...
-    m[30:34, 99] = 2                         # ... next to another class (stays apart)
+    m[30:34, 90:99] = 1  # crosses row 32 ...
+    m[30:34, 99] = 2  # ... next to another class (stays apart)
     m[31, 31] = m[32, 32] = 0
-    m[5, 63] = m[4, 64] = 1                  # touch only at a block corner: two regions
-    m[99, 0] = 255                           # nodata
+    m[5, 63] = m[4, 64] = 1  # touch only at a block corner: two regions
+    m[99, 0] = 255  # nodata
     return m
 
 
@@ -65,7 +72,11 @@ def same_polygons(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame) -> None:
     gb = shapely.normalize(b.geometry.values.to_numpy())
     # every polygon of one has an equal polygon in the other (same area, no symmetric difference)
     for g in ga:
-        eq = [h for h in gb if abs(h.area - g.area) < 1e-6 and shapely.symmetric_difference(g, h).area < 1e-6]
+        eq = [
+            h
+            for h in gb
+            if abs(h.area - g.area) < 1e-6 and shapely.symmetric_difference(g, h).area < 1e-6
+        ]
         assert len(eq) == 1, g.wkt
     np.testing.assert_allclose(np.sort(a.area_m2), np.sort(b.area_m2), atol=0.25 / 10)
 
@@ -90,14 +101,16 @@ def test_square_comes_back_exactly_where_its_pixels_are(tmp_path, real_data, cas
     else:
         crs, x0, y0, res = "EPSG:4326", 2.35, 48.85, 0.0001
     m = np.zeros((10, 12), np.uint8)
-    m[2:5, 5:8] = 1                          # rows 2..4, columns 5..7
+    m[2:5, 5:8] = 1  # rows 2..4, columns 5..7
     mask = write_mask(tmp_path / "m.tif", m, crs=crs, transform=from_origin(x0, y0, res, res))
     out = vectorize.vectorize(mask, tmp_path / "fp.gpkg", classes=["building"])
     gdf = gpd.read_file(out, layer="footprints")
     assert len(gdf) == 1
     expected = shapely.box(x0 + 5 * res, y0 - 5 * res, x0 + 8 * res, y0 - 2 * res)
     got = gdf.geometry.iloc[0]
-    assert shapely.equals_exact(shapely.normalize(got), shapely.normalize(expected), tolerance=res * 1e-9)
+    assert shapely.equals_exact(
+        shapely.normalize(got), shapely.normalize(expected), tolerance=res * 1e-9
+    )
     assert CRS(gdf.crs).equals(CRS.from_user_input(crs))
     assert gdf.class_id.iloc[0] == 1 and gdf.class_name.iloc[0] == "building"
     if case != "geographic":
@@ -108,8 +121,12 @@ def test_square_comes_back_exactly_where_its_pixels_are(tmp_path, real_data, cas
 
 def test_custom_crs_is_kept_as_wkt_in_the_geopackage(tmp_path, real_data):
     wkt = albers_wkt(real_data)
-    mask = write_mask(tmp_path / "m.tif", np.ones((4, 4), np.uint8), crs=wkt,
-                      transform=from_origin(-673425.0, 2130165.0, 30, 30))
+    mask = write_mask(
+        tmp_path / "m.tif",
+        np.ones((4, 4), np.uint8),
+        crs=wkt,
+        transform=from_origin(-673425.0, 2130165.0, 30, 30),
+    )
     out = vectorize.vectorize(mask, tmp_path / "fp.gpkg")
     info = pyogrio.read_info(out)
     assert CRS.from_user_input(info["crs"]).equals(CRS.from_wkt(wkt))
@@ -119,7 +136,7 @@ def test_custom_crs_is_kept_as_wkt_in_the_geopackage(tmp_path, real_data):
 def test_holes_are_kept(tmp_path):
     m = np.zeros((20, 20), np.uint8)
     m[2:12, 2:12] = 1
-    m[5:8, 5:9] = 0                          # a courtyard of 12 pixels
+    m[5:8, 5:9] = 0  # a courtyard of 12 pixels
     gdf = vectorize.polygons(write_mask(tmp_path / "m.tif", m))
     assert len(gdf) == 1
     poly = gdf.geometry.iloc[0]
@@ -147,7 +164,11 @@ def test_blocks_give_the_same_polygons_as_the_whole_mask(tmp_path, block_size):
     assert sorted(whole.class_id) == [1] * 7 + [2]
     same_polygons(whole, blocks)
     holes = shapely.get_num_interior_rings
-    assert holes(blocks.geometry.values.to_numpy()).sum() == holes(whole.geometry.values.to_numpy()).sum() == 3
+    assert (
+        holes(blocks.geometry.values.to_numpy()).sum()
+        == holes(whole.geometry.values.to_numpy()).sum()
+        == 3
+    )
     # (the ring's courtyard and the two pixels taken out of the cross)
     assert blocks.geometry.is_valid.all()
     assert set(blocks.geometry.geom_type) == {"Polygon"}
@@ -172,14 +193,16 @@ def test_random_masks_merge_like_the_whole_mask(tmp_path):
 
 
 def test_min_area_is_in_square_metres_on_a_geographic_raster(tmp_path):
-    res = 0.0001                             # ~7.3 m x 11.1 m at 48.85 N: ~81 m² per pixel
+    res = 0.0001  # ~7.3 m x 11.1 m at 48.85 N: ~81 m² per pixel
     m = np.zeros((20, 20), np.uint8)
-    m[2, 2] = 1                              # 1 pixel, ~81 m²
-    m[10:13, 10:13] = 1                      # 9 pixels, ~730 m²
-    mask = write_mask(tmp_path / "m.tif", m, crs="EPSG:4326", transform=from_origin(2.35, 48.85, res, res))
+    m[2, 2] = 1  # 1 pixel, ~81 m²
+    m[10:13, 10:13] = 1  # 9 pixels, ~730 m²
+    mask = write_mask(
+        tmp_path / "m.tif", m, crs="EPSG:4326", transform=from_origin(2.35, 48.85, res, res)
+    )
     everything = vectorize.polygons(mask)
     geod = Geod(ellps="WGS84")
-    for geom, area in zip(everything.geometry, everything.area_m2):
+    for geom, area in zip(everything.geometry, everything.area_m2, strict=True):
         assert area == pytest.approx(abs(geod.geometry_area_perimeter(geom)[0]), rel=0.01)
     kept = vectorize.polygons(mask, min_area_m2=200)
     assert len(everything) == 2 and len(kept) == 1
@@ -189,7 +212,7 @@ def test_min_area_is_in_square_metres_on_a_geographic_raster(tmp_path):
 def test_simplify_is_in_metres_and_keeps_polygons_valid(tmp_path):
     m = np.zeros((40, 40), np.uint8)
     rows, cols = np.mgrid[:40, :40]
-    m[(rows - 20) ** 2 + (cols - 20) ** 2 < 15 ** 2] = 1  # a staircase circle
+    m[(rows - 20) ** 2 + (cols - 20) ** 2 < 15**2] = 1  # a staircase circle
     mask = write_mask(tmp_path / "m.tif", m)
     exact = vectorize.polygons(mask)
     simple = vectorize.polygons(mask, simplify_m=1.0)  # 2 pixels of 0.5 m
@@ -211,7 +234,7 @@ def test_regularize_gives_right_angles_and_valid_polygons(tmp_path):
     m = _rotated_rect_mask(30)
     extra = np.zeros_like(m)
     extra[2:12, 2:8] = 1
-    extra[8:12, 2:14] = 1                    # an L
+    extra[8:12, 2:14] = 1  # an L
     m = np.maximum(m, extra)
     rng = np.random.default_rng(0)
     noise = np.zeros_like(m)
@@ -250,8 +273,8 @@ def test_regularize_never_returns_invalid_polygons_on_random_shapes(tmp_path):
 @pytest.mark.parametrize("dtype", ["float32", "uint8"])
 def test_confidence_is_the_mean_probability_of_the_class(tmp_path, dtype):
     m = np.zeros((40, 40), np.uint8)
-    m[2:6, 2:6] = 1                          # 16 px at p = 0.8
-    m[20:30, 10:20] = 1                      # crosses the 16-px seams: 60 px at 0.2, 40 at 0.7
+    m[2:6, 2:6] = 1  # 16 px at p = 0.8
+    m[20:30, 10:20] = 1  # crosses the 16-px seams: 60 px at 0.2, 40 at 0.7
     prob = np.zeros((2, 40, 40), np.float32)
     prob[1, 2:6, 2:6] = 0.8
     prob[1, 20:30, 10:16] = 0.2
@@ -264,7 +287,7 @@ def test_confidence_is_the_mean_probability_of_the_class(tmp_path, dtype):
     for block_size in (4096, 16):
         gdf = vectorize.polygons(mask, probabilities=probs, block_size=block_size)
         assert len(gdf) == 2
-        conf = dict(zip(gdf.area_m2.round(2), gdf.confidence))
+        conf = dict(zip(gdf.area_m2.round(2), gdf.confidence, strict=True))
         tol = 1 / 255 if dtype == "uint8" else 1e-6
         assert conf[4.0] == pytest.approx(0.8, abs=tol)
         assert conf[25.0] == pytest.approx((60 * 0.2 + 40 * 0.7) / 100, abs=tol)
@@ -272,7 +295,9 @@ def test_confidence_is_the_mean_probability_of_the_class(tmp_path, dtype):
 
 def test_probability_raster_on_another_grid_is_an_error(tmp_path):
     mask = write_mask(tmp_path / "m.tif", np.ones((8, 8), np.uint8))
-    probs = write_mask(tmp_path / "p.tif", np.ones((2, 9, 9), np.float32), dtype="float32", nodata=None)
+    probs = write_mask(
+        tmp_path / "p.tif", np.ones((2, 9, 9), np.float32), dtype="float32", nodata=None
+    )
     with pytest.raises(RasterError, match="differs from the mask"):
         vectorize.polygons(mask, probabilities=probs)
 
@@ -283,7 +308,9 @@ def test_probability_raster_on_another_grid_is_an_error(tmp_path):
 def test_geopackage_has_named_layer_spatial_index_and_schema(tmp_path):
     m = np.zeros((16, 16), np.uint8)
     m[2:5, 2:5] = m[8:12, 8:14] = 1
-    out = vectorize.vectorize(write_mask(tmp_path / "m.tif", m), tmp_path / "fp.gpkg", layer="houses")
+    out = vectorize.vectorize(
+        write_mask(tmp_path / "m.tif", m), tmp_path / "fp.gpkg", layer="houses"
+    )
     info = pyogrio.read_info(out, layer="houses")
     assert info["features"] == 2 and info["geometry_type"] == "Polygon"
     assert list(info["fields"]) == vectorize.COLUMNS
@@ -294,8 +321,9 @@ def test_geopackage_has_named_layer_spatial_index_and_schema(tmp_path):
 
 
 def test_empty_mask_gives_an_empty_layer_with_schema_and_crs(tmp_path):
-    out = vectorize.vectorize(write_mask(tmp_path / "m.tif", np.zeros((8, 8), np.uint8)),
-                              tmp_path / "fp.gpkg")
+    out = vectorize.vectorize(
+        write_mask(tmp_path / "m.tif", np.zeros((8, 8), np.uint8)), tmp_path / "fp.gpkg"
+    )
     info = pyogrio.read_info(out)
     assert info["features"] == 0 and list(info["fields"]) == vectorize.COLUMNS
     assert CRS.from_user_input(info["crs"]).to_epsg() == 32631
@@ -308,7 +336,10 @@ def test_format_is_chosen_by_extension(tmp_path, name):
     out = vectorize.vectorize(write_mask(tmp_path / "m.tif", m), tmp_path / name)
     gdf = gpd.read_file(out)
     assert len(gdf) == 1 and gdf.crs.to_epsg() == 32631
-    assert pyogrio.read_info(out)["driver"] == {"fp.geojson": "GeoJSON", "fp.shp": "ESRI Shapefile"}[name]
+    assert (
+        pyogrio.read_info(out)["driver"]
+        == {"fp.geojson": "GeoJSON", "fp.shp": "ESRI Shapefile"}[name]
+    )
 
 
 def test_library_refuses_to_overwrite(tmp_path):
@@ -322,7 +353,9 @@ def test_library_refuses_to_overwrite(tmp_path):
 
 def test_class_names_default_without_tags(tmp_path):
     assert vectorize.class_names(write_mask(tmp_path / "a.tif", np.ones((4, 4), np.uint8))) == [
-        "background", "building"]
+        "background",
+        "building",
+    ]
     m = np.arange(16, dtype=np.uint8).reshape(4, 4) % 4
     assert vectorize.class_names(write_mask(tmp_path / "b.tif", m))[3] == "class_3"
 
@@ -336,8 +369,23 @@ def test_cli_vectorize_writes_footprints(tmp_path):
     m[9:14, 9:14] = 1
     mask = write_mask(tmp_path / "m.tif", m, names=["background", "building"])
     out = tmp_path / "fp.gpkg"
-    r = runner.invoke(app, ["vectorize", str(mask), "--out", str(out), "--class", "building",
-                            "--min-area", "3", "--simplify", "0.2", "--regularize", "--quiet"])
+    r = runner.invoke(
+        app,
+        [
+            "vectorize",
+            str(mask),
+            "--out",
+            str(out),
+            "--class",
+            "building",
+            "--min-area",
+            "3",
+            "--simplify",
+            "0.2",
+            "--regularize",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     gdf = gpd.read_file(out, layer="footprints")
     assert len(gdf) == 1 and gdf.area_m2.iloc[0] == pytest.approx(25 * 0.25)
@@ -355,24 +403,39 @@ def _one_line_error(r, *words: str) -> None:
 def test_cli_mask_without_crs_is_an_error_unless_allowed(tmp_path):
     mask = write_mask(tmp_path / "m.tif", np.ones((4, 4), np.uint8), crs=None)
     out = tmp_path / "fp.gpkg"
-    _one_line_error(runner.invoke(app, ["vectorize", str(mask), "--out", str(out)]),
-                    "m.tif", "no CRS", "--allow-ungeoreferenced")
+    _one_line_error(
+        runner.invoke(app, ["vectorize", str(mask), "--out", str(out)]),
+        "m.tif",
+        "no CRS",
+        "--allow-ungeoreferenced",
+    )
     assert not out.exists()
-    r = runner.invoke(app, ["vectorize", str(mask), "--out", str(out), "--allow-ungeoreferenced", "-q"])
+    r = runner.invoke(
+        app, ["vectorize", str(mask), "--out", str(out), "--allow-ungeoreferenced", "-q"]
+    )
     assert r.exit_code == 0, r.output
     assert len(gpd.read_file(out)) == 1
 
 
 def test_cli_unknown_class_is_an_error(tmp_path):
-    mask = write_mask(tmp_path / "m.tif", np.ones((4, 4), np.uint8), names=["background", "building"])
-    _one_line_error(runner.invoke(app, ["vectorize", str(mask), "--out", str(tmp_path / "fp.gpkg"),
-                                        "--class", "road"]), "m.tif", "'road'", "building")
+    mask = write_mask(
+        tmp_path / "m.tif", np.ones((4, 4), np.uint8), names=["background", "building"]
+    )
+    _one_line_error(
+        runner.invoke(
+            app, ["vectorize", str(mask), "--out", str(tmp_path / "fp.gpkg"), "--class", "road"]
+        ),
+        "m.tif",
+        "'road'",
+        "building",
+    )
 
 
 def test_cli_existing_output_is_an_error(tmp_path):
     mask = write_mask(tmp_path / "m.tif", np.ones((4, 4), np.uint8))
     out = tmp_path / "fp.gpkg"
     out.write_text("keep me")
-    _one_line_error(runner.invoke(app, ["vectorize", str(mask), "--out", str(out)]),
-                    "fp.gpkg", "--overwrite")
+    _one_line_error(
+        runner.invoke(app, ["vectorize", str(mask), "--out", str(out)]), "fp.gpkg", "--overwrite"
+    )
     assert out.read_text() == "keep me"

@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from geoseg.cli._common import Overwrite, Quiet, check_output, set_quiet
 
+Opt = typer.Option
+
 
 def evaluate(
     prediction: Annotated[Path, typer.Argument(help="Predicted mask GeoTIFF or footprints file.")],
     truth: Annotated[Path, typer.Argument(help="Truth mask GeoTIFF or polygon file.")],
-    iou_threshold: Annotated[float, typer.Option(
-        "--iou-threshold", min=0, max=1, help="A building match needs IoU strictly above this.")] = 0.5,
-    report: Annotated[Optional[Path], typer.Option(  # noqa: UP007 (typer needs Optional)
-        "--json", help="Write every figure to this JSON file.")] = None,
-    classes: Annotated[Optional[list[str]], typer.Option(  # noqa: UP007
-        "--classes", help="Class names by id, in order (repeat: --classes background --classes building).")] = None,
+    iou_threshold: Annotated[
+        float, Opt("--iou-threshold", min=0, max=1, help="A building match needs IoU above this.")
+    ] = 0.5,
+    report: Annotated[
+        Path | None, Opt("--json", help="Write every figure to this JSON file.")
+    ] = None,
+    classes: Annotated[
+        list[str] | None,
+        Opt(
+            "--classes",
+            help="Class names by id, in order (repeat: --classes background --classes building).",
+        ),
+    ] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -35,10 +44,16 @@ def evaluate(
 
     from geoseg import evaluate as lib
 
-    result = lib.evaluate(prediction, truth, iou_threshold=iou_threshold, classes=classes,
-                          report=report, overwrite=overwrite)
+    result = lib.evaluate(
+        prediction,
+        truth,
+        iou_threshold=iou_threshold,
+        classes=classes,
+        report=report,
+        overwrite=overwrite,
+    )
     console = Console()
-    console.print(f"mode: {result['mode']}  prediction: {prediction}  truth: {truth}")
+    console.print(f"mode: {result['mode']}\nprediction: {prediction}\ntruth: {truth}")
     for table in lib.tables(result):
         console.print(table)
     if report is not None:
