@@ -359,6 +359,9 @@ def _merge_seams(
         # groups (corner contacts give separate parts of a MultiPolygon).
         merged = shapely.get_parts(shapely.union_all(px[members]))
         merged = merged[shapely.get_type_id(merged) == shapely.GeometryType.POLYGON]
+        # Drop the vertices the seams left on straight edges (exactly collinear in whole pixels),
+        # so merged outlines have the vertices a whole-raster polygonisation gives.
+        merged = shapely.simplify(merged, 0.0)
         # Which merged part each member went into: a point inside the member lies in one part.
         inside = shapely.point_on_surface(px[members])
         member_idx, part_idx = shapely.STRtree(merged).query(inside, predicate="intersects")
@@ -383,8 +386,9 @@ def _merge_seams(
 def _apply(affine: Any, xy: np.ndarray) -> np.ndarray:
     """An affine transform applied to an (N, 2) coordinate array."""
     x, y = xy[:, 0], xy[:, 1]
+    # GDAL's geotransform order (origin + col * a + row * b), as rasterio's shapes computes it
     return np.column_stack(
-        [affine.a * x + affine.b * y + affine.c, affine.d * x + affine.e * y + affine.f]
+        [affine.c + affine.a * x + affine.b * y, affine.f + affine.d * x + affine.e * y]
     )
 
 
