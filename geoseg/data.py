@@ -270,44 +270,76 @@ def _extent(tiles: list[Tile]) -> tuple[int, int, int, int]:
             max(t.row0 + t.height for t in tiles), max(t.col0 + t.width for t in tiles))
 
 
+def _usable_blocks(tiles: list[Tile], r0: int, c0: int, nr: int, nc: int, block: int, patch: int) -> np.ndarray:
+    # A block is usable when some file covers at least a patch of it; slivers (a warped file's
+    # overhang) stay unassigned: no split samples there.
+    has = np.zeros((nr, nc), bool)
+    for t in tiles:
+        a, b = (t.row0 - r0) // block, (t.col0 - c0) // block
+        e, f = -(-(t.row0 + t.height - r0) // block), -(-(t.col0 + t.width - c0) // block)
+        for i in range(a, e):
+            oh = min(t.row0 + t.height, r0 + (i + 1) * block) - max(t.row0, r0 + i * block)
+            for j in range(b, f):
+                ow = min(t.col0 + t.width, c0 + (j + 1) * block) - max(t.col0, c0 + j * block)
+                has[i, j] |= min(oh, ow) >= patch
+    return np.flatnonzero(has.ravel())
+
+
+def _train_fits(split: _Split, tiles: list[Tile], patch: int, gap: int, seed: int) -> bool:
+    """Whether some training patch fits (20,000 seeded random origins tried)."""
+    ok = [t for t in tiles if t.height >= patch and t.width >= patch]
+    rng = np.random.default_rng([seed, 104729])
+    k = rng.integers(0, len(ok), 20_000)
+    hmax = np.array([t.height - patch + 1 for t in ok])[k]
+    wmax = np.array([t.width - patch + 1 for t in ok])[k]
+    r = np.array([t.row0 for t in ok])[k] + (rng.random(k.size) * hmax).astype(np.int64)
+    c = np.array([t.col0 for t in ok])[k] + (rng.random(k.size) * wmax).astype(np.int64)
+    return bool(split.valid(0, r, c, patch, gap).any())
+
+
 def _blocks_split(tiles: list[Tile], cfg: DataConfig, patch: int, gap: int) -> _Split:
+    """Blocks of ``block_size`` px over the target grid, shuffled by seed into train/val/test.
+
+    Tiny data: when there are fewer usable blocks than splits, or no training patch keeps
+    ``gap`` px from val/test, smaller blocks (halving, down to the patch size) and then other
+    seeded assignments are tried, so val and test get a region whenever their ratio is > 0.
+    """
     sp = cfg.split
     need = sum(1 for r in sp.ratios if r > 0)
     r0, c0, r1, c1 = _extent(tiles)
-    block = sp.block_size
-    while True:
+    sizes = [sp.block_size]
+    while sizes[-1] // 2 >= patch:
+        sizes.append(sizes[-1] // 2)
+    most = 0
+    for block in sizes:
         nr, nc = -(-(r1 - r0) // block), -(-(c1 - c0) // block)
-        has = np.zeros((nr, nc), bool)
-        for t in tiles:
-            a, b = (t.row0 - r0) // block, (t.col0 - c0) // block
-            e, f = -(-(t.row0 + t.height - r0) // block), -(-(t.col0 + t.width - c0) // block)
-            has[a:e, b:f] = True
-        cells = np.flatnonzero(has.ravel())
-        if len(cells) >= need + (1 if need > 1 else 0) or block // 2 < patch:
-            break
-        block //= 2  # tiny data: smaller blocks so that val and test get a region too
-    if len(cells) < need:
-        raise ConfigError(
-            f"the data covers {len(cells)} block(s) of {block} px, too few for {need} splits with "
-            f"patch_size={patch}; use a smaller patch_size or split.method: files"
-        )
-    if block != sp.block_size:
-        log.info("split.block_size %d -> %d so that every split gets a region", sp.block_size, block)
-    rng = np.random.default_rng(sp.seed)
-    order = rng.permutation(cells)
-    counts = _assign_counts(len(cells), sp.ratios)
-    label = np.full(nr * nc, -1, np.int64)
-    # val and test first, then train: the shuffled order decides which blocks each gets.
-    k = 0
-    for s in (1, 2, 0):
-        label[order[k:k + counts[s]]] = s
-        k += counts[s]
-    label = label.reshape(nr, nc)
-    occ = np.stack([label == s for s in range(3)])
-    rects: dict[int, list[tuple[int, int, int, int]]] = {0: [], 1: [], 2: []}
-    for i, j in zip(*np.nonzero(label >= 0), strict=True):
-        rects[int(label[i, j])].append((r0 + i * block, c0 + j * block, block, block))
-    return _Split(block, r0, c0, occ, "blocks", rects)
+        cells = _usable_blocks(tiles, r0, c0, nr, nc, block, patch)
+        most = max(most, len(cells))
+        if len(cells) < need:
+            continue
+        counts = _assign_counts(len(cells), sp.ratios)
+        for attempt in range(1 if block == sp.block_size and len(cells) > 2 * need else 25):
+            order = np.random.default_rng([sp.seed, attempt] if attempt else sp.seed).permutation(cells)
+            label = np.full(nr * nc, -1, np.int64)
+            k = 0
+            for s in (1, 2, 0):  # val and test first, then train, in the shuffled order
+                label[order[k:k + counts[s]]] = s
+                k += counts[s]
+            label = label.reshape(nr, nc)
+            occ = np.stack([label == s for s in range(3)])
+            rects: dict[int, list[tuple[int, int, int, int]]] = {0: [], 1: [], 2: []}
+            for i, j in zip(*np.nonzero(label >= 0), strict=True):
+                rects[int(label[i, j])].append((r0 + i * block, c0 + j * block, block, block))
+            split = _Split(block, r0, c0, occ, "blocks", rects)
+            if counts[0] == 0 or _train_fits(split, tiles, patch, gap, sp.seed):
+                if block != sp.block_size or attempt:
+                    log.info("split: block_size %d -> %d (assignment %d) so that every split gets a region",
+                             sp.block_size, block, attempt)
+                return split
+    raise ConfigError(
+        f"the data covers at most {most} usable block(s), too few for {need} splits with patch_size={patch} "
+        f"and gap={gap} px; use a smaller patch_size or split.gap, or split.method: files"
+    )
 
 
 def _files_split(tiles: list[Tile], cfg: DataConfig, patch: int) -> _Split:
@@ -518,40 +550,52 @@ class GridBatches(_Batches):
 
 
 class _EpochKeys:
-    """Sampler of ``(epoch, i)`` keys; the epoch advances each time it is iterated."""
+    """Sampler of ``(epoch, i)`` keys for the epoch the owning :class:`Loader` set.
 
-    def __init__(self, n: int, first_epoch: int = 0) -> None:
-        self.n, self.epoch = n, first_epoch
+    The epoch is not advanced here: torch's DataLoader may call ``iter()`` on its sampler twice
+    when a pass starts (persistent workers), which would skip an epoch.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n, self.epoch = n, 0
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        e = self.epoch
-        self.epoch += 1
-        return iter([(e, i) for i in range(self.n)])
+        return iter([(self.epoch, i) for i in range(self.n)])
 
 
 class Loader:
     """An iterable of batch dicts with ``len()`` = batches per pass; workers via torch DataLoader.
 
-    Each pass over a training loader is a new epoch (new random patches, reproducible by seed).
+    Each pass over a training loader is a new epoch (new random patches, reproducible by seed);
+    ``set_epoch(e)`` picks the epoch of the next pass.
     """
 
     def __init__(self, batches: TrainBatches | GridBatches, workers: int = 0) -> None:
         self.batches, self.workers = batches, workers
         self.keys = _EpochKeys(len(batches))
+        self.epoch = 0
         self._dl: Any = None
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def set_epoch(self, epoch: int) -> None:
-        self.keys.epoch = epoch
+        self.epoch = epoch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = int(state.get("epoch", self.epoch))
 
     def __iter__(self) -> Iterator[dict]:
+        self.keys.epoch = self.epoch
+        self.epoch += 1
         if self.workers <= 0:
-            for key in self.keys:
+            for key in list(self.keys):
                 yield self.batches[key]
             return
         if self._dl is None:
@@ -731,7 +775,7 @@ def _geo_tiles(cfg: DataConfig, run_dir: Path, num_classes: int) -> tuple[list[T
 
         transform = Affine(res, 0, grid.x0 + c0 * res, 0, -res, grid.y0 - r0 * res)
         key = json.dumps([_file_key(info.path), target_crs.to_wkt(), res, grid.x0, grid.y0, "img", 1])
-        dst = cache / f"aligned-{hashlib.sha256(key.encode()).hexdigest()[:16]}" / f"{info.path.stem}.tif"
+        dst = cache / f"aligned-img-{hashlib.sha256(key.encode()).hexdigest()[:16]}" / f"{info.path.stem}.tif"
         if not dst.exists():
             log.info("reprojecting %s once onto the target grid -> %s", info.path.name, dst)
             _warp_to(info.path, dst, target_crs, transform, w, h, is_mask=False)
@@ -775,7 +819,7 @@ def _attach_geo_masks(tiles: list[Tile], cfg: DataConfig, run_dir: Path) -> None
                 raise RasterError(f"{m}: mask has no CRS and a grid other than {t.source.name}; georeference it")
             key = json.dumps([_file_key(m), crs.to_wkt(), list(transform)[:6], w, h, cfg.mask_mapping and
                               sorted(cfg.mask_mapping.items()), cfg.ignore_index, "mask", 1])
-            dst = run_dir / "cache" / f"aligned-{hashlib.sha256(key.encode()).hexdigest()[:16]}" / f"{m.stem}.tif"
+            dst = run_dir / "cache" / f"aligned-mask-{hashlib.sha256(key.encode()).hexdigest()[:16]}" / f"{m.stem}.tif"
             if not dst.exists():
                 log.info("reprojecting mask %s once onto %s's grid", m.name, t.source.name)
                 _warp_to(m, dst, crs, transform, w, h, is_mask=True, lut=lut, ignore_index=cfg.ignore_index)
