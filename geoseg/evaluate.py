@@ -462,13 +462,40 @@ def evaluate(
             raster_is_prediction=kinds[0] == "raster",
             vector_name=str(vector),
         )
+        # Only the polygons on the raster's valid pixels can be found (or be right) there.
+        inside = _on_valid_pixels(raster, vec)
+        vec = vec[inside].reset_index(drop=True)
+        scored = (polys, vec) if kinds[0] == "raster" else (vec, polys)
         out.update(objects(*scored, iou_threshold=iou_threshold))
         out.update(pix)
         out["vectorized"] = str(raster)
         out["rasterized"] = str(vector)
+        out["polygons_outside_raster"] = int((~inside).sum())
     if report is not None:
         write_json(out, Path(report))
     return out
+
+
+def _on_valid_pixels(raster: Path, polygons: Any) -> np.ndarray:
+    """True for polygons whose representative point falls on a valid (not nodata) pixel."""
+    keep = np.zeros(len(polygons), dtype=bool)
+    if not len(polygons):
+        return keep
+    with vectorize._open_raster(raster) as src:
+        geoms = polygons.geometry
+        if polygons.crs is not None and src.crs is not None:
+            geoms = geoms.to_crs(src.crs)
+        xy = shapely.get_coordinates(shapely.point_on_surface(geoms.values.to_numpy()))
+        present = ~shapely.is_missing(geoms.values.to_numpy()) & ~geoms.is_empty.to_numpy()
+        inv = ~src.transform
+        cols = np.floor(inv.c + inv.a * xy[:, 0] + inv.b * xy[:, 1])
+        rows = np.floor(inv.f + inv.d * xy[:, 0] + inv.e * xy[:, 1])
+        on_grid = (cols >= 0) & (cols < src.width) & (rows >= 0) & (rows < src.height)
+        idx = np.flatnonzero(present)[on_grid]
+        nodata = src.nodata if src.nodata is not None else 255
+        values = np.array([v[0] for v in src.sample(xy[on_grid], indexes=1)]) if len(idx) else []
+        keep[idx] = np.asarray(values) != nodata
+    return keep
 
 
 def _kind(path: Path) -> str:

@@ -204,13 +204,24 @@ def test_raster_prediction_against_vector_truth_does_both(tmp_path):
     m = np.zeros((20, 20), np.uint8)
     m[2:6, 2:6] = 1
     m[10:15, 10:18] = 1
+    m[18:, 18:] = 255
     pred = write_mask(tmp_path / "pred.tif", m, names=["background", "building"])
     # truth: the first building exactly, the second shifted by half its width, a third missed
-    truth = frame([box(2, -6, 6, -2), box(14, -15, 22, -10), box(2, -18, 4, -16)])
+    # (and two that are not scored as objects: off the raster, and on its nodata pixels)
+    truth = frame(
+        [
+            box(2, -6, 6, -2),
+            box(14, -15, 22, -10),
+            box(2, -18, 4, -16),
+            box(30, -5, 35, 0),
+            box(18, -20, 20, -18),
+        ]
+    )
     truth.to_file(tmp_path / "truth.gpkg")
     r = evaluate.evaluate(pred, tmp_path / "truth.gpkg", report=tmp_path / "r.json")
     assert r["mode"] == "objects+pixels"
     assert (r["tp"], r["fp"], r["fn"]) == (1, 1, 2)
+    assert r["polygons_outside_raster"] == 2
     # pixels: prediction 16 + 40 building px; truth 16 + 30 (clipped at the edge) + 4
     cm = np.array(r["confusion_matrix"])
     assert cm[1, 1] == 16 + 20 and cm[0, 1] == 20 and cm[1, 0] == 10 + 4
