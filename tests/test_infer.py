@@ -303,3 +303,27 @@ def test_two_dask_workers_write_byte_identical_files(tmp_path: Path, make_geotif
         assert (a.read() == b.read()).all()
     assert one.read_bytes() == two.read_bytes()
     assert (tmp_path / "one_p.tif").read_bytes() == (tmp_path / "two_p.tif").read_bytes()
+
+
+class _Threshold(torch.nn.Module):
+    """Class 1 where band 1 is above the card's mean: buildings = bright squares."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x[:, :1]), 4 * x[:, :1]], 1)
+
+
+def test_vectorize_writes_footprints_on_the_mask_grid(tmp_path: Path, make_geotiff, ckpt3: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import geopandas as gpd
+
+    monkeypatch.setattr(infer, "_cached_model", lambda s: _Threshold().eval())
+    data = np.full((3, 64, 64), 20, np.uint8)
+    data[:, 10:30, 12:40] = 250
+    src = make_geotiff("scene.tif", data=data)
+    out, gpkg = tmp_path / "m.tif", tmp_path / "fp.gpkg"
+    res = _run(ckpt3, src, "--out", out, "--vectorize", gpkg, "--probabilities", "--overlap", 8)
+    assert res.exit_code == 0, res.stderr
+    gdf = gpd.read_file(gpkg)
+    assert len(gdf) == 1 and gdf.crs.to_epsg() == 32631
+    assert gdf.geometry.iloc[0].area == pytest.approx(20 * 28 * 0.25)  # 0.5 m pixels
+    assert gdf["confidence"].iloc[0] > 0.9
