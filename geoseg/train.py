@@ -473,10 +473,14 @@ def _run(cfg: PipelineConfig, run_dir: Path, resume: bool, *, rank: int, world_s
             torch.backends.cudnn.benchmark = True
         _seed_everything(cfg.train.seed)
         num_classes = cfg.model.num_classes
+        if not dist_.main:  # rank 0 burns labels and aligns rasters into cache/ first; the others reuse them
+            dist_.barrier()
         td = data.build_training_data(
             cfg.data, patch_size=cfg.train.patch_size, batch_size=cfg.train.batch_size, run_dir=run_dir,
             num_classes=num_classes, seed=cfg.train.seed, workers=cfg.train.workers, rank=rank,
             world_size=world_size, patches_per_epoch=cfg.train.patches_per_epoch)
+        if dist_.main:
+            dist_.barrier()
         if device.type == "cuda":
             for loader in (td.train, td.val, td.test):
                 if isinstance(loader, torch.utils.data.DataLoader):

@@ -1,0 +1,257 @@
+"""`geoseg train` and geoseg.train: end-to-end runs on tiny data, resume, DDP, and the user errors.
+
+Every run uses a width-8 UNet on 64-px patches for 1-2 epochs on the session's 256-px demo tiles,
+so the whole file stays around a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from typer.testing import CliRunner
+
+from geoseg import checkpoint, train
+from geoseg.cli.main import app
+
+runner = CliRunner()
+
+# The 256-px demo tiles need split blocks smaller than the default 512 px.
+SMALL_SPLIT = "data:\n  split: {method: blocks, block_size: 128, ratios: [0.6, 0.2, 0.2], seed: 0}\n"
+TINY = ["--width", "8", "--patch-size", "64", "--batch-size", "4", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def split_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "small.yaml"
+    path.write_text(SMALL_SPLIT)
+    return path
+
+
+def _train(args: list[str]):
+    return runner.invoke(app, ["-q", "train", *args])
+
+
+def _ok(result) -> None:
+    assert result.exit_code == 0, (result.output, result.exception)
+
+
+@pytest.fixture(scope="module")
+def raster_run(demo_data, split_yaml, tmp_path_factory) -> Path:
+    """An uninterrupted 2-epoch run with raster masks (also the reference for resume)."""
+    out = tmp_path_factory.mktemp("runs") / "raster"
+    _ok(_train([str(demo_data.images[0].parent), "--labels", str(demo_data.masks[0].parent), "--out", str(out),
+                "--config", str(split_yaml), "--epochs", "2", *TINY]))
+    return out
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return checkpoint.load(path).state_dict
+
+
+def test_raster_labels_end_to_end(raster_run: Path, demo_data) -> None:
+    out = raster_run
+    for name in ("best.ckpt", "last.ckpt", "metrics.csv", "config.yaml", "curves.png", "preview.png",
+                 "split.gpkg", "test_metrics.json"):
+        assert (out / name).is_file(), name
+    assert any((out / "tb").iterdir()), "no TensorBoard event file"
+    rows = train.read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("lr", "train_loss", "val_loss", "iou_building", "f1_building", "iou_background", "miou",
+                "accuracy", "seconds"):
+        assert key in rows[0], key
+    assert all(0.0 <= r["miou"] <= 1.0 for r in rows)
+    # the resolved config: what was given on the command line and in the file
+    from geoseg import config
+
+    cfg = config.load(out / "config.yaml")
+    assert (cfg.model.width, cfg.train.patch_size, cfg.train.epochs) == (8, 64, 2)
+    assert cfg.data.split.block_size == 128
+    assert cfg.model.class_names == ["background", "building"]
+    test = json.loads((out / "test_metrics.json").read_text())
+    assert "building" in test["per_class"] and 0.0 <= test["miou"] <= 1.0
+    with open(out / "preview.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoint_card_and_load_model(raster_run: Path, demo_data) -> None:
+    ck = checkpoint.load(raster_run / "best.ckpt")
+    card = ck.card
+    assert card.architecture == "unet" and card.model_args == {"width": 8}
+    assert card.in_channels == 3 and card.band_indexes == [1, 2, 3] and len(card.band_names) == 3
+    assert len(card.mean) == len(card.std) == 3 and all(s > 0 for s in card.std)
+    assert card.class_names == ["background", "building"] and card.class_ids == [0, 1]
+    assert card.ignore_index == 255 and card.patch_size == 64
+    with rasterio.open(demo_data.images[0]) as src:
+        assert card.res == pytest.approx(src.res[0])
+        assert rasterio.crs.CRS.from_wkt(card.crs_wkt) == src.crs
+    best_epoch = max(train.read_metrics(raster_run), key=lambda r: r["iou_building"])["epoch"]
+    assert card.epoch == best_epoch and "iou_building" in card.metrics
+    model, card2 = checkpoint.load_model(raster_run / "best.ckpt")
+    assert card2 == card
+    with torch.no_grad():
+        logits = model(torch.zeros(1, 3, 64, 64))
+    assert logits.shape == (1, 2, 64, 64)
+    last = checkpoint.load(raster_run / "last.ckpt")
+    assert last.epoch == 2 and last.optimizer and last.scheduler and "rng" in last.extra
+
+
+def test_vector_labels_end_to_end(demo_data, split_yaml, tmp_path) -> None:
+    out = tmp_path / "vector"
+    _ok(_train([str(demo_data.images[0].parent), "--labels", str(demo_data.buildings), "--out", str(out),
+                "--config", str(split_yaml), "--epochs", "1", "--loss", "ce+dice", "--scheduler", "onecycle",
+                *TINY]))
+    assert [r["epoch"] for r in train.read_metrics(out)] == [1]
+    assert checkpoint.load(out / "best.ckpt").card.class_names == ["background", "building"]
+
+
+def test_tile_folder_layout(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    root = tmp_path / "tiles"
+    for sub in ("img", "mask"):
+        (root / sub).mkdir(parents=True)
+    for k in range(10):
+        mask = np.zeros((64, 64), np.uint8)
+        mask[16:40, 8 + k:40 + k] = 1
+        image = (rng.integers(0, 60, (3, 64, 64)) + 150 * mask).astype(np.uint8)
+        for sub, arr in (("img", image), ("mask", mask[None])):
+            with rasterio.open(root / sub / f"t{k:02d}.tif", "w", driver="GTiff", width=64, height=64,
+                               count=arr.shape[0], dtype="uint8") as dst:
+                dst.write(arr)
+    out = tmp_path / "run"
+    _ok(_train([str(root), "--labels", str(root / "mask"), "--layout", "tiles", "--out", str(out),
+                "--epochs", "1", "--optimizer", "sgd", "--scheduler", "step", *TINY]))
+    card = checkpoint.load(out / "best.ckpt").card
+    assert card.in_channels == 3 and card.patch_size == 64
+    assert (out / "metrics.csv").is_file()
+
+
+class _Killed(Exception):
+    """Stands in for SIGKILL right after epoch 1 has been written."""
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(raster_run, demo_data, split_yaml, tmp_path,
+                                                            monkeypatch) -> None:
+    out = tmp_path / "resumed"
+    args = [str(demo_data.images[0].parent), "--labels", str(demo_data.masks[0].parent), "--out", str(out),
+            "--config", str(split_yaml), "--epochs", "2", *TINY]
+    end_epoch = train._Trainer.end_epoch
+
+    def end_then_die(self, epoch, row):
+        end_epoch(self, epoch, row)
+        if epoch == 1:
+            raise _Killed
+
+    monkeypatch.setattr(train._Trainer, "end_epoch", end_then_die)
+    result = _train(args)
+    assert isinstance(result.exception, _Killed)
+    assert [r["epoch"] for r in train.read_metrics(out)] == [1]
+    monkeypatch.setattr(train._Trainer, "end_epoch", end_epoch)
+
+    _ok(_train(args + ["--resume"]))
+    rows = train.read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    resumed, straight = _weights(out / "last.ckpt"), _weights(raster_run / "last.ckpt")
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
+    ref = train.read_metrics(raster_run)
+    assert rows[1]["val_loss"] == pytest.approx(ref[1]["val_loss"], rel=1e-6)
+
+
+def test_ddp_two_processes(demo_data, split_yaml, tmp_path, monkeypatch) -> None:
+    debug = tmp_path / "debug"
+    monkeypatch.setenv(train.DEBUG_ENV, str(debug))
+    out = tmp_path / "ddp"
+    _ok(_train([str(demo_data.images[0].parent), "--labels", str(demo_data.masks[0].parent), "--out", str(out),
+                "--config", str(split_yaml), "--epochs", "1", "--devices", "2", "--device", "cpu", *TINY]))
+    ranks = [json.loads((debug / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["first_batch"] != ranks[1]["first_batch"], "both ranks trained on the same patches"
+    assert ranks[0]["weights"] == ranks[1]["weights"], "DDP ranks ended with different weights"
+    assert train.state_hash(_weights(out / "last.ckpt")) == ranks[1]["weights"]
+    assert [r["epoch"] for r in train.read_metrics(out)] == [1]
+    assert not (debug / "rank2.json").exists()
+
+
+def test_precision_auto_on_cpu_is_valid() -> None:
+    cpu = torch.device("cpu")
+    resolved = train.resolve_precision("auto", cpu)
+    assert resolved == ("bf16" if train.cpu_supports_bf16() else "32")
+    assert train.resolve_precision("32", cpu) == "32"
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolved == "bf16"):
+        y = torch.nn.Conv2d(3, 4, 3)(torch.randn(1, 3, 8, 8))
+    assert torch.isfinite(y).all()
+
+
+# -------------------------------------------------------------------------------------------
+# user errors: one line on stderr, exit 1
+
+
+def _one_line_error(result, *needles: str) -> str:
+    assert result.exit_code == 1, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def _base(demo_data, out: Path) -> list[str]:
+    return [str(demo_data.images[0].parent), "--labels", str(demo_data.masks[0].parent), "--out", str(out)]
+
+
+def test_error_unknown_model(demo_data, tmp_path) -> None:
+    _one_line_error(_train(_base(demo_data, tmp_path / "r") + ["--model", "resnet-9000"]),
+                    "resnet-9000", "unet-resnet34")
+    assert not (tmp_path / "r").exists()
+
+
+def test_error_unknown_loss(demo_data, tmp_path) -> None:
+    _one_line_error(_train(_base(demo_data, tmp_path / "r") + ["--loss", "hinge"]), "hinge", "ce", "dice", "focal")
+
+
+def test_error_unknown_config_key(demo_data, tmp_path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("train:\n  epochz: 3\n")
+    _one_line_error(_train(_base(demo_data, tmp_path / "r") + ["--config", str(cfg)]), "epochz", "epochs")
+
+
+def test_error_classes_smaller_than_label_value(demo_data, split_yaml, tmp_path) -> None:
+    line = _one_line_error(_train(_base(demo_data, tmp_path / "r") + ["--classes", "1", "--config", str(split_yaml),
+                                                                      *TINY]))
+    assert "1" in line and ("class" in line.lower())
+
+
+def test_error_patch_size_not_divisible(demo_data, tmp_path) -> None:
+    line = _one_line_error(_train(_base(demo_data, tmp_path / "r") + ["--patch-size", "500"]))
+    assert line == ("Error: patch_size=500 is not divisible by 16 (the UNet downsamples 4 times); "
+                    "use 512 or 496")
+
+
+def test_error_resume_without_last_ckpt(demo_data, tmp_path) -> None:
+    (tmp_path / "r").mkdir()
+    _one_line_error(_train(_base(demo_data, tmp_path / "r") + ["--resume"]), "last.ckpt", "--resume")
+
+
+def test_error_run_dir_not_empty(demo_data, tmp_path) -> None:
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    _one_line_error(_train(_base(demo_data, out)), str(out), "--overwrite", "--resume")
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_config_file_and_options_merge(tmp_path, demo_data) -> None:
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("model: {width: 12, class_names: [background, building]}\n"
+                        "train: {epochs: 7, lr: 0.01}\ndata: {images: [a.tif], labels: m/}\n")
+    cfg = train.configure(cfg_file, {"train.epochs": 3}, tmp_path / "r")
+    assert (cfg.train.epochs, cfg.train.lr, cfg.model.width) == (3, 0.01, 12)  # given overrides, rest kept
+    assert cfg.data.images == [str((tmp_path / "a.tif"))] or cfg.data.images[0].endswith("a.tif")
+    cfg = train.configure(cfg_file, {"model.classes": 3}, tmp_path / "r")
+    assert cfg.model.num_classes == 3
