@@ -77,7 +77,9 @@ def _check_jsonable(value: Any, where: str) -> None:
                 raise ValueError(f"{where}: keys must be strings, got {key!r}")
             _check_jsonable(item, where)
         return
-    raise ValueError(f"{where}: {type(value).__name__} is not JSON-able; use str, int, float, bool, list or dict")
+    raise ValueError(
+        f"{where}: {type(value).__name__} is not JSON-able; use str, int, float, bool, list or dict"
+    )
 
 
 class ModelCard(BaseModel):
@@ -159,7 +161,7 @@ def clean_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
             stripped = False
             for prefix in _WRAPPER_PREFIXES:
                 if key.startswith(prefix):
-                    key = key[len(prefix):]
+                    key = key[len(prefix) :]
                     stripped = True
         out[key] = value
     return out
@@ -172,14 +174,18 @@ def _to_safe(value: Any, where: str) -> Any:
     """
     if isinstance(value, np.generic):  # first: np.float64 is also a float, but pickles as numpy
         return value.item()
-    if value is None or isinstance(value, str | int | float | bool | torch.dtype | torch.device | torch.Size):
+    if value is None or isinstance(
+        value, str | int | float | bool | torch.dtype | torch.device | torch.Size
+    ):
         return value
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, np.ndarray):
         return torch.from_numpy(np.array(value))
     if isinstance(value, dict):
-        return {k if isinstance(k, str | int) else str(k): _to_safe(v, where) for k, v in value.items()}
+        return {
+            k if isinstance(k, str | int) else str(k): _to_safe(v, where) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_to_safe(v, where) for v in value]
     if isinstance(value, tuple):
@@ -216,8 +222,12 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
     if "numpy" in state:
         s = state["numpy"]
-        keys = np.asarray(s["keys"].cpu().numpy() if isinstance(s["keys"], torch.Tensor) else s["keys"])
-        np.random.set_state((s["name"], keys.astype(np.uint32), s["pos"], s["has_gauss"], s["cached_gaussian"]))
+        keys = np.asarray(
+            s["keys"].cpu().numpy() if isinstance(s["keys"], torch.Tensor) else s["keys"]
+        )
+        np.random.set_state(
+            (s["name"], keys.astype(np.uint32), s["pos"], s["has_gauss"], s["cached_gaussian"])
+        )
     if "python" in state:
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
@@ -301,22 +311,33 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> Check
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointNotFoundError(f"{path}: checkpoint not found; check the path (e.g. RUN_DIR/best.ckpt)")
+        raise CheckpointNotFoundError(
+            f"{path}: checkpoint not found; check the path (e.g. RUN_DIR/best.ckpt)"
+        )
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
         message = str(err)
-        if "weights_only" in message or "Unsupported global" in message or "Unsupported operand" in message:
+        if (
+            "weights_only" in message
+            or "Unsupported global" in message
+            or "Unsupported operand" in message
+        ):
             raise CheckpointError(
                 f"{path}: cannot be loaded safely: it holds Python objects, not only tensors and "
                 "plain data; use a checkpoint written by geoseg (geoseg train)"
             ) from None
+        first_line = message.splitlines()[0][:120] if message else ""
         raise CheckpointError(
-            f"{path}: not a readable checkpoint ({type(err).__name__}: {message.splitlines()[0][:120] if message else ''}); "
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {first_line}); "
             "the file may be truncated or not a torch file; re-copy or re-train it"
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        kind = "a bare state dict" if isinstance(data, dict) and "format" not in data else f"a {type(data).__name__}"
+        kind = (
+            "a bare state dict"
+            if isinstance(data, dict) and "format" not in data
+            else f"a {type(data).__name__}"
+        )
         raise CheckpointError(
             f"{path}: not a geoseg checkpoint (found {kind}, expected format '{FORMAT}'); "
             "use a checkpoint written by geoseg train"
@@ -324,18 +345,22 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> Check
     version = data.get("version")
     if not isinstance(version, int) or version > VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint format version {version!r} is newer than this geoseg reads ({VERSION}); "
-            "upgrade geoseg"
+            f"{path}: checkpoint format version {version!r} is newer than this geoseg reads "
+            f"({VERSION}); upgrade geoseg"
         )
     try:
         card = ModelCard.model_validate(data.get("card"))
     except ValidationError as err:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "card"
-        raise CheckpointError(f"{path}: invalid model card: {loc}: {first['msg']}; re-save the checkpoint") from None
+        raise CheckpointError(
+            f"{path}: invalid model card: {loc}: {first['msg']}; re-save the checkpoint"
+        ) from None
     state_dict = data.get("state_dict")
     if not isinstance(state_dict, dict):
-        raise CheckpointError(f"{path}: checkpoint has no weights (state_dict); re-save the checkpoint")
+        raise CheckpointError(
+            f"{path}: checkpoint has no weights (state_dict); re-save the checkpoint"
+        )
     return Checkpoint(
         card=card,
         state_dict=clean_state_dict(state_dict),
@@ -353,7 +378,9 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
+def load_model(
+    path: str | Path, *, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelCard]:
     """Rebuild the model a checkpoint describes, load its weights, put it in eval mode.
 
     Args:
@@ -374,15 +401,18 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple
     # (and the file need not exist where the model is used).
     args = {k: v for k, v in card.model_args.items() if k != "encoder_weights"}
     try:
-        model = models.build(card.architecture, in_channels=card.in_channels, num_classes=card.num_classes, **args)
+        model = models.build(
+            card.architecture, in_channels=card.in_channels, num_classes=card.num_classes, **args
+        )
     except ConfigError as err:
         raise CheckpointError(f"{path}: cannot rebuild the model: {err}") from None
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as err:
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0])[:160]
         raise CheckpointError(
-            f"{path}: weights do not fit model {card.architecture} ({lines[1][:160] if len(lines) > 1 else lines[0][:160]}); "
+            f"{path}: weights do not fit model {card.architecture} ({detail}); "
             "the checkpoint is inconsistent, re-save it"
         ) from None
     model.to(_resolve_device(device)).eval()

@@ -97,7 +97,11 @@ class FocalLoss(nn.Module):
     """
 
     def __init__(
-        self, *, ignore_index: int = 255, class_weights: Sequence[float] | None = None, gamma: float = 2.0
+        self,
+        *,
+        ignore_index: int = 255,
+        class_weights: Sequence[float] | None = None,
+        gamma: float = 2.0,
     ):
         super().__init__()
         self.ignore_index = ignore_index
@@ -177,7 +181,11 @@ def build(
             )
         coefficient = float(match.group(1)) if match.group(1) else 1.0
         terms.append(
-            (coefficient, match.group(2), _base(match.group(2), ignore_index=ignore_index, class_weights=class_weights))
+            (
+                coefficient,
+                match.group(2),
+                _base(match.group(2), ignore_index=ignore_index, class_weights=class_weights),
+            )
         )
     if len(terms) == 1 and terms[0][0] == 1.0:
         return terms[0][2]

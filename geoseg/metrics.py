@@ -81,7 +81,9 @@ class ConfusionMatrix:
                 or a prediction is not a class id and not ``ignore_index``.
             ValueError: ``pred`` and ``target`` shapes differ.
         """
-        on_accelerator = any(isinstance(x, torch.Tensor) and x.device.type != "cpu" for x in (pred, target))
+        on_accelerator = any(
+            isinstance(x, torch.Tensor) and x.device.type != "cpu" for x in (pred, target)
+        )
         if on_accelerator:
             counts = self._count_torch(pred, target, source)
         else:
@@ -114,10 +116,20 @@ class ConfusionMatrix:
         k = self.num_classes
         devices = [x.device for x in (pred, target) if isinstance(x, torch.Tensor)]
         device = next((d for d in devices if d.type != "cpu"), devices[0])
-        p = pred.to(device) if isinstance(pred, torch.Tensor) else torch.from_numpy(_as_numpy(pred)).to(device)
-        t = target.to(device) if isinstance(target, torch.Tensor) else torch.from_numpy(_as_numpy(target)).to(device)
+        p = (
+            pred.to(device)
+            if isinstance(pred, torch.Tensor)
+            else torch.from_numpy(_as_numpy(pred)).to(device)
+        )
+        t = (
+            target.to(device)
+            if isinstance(target, torch.Tensor)
+            else torch.from_numpy(_as_numpy(target)).to(device)
+        )
         if p.shape != t.shape:
-            raise ValueError(f"prediction and truth differ in shape: {tuple(p.shape)} vs {tuple(t.shape)}")
+            raise ValueError(
+                f"prediction and truth differ in shape: {tuple(p.shape)} vs {tuple(t.shape)}"
+            )
         p = p.reshape(-1).to(torch.int64)
         t = t.reshape(-1).to(torch.int64)
         keep = (t != self.ignore_index) & (p != self.ignore_index)
@@ -131,7 +143,9 @@ class ConfusionMatrix:
             self._check_range(int(tb.min()), int(tb.max()), int(pb.min()), int(pb.max()), source)
         return counts[: k * k].reshape(k, k)
 
-    def _check_range(self, t_min: int, t_max: int, p_min: int, p_max: int, source: str | None) -> None:
+    def _check_range(
+        self, t_min: int, t_max: int, p_min: int, p_max: int, source: str | None
+    ) -> None:
         k = self.num_classes
         where = f"{source}: " if source else ""
         if t_min < 0 or t_max >= k:
@@ -151,7 +165,8 @@ class ConfusionMatrix:
         """Add another matrix's counts (same number of classes) to this one; returns self."""
         if other.num_classes != self.num_classes:
             raise ValueError(
-                f"cannot merge a {other.num_classes}-class confusion matrix into a {self.num_classes}-class one"
+                f"cannot merge a {other.num_classes}-class confusion matrix "
+                f"into a {self.num_classes}-class one"
             )
         self._counts += other._counts.to(self._counts.device)
         return self

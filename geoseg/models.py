@@ -139,12 +139,16 @@ class _Entry:
 
 def _build_unet(*, in_channels: int, num_classes: int, width: int = 64) -> nn.Module:
     if not isinstance(width, int) or width < 1:
-        raise ConfigError(f"model width={width!r} is not valid; expected a positive integer, e.g. 32 or 64")
+        raise ConfigError(
+            f"model width={width!r} is not valid; expected a positive integer, e.g. 32 or 64"
+        )
     return UNet(in_channels, num_classes, width=width)
 
 
 def _smp_factory(arch: str, encoder: str, **defaults: Any) -> Callable[..., nn.Module]:
-    def factory(*, in_channels: int, num_classes: int, encoder_weights: str | None = None, **kwargs: Any) -> nn.Module:
+    def factory(
+        *, in_channels: int, num_classes: int, encoder_weights: str | None = None, **kwargs: Any
+    ) -> nn.Module:
         import segmentation_models_pytorch as smp
 
         try:
@@ -157,7 +161,9 @@ def _smp_factory(arch: str, encoder: str, **defaults: Any) -> Callable[..., nn.M
                 **{**defaults, **kwargs},
             )
         except TypeError as err:
-            raise ConfigError(f"model {arch}-{encoder}: bad argument ({err}); remove or fix it") from None
+            raise ConfigError(
+                f"model {arch}-{encoder}: bad argument ({err}); remove or fix it"
+            ) from None
         if encoder_weights is not None:
             _load_encoder_weights(model.encoder, encoder_weights)
         return model
@@ -183,7 +189,9 @@ _SMP_MODELS: dict[str, tuple[str, str, int]] = {
     "linknet-resnet34": ("linknet", "resnet34", 32),
 }
 for _name, (_arch, _encoder, _down) in _SMP_MODELS.items():
-    _REGISTRY[_name] = _Entry(_smp_factory(_arch, _encoder), _down, f"smp {_arch} with a {_encoder} encoder")
+    _REGISTRY[_name] = _Entry(
+        _smp_factory(_arch, _encoder), _down, f"smp {_arch} with a {_encoder} encoder"
+    )
 
 
 def names() -> list[str]:
@@ -227,14 +235,20 @@ def build(name: str, *, in_channels: int, num_classes: int, **kwargs: Any) -> nn
     entry = _entry(name)
     for label, value in (("in_channels", in_channels), ("num_classes", num_classes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"model {name}: {label}={value!r} is not valid; expected a positive integer")
+            raise ConfigError(
+                f"model {name}: {label}={value!r} is not valid; expected a positive integer"
+            )
     if name == "unet" and kwargs.get("encoder_weights") is not None:
-        raise ConfigError("model unet has no encoder, so encoder_weights cannot be used; pick e.g. unet-resnet34")
+        raise ConfigError(
+            "model unet has no encoder, so encoder_weights cannot be used; pick e.g. unet-resnet34"
+        )
     if name == "unet":
         kwargs.pop("encoder_weights", None)
     unknown = set(kwargs) - {"width"} if name == "unet" else set()
     if unknown:
-        raise ConfigError(f"model unet: unknown option(s) {sorted(unknown)}; the plain UNet only takes width")
+        raise ConfigError(
+            f"model unet: unknown option(s) {sorted(unknown)}; the plain UNet only takes width"
+        )
     return entry.factory(in_channels=in_channels, num_classes=num_classes, **kwargs)
 
 
@@ -252,7 +266,9 @@ def _load_encoder_weights(encoder: nn.Module, path: str) -> None:
         )
     file = Path(path).expanduser()
     if not file.is_file():
-        raise InputNotFoundError(f"{file}: encoder weights file not found; check model.encoder_weights")
+        raise InputNotFoundError(
+            f"{file}: encoder weights file not found; check model.encoder_weights"
+        )
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means "not a usable weights file"
@@ -263,9 +279,18 @@ def _load_encoder_weights(encoder: nn.Module, path: str) -> None:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{file}: not a state dict of tensors; expected torch.save(encoder.state_dict(), path)")
+        raise CheckpointError(
+            f"{file}: not a state dict of tensors; expected torch.save(encoder.state_dict(), path)"
+        )
     state = {k.removeprefix("module.").removeprefix("encoder."): v for k, v in state.items()}
-    for head in ("fc.weight", "fc.bias", "_fc.weight", "_fc.bias", "classifier.weight", "classifier.bias"):
+    for head in (
+        "fc.weight",
+        "fc.bias",
+        "_fc.weight",
+        "_fc.bias",
+        "classifier.weight",
+        "classifier.bias",
+    ):
         state.pop(head, None)  # classification heads that smp encoders delete
     own = encoder.state_dict()
     for key, value in list(state.items()):
@@ -281,14 +306,20 @@ def _load_encoder_weights(encoder: nn.Module, path: str) -> None:
             c_new, c_old = target.shape[1], value.shape[1]
             reps = -(-c_new // c_old)
             state[key] = value.repeat(1, reps, 1, 1)[:, :c_new] * (c_old / c_new)
-            log.info("encoder weights %s: adapted %s from %d to %d input bands", file, key, c_old, c_new)
+            log.info(
+                "encoder weights %s: adapted %s from %d to %d input bands", file, key, c_old, c_new
+            )
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
         detail = "; ".join(
             f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("wrong shape", wrong),
+            )
             if keys
         )
         raise CheckpointError(

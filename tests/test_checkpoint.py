@@ -1,4 +1,4 @@
-"""Checkpoints: round trip, atomic writes, safe loading (no code from the file runs), key prefixes."""
+"""Checkpoints: round trip, atomic writes, safe loading (no code from the file runs), prefixes."""
 
 from __future__ import annotations
 
@@ -64,8 +64,16 @@ def test_round_trip_keeps_weights_card_and_resume_state(tmp_path: Path) -> None:
     expected_draws = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
 
     path = tmp_path / "run" / "best.ckpt"
-    checkpoint.save(path, model=model, card=card, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                    epoch=3, extra={"rng": rng, "best_score": np.float64(0.7), "history": np.arange(3)})
+    checkpoint.save(
+        path,
+        model=model,
+        card=card,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        epoch=3,
+        extra={"rng": rng, "best_score": np.float64(0.7), "history": np.arange(3)},
+    )
 
     raw = torch.load(path, weights_only=True)  # plain torch can read it safely
     assert raw["format"] == "geoseg-checkpoint" and raw["version"] == 1
@@ -101,7 +109,9 @@ def test_load_model_rebuilds_in_eval_mode(tmp_path: Path) -> None:
     train_step(model, optimizer)  # moves BatchNorm running stats away from their defaults
     path = tmp_path / "m.ckpt"
     # encoder_weights only initialised training: the file need not exist where the model is used
-    card = make_card(architecture="unet-resnet18", model_args={"encoder_weights": "/gone/resnet18.pth"})
+    card = make_card(
+        architecture="unet-resnet18", model_args={"encoder_weights": "/gone/resnet18.pth"}
+    )
     smp_model = models.build("unet-resnet18", in_channels=4, num_classes=2)
     checkpoint.save(path, model=smp_model, card=card)
     loaded, loaded_card = checkpoint.load_model(path, device="auto")
@@ -116,7 +126,9 @@ def test_load_model_rebuilds_in_eval_mode(tmp_path: Path) -> None:
         assert torch.equal(loaded(x), model(x))
 
 
-def test_failed_save_keeps_the_older_file_and_leaves_no_partial_file(tmp_path: Path, monkeypatch) -> None:
+def test_failed_save_keeps_the_older_file_and_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch
+) -> None:
     path = tmp_path / "last.ckpt"
     model = tiny_model()
     checkpoint.save(path, model=model, card=make_card(), epoch=1)
@@ -159,7 +171,13 @@ class Evil:
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, writer: str) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.ckpt"
-    payload = {"format": "geoseg-checkpoint", "version": 1, "card": {}, "state_dict": {}, "x": Evil(marker)}
+    payload = {
+        "format": "geoseg-checkpoint",
+        "version": 1,
+        "card": {},
+        "state_dict": {},
+        "x": Evil(marker),
+    }
     if writer == "torch":
         torch.save(payload, path)
     else:
@@ -176,7 +194,9 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, writer: str)
 def test_plain_state_dict_is_not_a_geoseg_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "weights.pth"
     torch.save(tiny_model().state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"weights.pth: not a geoseg checkpoint \(found a bare state dict"):
+    with pytest.raises(
+        CheckpointError, match=r"weights.pth: not a geoseg checkpoint \(found a bare state dict"
+    ):
         checkpoint.load(path)
     torch.save({"format": "lightning"}, path)
     with pytest.raises(CheckpointError, match="not a geoseg checkpoint"):
@@ -209,13 +229,21 @@ def test_missing_truncated_newer_and_bad_card(tmp_path: Path) -> None:
 
 
 def test_wrapper_prefixes_are_stripped(tmp_path: Path) -> None:
-    """Keys saved from DDP (``module.``) or torch.compile (``_orig_mod.``) models load as plain keys."""
+    """Keys from DDP (``module.``) or torch.compile (``_orig_mod.``) models load as plain keys."""
     model = tiny_model()
     # a checkpoint whose keys carry the prefixes (as an older or foreign writer may leave them)
     path = tmp_path / "ddp.ckpt"
     prefixed = {f"module._orig_mod.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"format": "geoseg-checkpoint", "version": 1, "card": make_card().model_dump(mode="json"),
-                "state_dict": prefixed, "epoch": 0}, path)
+    torch.save(
+        {
+            "format": "geoseg-checkpoint",
+            "version": 1,
+            "card": make_card().model_dump(mode="json"),
+            "state_dict": prefixed,
+            "epoch": 0,
+        },
+        path,
+    )
     loaded, _ = checkpoint.load_model(path)
     assert loaded.state_dict().keys() == model.state_dict().keys()
 

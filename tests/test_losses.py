@@ -24,7 +24,9 @@ L2 = math.log(2.0)  # -ln 0.5
 ALL_NAMES = ["ce", "dice", "focal", "ce+dice", "0.5*ce+dice", "ce+focal"]
 
 
-def batch(d_logits: tuple[float, float] = (LN3, 0.0), d_truth: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(
+    d_logits: tuple[float, float] = (LN3, 0.0), d_truth: int = 255
+) -> tuple[torch.Tensor, torch.Tensor]:
     pixels = [(LN3, 0.0), (0.0, LN3), (0.0, 0.0), d_logits]
     logits = torch.tensor(pixels, dtype=torch.float32).T.reshape(1, 2, 2, 2).requires_grad_(True)
     target = torch.tensor([[[0, 1], [1, d_truth]]], dtype=torch.int64)
@@ -34,7 +36,7 @@ def batch(d_logits: tuple[float, float] = (LN3, 0.0), d_truth: int = 255) -> tup
 # hand-computed values over the valid pixels a, b, c
 CE = (2 * L43 + L2) / 3
 CE_W13 = (1 * L43 + 3 * L43 + 3 * L2) / 7
-# Dice per class over the batch: class 0: 2*0.75 / (1.5 + 1) = 0.6; class 1: 2*1.25 / (1.5 + 2) = 5/7
+# Dice per class over the batch: class 0: 2*0.75 / (1.5+1) = 0.6; class 1: 2*1.25 / (1.5+2) = 5/7
 DICE = ((1 - 0.6) + (1 - 5 / 7)) / 2  # = 12/35
 DICE_W13 = (1 * (1 - 0.6) + 3 * (1 - 5 / 7)) / 4  # = 11/35
 # Focal, gamma 2: (1 - p_t)^2 * -ln p_t
@@ -57,7 +59,9 @@ FOCAL_W13 = (1 * 0.25**2 * L43 + 3 * 0.25**2 * L43 + 3 * 0.5**2 * L2) / 7
         (" CE + 0.25*Focal ", None, CE + 0.25 * FOCAL),
     ],
 )
-def test_loss_matches_hand_computed_value(name: str, weights: list[float] | None, expected: float) -> None:
+def test_loss_matches_hand_computed_value(
+    name: str, weights: list[float] | None, expected: float
+) -> None:
     loss = losses.build(name, num_classes=2, class_weights=weights)
     logits, target = batch()
     value = loss(logits, target)
@@ -70,7 +74,11 @@ def test_loss_matches_hand_computed_value(name: str, weights: list[float] | None
 
 def test_hand_values_are_distinct() -> None:
     """Weights change every loss (so the weighted cases above test something)."""
-    assert CE != pytest.approx(CE_W13) and DICE != pytest.approx(DICE_W13) and FOCAL != pytest.approx(FOCAL_W13)
+    assert (
+        CE != pytest.approx(CE_W13)
+        and DICE != pytest.approx(DICE_W13)
+        and FOCAL != pytest.approx(FOCAL_W13)
+    )
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)
@@ -107,7 +115,7 @@ def test_focal_with_gamma_zero_is_weighted_cross_entropy() -> None:
 
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_losses_follow_the_logits_dtype_and_custom_ignore(name: str) -> None:
-    """float64 and bfloat16 logits work (no hard-coded device/dtype); ignore_index is configurable."""
+    """float64 and bfloat16 logits work (no hard-coded dtype); ignore_index is configurable."""
     loss = losses.build(name, num_classes=2, ignore_index=9)
     logits, target = batch(d_truth=9)
     ref = losses.build(name, num_classes=2)(*batch())

@@ -33,10 +33,16 @@ def test_matrix_matches_hand_count() -> None:
 
 
 def test_scores_match_hand_computation() -> None:
-    s = ConfusionMatrix(3).update(torch.from_numpy(PRED), torch.from_numpy(TRUTH)).scores(["bg", "roof", "road"])
+    s = (
+        ConfusionMatrix(3)
+        .update(torch.from_numpy(PRED), torch.from_numpy(TRUTH))
+        .scores(["bg", "roof", "road"])
+    )
     # class 0: tp 2, fp 1 (the (2,0) pixel), fn 1 -> iou 2/4, precision 2/3, recall 2/3, f1 4/6
     bg = s["per_class"]["bg"]
-    assert bg == pytest.approx({"iou": 0.5, "precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3})
+    assert bg == pytest.approx(
+        {"iou": 0.5, "precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3}
+    )
     # class 1: tp 3, fp 1, fn 1 -> iou 3/5; class 2: tp 1, fp 1, fn 1 -> iou 1/3
     assert s["per_class"]["roof"]["iou"] == pytest.approx(0.6)
     assert s["per_class"]["roof"]["support"] == 4
@@ -87,8 +93,16 @@ def test_matches_torchmetrics_on_random_batches() -> None:
 
 def test_inputs_of_any_kind_and_shape_agree() -> None:
     a = ConfusionMatrix(3).update(PRED, TRUTH).matrix
-    b = ConfusionMatrix(3).update(torch.from_numpy(PRED).long()[None], torch.from_numpy(TRUTH).long()[None]).matrix
-    c = ConfusionMatrix(3).update(PRED.ravel().astype(np.int32), TRUTH.ravel().astype(np.uint16)).matrix
+    b = (
+        ConfusionMatrix(3)
+        .update(torch.from_numpy(PRED).long()[None], torch.from_numpy(TRUTH).long()[None])
+        .matrix
+    )
+    c = (
+        ConfusionMatrix(3)
+        .update(PRED.ravel().astype(np.int32), TRUTH.ravel().astype(np.uint16))
+        .matrix
+    )
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, c)
     with pytest.raises(ValueError, match="differ in shape"):
@@ -96,7 +110,9 @@ def test_inputs_of_any_kind_and_shape_agree() -> None:
 
 
 def test_truth_out_of_range_is_a_label_error_naming_the_file() -> None:
-    with pytest.raises(LabelError, match=r"masks/tile_03.tif: found label value 7 but there are 3 classes"):
+    with pytest.raises(
+        LabelError, match=r"masks/tile_03.tif: found label value 7 but there are 3 classes"
+    ):
         ConfusionMatrix(3).update(np.array([0, 1]), np.array([0, 7]), source="masks/tile_03.tif")
     with pytest.raises(LabelError, match="found label value -1"):
         ConfusionMatrix(3).update(np.array([0, 1]), np.array([0, -1]))
@@ -130,7 +146,9 @@ def test_all_reduce_is_a_no_op_without_distributed() -> None:
 def _all_reduce_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
     try:
         cm = ConfusionMatrix(2).update(np.array([rank, 1]), np.array([1, 1]))  # rank 0: (1,0),(1,1)
         cm.all_reduce()
@@ -142,13 +160,15 @@ def _all_reduce_worker(rank: int, world_size: int, init_file: str, out_dir: str)
 def test_all_reduce_sums_over_processes(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 
-    mp.spawn(_all_reduce_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(
+        _all_reduce_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True
+    )
     for rank in range(2):
         np.testing.assert_array_equal(np.load(tmp_path / f"rank{rank}.npy"), [[0, 0], [1, 3]])
 
 
 def test_accelerator_path_agrees_with_the_numpy_path() -> None:
-    """The torch counting path (used for CUDA tensors) gives the same matrix and errors; run on CPU."""
+    """The torch counting path (for CUDA tensors) gives the same matrix and errors (run on CPU)."""
     gen = torch.Generator().manual_seed(1)
     target = torch.randint(0, 4, (3, 20, 20), generator=gen)
     target[:, :2] = 255

@@ -19,7 +19,7 @@ SMALL = {"unet": {"width": 8}}  # keep the plain UNet tiny; smp models have fixe
 
 @pytest.mark.parametrize(("name", "in_channels", "num_classes"), CASES, ids=[c[0] for c in CASES])
 def test_model_contract(name: str, in_channels: int, num_classes: int) -> None:
-    """[B,C,64,64] float -> [B,K,64,64] float logits; grads flow; eval is deterministic; weights round-trip."""
+    """[B,C,64,64] -> [B,K,64,64] float logits; grads flow; eval deterministic; state reloads."""
     torch.manual_seed(0)
     kwargs = SMALL.get(name, {})
     model = models.build(name, in_channels=in_channels, num_classes=num_classes, **kwargs)
@@ -29,7 +29,9 @@ def test_model_contract(name: str, in_channels: int, num_classes: int) -> None:
     assert logits.shape == (2, num_classes, 64, 64)
     assert logits.dtype == torch.float32
     logits.logsumexp(dim=1).mean().backward()
-    first = next(p for p in model.parameters() if p.ndim == 4)  # the first conv sees the input bands
+    first = next(
+        p for p in model.parameters() if p.ndim == 4
+    )  # the first conv sees the input bands
     assert first.shape[1] == in_channels
     assert first.grad is not None and first.grad.abs().sum() > 0
     with_grad = [p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.parameters()]
@@ -69,8 +71,15 @@ def test_downsampling_values() -> None:
 
 
 def test_names_include_the_expected_models() -> None:
-    expected = {"unet", "unet-resnet18", "unet-resnet34", "unet-resnet50", "unet-efficientnet-b0",
-                "deeplabv3plus-resnet34", "fpn-resnet34"}
+    expected = {
+        "unet",
+        "unet-resnet18",
+        "unet-resnet34",
+        "unet-resnet50",
+        "unet-efficientnet-b0",
+        "deeplabv3plus-resnet34",
+        "fpn-resnet34",
+    }
     assert expected <= set(models.names())
 
 
@@ -125,10 +134,17 @@ def test_local_encoder_weights_load_and_adapt_to_four_bands(tmp_path: Path) -> N
 
 def test_encoder_weights_errors(tmp_path: Path) -> None:
     with pytest.raises(InputNotFoundError, match="missing.pth.*not found"):
-        models.build("unet-resnet18", in_channels=3, num_classes=2, encoder_weights=str(tmp_path / "missing.pth"))
+        models.build(
+            "unet-resnet18",
+            in_channels=3,
+            num_classes=2,
+            encoder_weights=str(tmp_path / "missing.pth"),
+        )
 
     wrong = tmp_path / "resnet34.pth"
-    torch.save(models.build("unet-resnet34", in_channels=3, num_classes=2).encoder.state_dict(), wrong)
+    torch.save(
+        models.build("unet-resnet34", in_channels=3, num_classes=2).encoder.state_dict(), wrong
+    )
     with pytest.raises(CheckpointError, match="resnet34.pth: encoder weights do not fit"):
         models.build("unet-resnet18", in_channels=3, num_classes=2, encoder_weights=str(wrong))
 
