@@ -152,3 +152,9 @@ def test_encoder_weights_errors(tmp_path: Path) -> None:
     junk.write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="junk.pth"):
         models.build("unet-resnet18", in_channels=3, num_classes=2, encoder_weights=str(junk))
+
+
+@pytest.mark.parametrize(("in_channels", "num_classes"), COMBOS)
+def test_plain_unet_any_band_and_class_count(in_channels: int, num_classes: int) -> None:
+    model = models.build("unet", in_channels=in_channels, num_classes=num_classes, width=4)
+    assert model(torch.randn(2, in_channels, 48, 80)).shape == (2, num_classes, 48, 80)
