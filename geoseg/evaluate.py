@@ -120,6 +120,29 @@ def objects(
     }
 
 
+def with_matches(proposals: Any, result: dict[str, Any]) -> Any:
+    """The proposals with each one's match written back, as columns.
+
+    Args:
+        proposals: the GeoDataFrame (or file) that was passed to :func:`objects` as prediction.
+        result: what :func:`objects` returned for it.
+
+    Returns:
+        A copy with ``match_iou`` (the IoU with its truth polygon; NaN for a false positive) and
+        ``truth_row`` (row of the matched truth polygon; -1 for a false positive).
+    """
+    _, gdf = _read_vector(proposals)
+    gdf = gdf.copy()
+    iou = np.full(len(gdf), np.nan)
+    row = np.full(len(gdf), -1, dtype=np.int64)
+    for m in result["matches"]:
+        iou[m["prediction"]] = m["iou"]
+        row[m["prediction"]] = m["truth"]
+    gdf["match_iou"] = iou
+    gdf["truth_row"] = row
+    return gdf
+
+
 def _pair_ious(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All intersecting (a, b) pairs with their IoU, array-wise."""
     if not len(a) or not len(b):

@@ -122,6 +122,15 @@ def test_one_proposal_overlapping_two_truths_matches_the_better_one():
     assert r["matches"] == [{"prediction": 0, "truth": 0, "iou": pytest.approx(0.55)}]
 
 
+def test_match_iou_can_be_written_back_as_a_column():
+    truth = frame([box(0, 0, 10, 10), box(20, 0, 30, 10)])
+    props = frame([box(50, 0, 60, 10), box(20, 0, 30, 8), box(0, 0, 10, 10)])
+    r = evaluate.objects(props, truth)
+    out = evaluate.with_matches(props, r)
+    assert list(out.truth_row) == [-1, 1, 0]
+    assert np.isnan(out.match_iou[0]) and list(out.match_iou[1:]) == pytest.approx([0.8, 1.0])
+
+
 def test_proposals_are_taken_in_order_of_confidence():
     truth = frame([box(0, 0, 10, 10)])
     # the better-fitting proposal comes first in the file but has the lower confidence

@@ -288,7 +288,7 @@ def test_regularize_never_returns_invalid_polygons_on_random_shapes(tmp_path):
 # ----------------------------------------------------------------------------- confidence
 
 
-@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+@pytest.mark.parametrize("dtype", ["float32", "uint8", "uint8/254"])
 def test_confidence_is_the_mean_probability_of_the_class(tmp_path, dtype):
     m = np.zeros((40, 40), np.uint8)
     m[2:6, 2:6] = 1  # 16 px at p = 0.8
@@ -298,15 +298,19 @@ def test_confidence_is_the_mean_probability_of_the_class(tmp_path, dtype):
     prob[1, 20:30, 10:16] = 0.2
     prob[1, 20:30, 16:20] = 0.7
     prob[0] = 1 - prob[1]
-    if dtype == "uint8":
-        prob = np.round(prob * 255).astype(np.uint8)
+    scale = {"float32": 1, "uint8": 255, "uint8/254": 254}[dtype]
+    if scale > 1:
+        prob = np.round(prob * scale).astype(np.uint8)
     mask = write_mask(tmp_path / "m.tif", m, names=["background", "building"])
-    probs = write_mask(tmp_path / "m_prob.tif", prob, dtype=dtype, nodata=None)
+    probs = write_mask(tmp_path / "m_prob.tif", prob, dtype=prob.dtype, nodata=None)
+    if scale == 254:  # as geoseg infer writes it: p = value / 254, band scale 1/254, 255 nodata
+        with rasterio.open(probs, "r+") as dst:
+            dst.scales = [1 / 254] * 2
     for block_size in (4096, 16):
         gdf = vectorize.polygons(mask, probabilities=probs, block_size=block_size)
         assert len(gdf) == 2
         conf = dict(zip(gdf.area_m2.round(2), gdf.confidence, strict=True))
-        tol = 1 / 255 if dtype == "uint8" else 1e-6
+        tol = 0.5 / scale + 1e-6
         assert conf[4.0] == pytest.approx(0.8, abs=tol)
         assert conf[25.0] == pytest.approx((60 * 0.2 + 40 * 0.7) / 100, abs=tol)
 
