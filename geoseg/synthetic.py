@@ -135,10 +135,13 @@ def make_demo_data(
     if seed < 0:
         raise ConfigError(f"seed={seed}: expected a non-negative integer")
     if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExistsError(f"{out_dir} exists and is not a folder; choose a folder for the demo data")
+        raise OutputExistsError(
+            f"{out_dir} exists and is not a folder; choose a folder for the demo data"
+        )
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise OutputExistsError(
-            f"{out_dir} is not empty; pass --overwrite to replace its demo data or choose an empty folder"
+            f"{out_dir} is not empty; pass --overwrite to replace its demo data "
+            "or choose an empty folder"
         )
     images_dir, masks_dir = out_dir / "images", out_dir / "masks"
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -149,7 +152,9 @@ def make_demo_data(
     scene = _make_scene(rng, layout.scene_bounds)
     logger.info(
         "demo scene: %d buildings, %d trees, %d roads over %.2f km²",
-        len(scene.buildings), len(scene.trees), len(scene.roads),
+        len(scene.buildings),
+        len(scene.trees),
+        len(scene.roads),
         shapely.area(shapely.box(*layout.scene_bounds)) / 1e6,
     )
 
@@ -208,7 +213,9 @@ def make_demo_data(
     )
     preview = _write_preview(out_dir / "preview.png", images[0], masks[0], names[0])
     fraction = n_building / max(n_valid, 1)
-    logger.info("demo data in %s: %d tiles, building fraction %.1f%%", out_dir, tiles, 100 * fraction)
+    logger.info(
+        "demo data in %s: %d tiles, building fraction %.1f%%", out_dir, tiles, 100 * fraction
+    )
     return DemoData(
         images=images,
         masks=masks,
@@ -317,22 +324,42 @@ def _nodata_region(rng: np.random.Generator, transform: Affine, size: int) -> An
 # Land covers: base RGB, texture amplitude (low, mid, fine frequency), draw probability.
 _GRASS, _DRY, _SOIL, _FIELD, _CONCRETE, _ASPHALT, _GRAVEL = range(7)
 _COVER_RGB = np.array(
-    [[88, 118, 60], [146, 140, 92], [138, 110, 84], [100, 118, 64], [170, 168, 160],
-     [98, 98, 100], [156, 146, 128]], dtype=np.float32)
+    [
+        [88, 118, 60],
+        [146, 140, 92],
+        [138, 110, 84],
+        [100, 118, 64],
+        [170, 168, 160],
+        [98, 98, 100],
+        [156, 146, 128],
+    ],
+    dtype=np.float32,
+)
 _COVER_TEX = np.array(
-    [[0.10, 0.09, 0.07], [0.10, 0.08, 0.07], [0.09, 0.08, 0.08], [0.06, 0.05, 0.05],
-     [0.05, 0.04, 0.04], [0.05, 0.03, 0.05], [0.06, 0.06, 0.09]], dtype=np.float32)
+    [
+        [0.10, 0.09, 0.07],
+        [0.10, 0.08, 0.07],
+        [0.09, 0.08, 0.08],
+        [0.06, 0.05, 0.05],
+        [0.05, 0.04, 0.04],
+        [0.05, 0.03, 0.05],
+        [0.06, 0.06, 0.09],
+    ],
+    dtype=np.float32,
+)
 _COVER_P = np.array([0.41, 0.10, 0.12, 0.11, 0.10, 0.08, 0.08])
 _FIELD_SOIL = np.array([128, 104, 78], dtype=np.float32)
 
 # Roofs: pitched (tiles/slate/metal) and flat (membrane/gravel/concrete) palettes, RGB.
 _ROOF_PITCHED = np.array(
     [[148, 84, 62], [172, 98, 72], [126, 94, 78], [74, 76, 82], [106, 106, 108], [138, 112, 90]],
-    dtype=np.float32)
+    dtype=np.float32,
+)
 _ROOF_PITCHED_P = np.array([0.24, 0.14, 0.16, 0.18, 0.18, 0.10])
 _ROOF_FLAT = np.array(
     [[196, 194, 188], [104, 104, 106], [70, 72, 76], [178, 164, 138], [150, 150, 146]],
-    dtype=np.float32)
+    dtype=np.float32,
+)
 _ROOF_FLAT_P = np.array([0.30, 0.28, 0.14, 0.14, 0.14])
 _TREE_RGB = np.array([[52, 82, 40], [62, 92, 46], [70, 90, 52], [40, 62, 38]], dtype=np.float32)
 _SIDEWALK_RGB = np.array([164, 161, 154], dtype=np.float32)
@@ -377,16 +404,19 @@ class _Scene:
             kw[k] = _reproject(kw[k], self.epsg, epsg)
         if len(self.tree_xy):
             x, y = Transformer.from_crs(self.epsg, epsg, always_xy=True).transform(
-                self.tree_xy[:, 0], self.tree_xy[:, 1])
+                self.tree_xy[:, 0], self.tree_xy[:, 1]
+            )
             kw["tree_xy"] = np.column_stack([x, y])
         kw["epsg"] = epsg
         return _Scene(**kw)
 
 
 def _corners(c: np.ndarray, e1: np.ndarray, a: float, b: float) -> np.ndarray:
-    """Corners (4, 2) of the rectangle centred on ``c``, half-lengths ``a`` along unit ``e1``, ``b`` across."""
+    """Corners (4, 2) centre ``c``, half-lengths ``a`` along ``e1``, ``b`` across it."""
     e2 = np.array([-e1[1], e1[0]])
-    return np.array([c + a * e1 + b * e2, c - a * e1 + b * e2, c - a * e1 - b * e2, c + a * e1 - b * e2])
+    return np.array(
+        [c + a * e1 + b * e2, c - a * e1 + b * e2, c - a * e1 - b * e2, c + a * e1 - b * e2]
+    )
 
 
 def _rect(c: np.ndarray, e1: np.ndarray, a: float, b: float) -> Any:
@@ -397,13 +427,24 @@ def _rect(c: np.ndarray, e1: np.ndarray, a: float, b: float) -> Any:
 def _shade(downslope: np.ndarray, slope: float, sun_az: float, sun_el: float) -> float:
     """Lambertian brightness of a roof facet relative to flat ground (ambient light included)."""
     sun = np.array([np.sin(sun_az), np.cos(sun_az)])  # x east, y north
-    incidence = np.sin(slope) * np.cos(sun_el) * float(downslope @ sun) + np.cos(slope) * np.sin(sun_el)
+    incidence = np.sin(slope) * np.cos(sun_el) * float(downslope @ sun) + np.cos(slope) * np.sin(
+        sun_el
+    )
     ambient = 0.45
     return float((ambient + max(incidence, 0.0)) / (ambient + np.sin(sun_el)))
 
 
-def _roof_facets(c: np.ndarray, e1: np.ndarray, a: float, b: float, kind: int, slope: float,
-                 sun_az: float, sun_el: float, rng: np.random.Generator) -> list[tuple[Any, float]]:
+def _roof_facets(
+    c: np.ndarray,
+    e1: np.ndarray,
+    a: float,
+    b: float,
+    kind: int,
+    slope: float,
+    sun_az: float,
+    sun_el: float,
+    rng: np.random.Generator,
+) -> list[tuple[Any, float]]:
     """Facets of a rectangular roof with its ridge along ``e1`` (``a`` half-length along it)."""
     e2 = np.array([-e1[1], e1[0]])
     jitter = lambda: float(rng.normal(1.0, 0.03))  # noqa: E731 - facets differ a little
@@ -412,7 +453,10 @@ def _roof_facets(c: np.ndarray, e1: np.ndarray, a: float, b: float, kind: int, s
     if kind == _GABLE or a <= b:
         return [
             (_rect(c + 0.5 * b * e2, e1, a, 0.5 * b), _shade(e2, slope, sun_az, sun_el) * jitter()),
-            (_rect(c - 0.5 * b * e2, e1, a, 0.5 * b), _shade(-e2, slope, sun_az, sun_el) * jitter()),
+            (
+                _rect(c - 0.5 * b * e2, e1, a, 0.5 * b),
+                _shade(-e2, slope, sun_az, sun_el) * jitter(),
+            ),
         ]
     p1, p2 = c + a * e1 + b * e2, c - a * e1 + b * e2
     p3, p4 = c - a * e1 - b * e2, c + a * e1 - b * e2
@@ -440,7 +484,9 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
     cells = shapely.get_parts(shapely.voronoi_polygons(shapely.multipoints(seeds), extend_to=box))
     cells = shapely.intersection(cells, box)
     cover = rng.choice(len(_COVER_P), size=len(cells), p=_COVER_P)
-    cell_rgb = _COVER_RGB[cover] * rng.normal(1.0, 0.06, (len(cells), 1)) + rng.normal(0, 4, (len(cells), 3))
+    cell_rgb = _COVER_RGB[cover] * rng.normal(1.0, 0.06, (len(cells), 1)) + rng.normal(
+        0, 4, (len(cells), 3)
+    )
     cell_angle = rng.uniform(0, np.pi, len(cells))
     cell_period = rng.uniform(3.0, 6.0, len(cells))
 
@@ -462,26 +508,37 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
     for v in v_roads:  # long streets along eu
         art = rng.random() < 0.3
         w = rng.uniform(10, 13) if art else rng.uniform(6, 8.5)
-        road_lines.append((shapely.LineString([centre - half * eu + v * ev, centre + half * eu + v * ev]), w, art))
+        road_lines.append(
+            (shapely.LineString([centre - half * eu + v * ev, centre + half * eu + v * ev]), w, art)
+        )
     vb = np.concatenate([[-half], v_roads, [half]])
     for u in u_roads:  # cross streets along ev, some block sides left out (T-junctions)
-        for v0, v1 in zip(vb[:-1], vb[1:]):
+        for v0, v1 in zip(vb[:-1], vb[1:], strict=True):
             if rng.random() < 0.8:
-                road_lines.append((shapely.LineString([centre + u * eu + v0 * ev, centre + u * eu + v1 * ev]),
-                                   rng.uniform(6, 8), False))
+                road_lines.append(
+                    (
+                        shapely.LineString([centre + u * eu + v0 * ev, centre + u * eu + v1 * ev]),
+                        rng.uniform(6, 8),
+                        False,
+                    )
+                )
     if rng.random() < 0.8:
         beta = alpha + rng.uniform(np.radians(25), np.radians(65))
         ed = np.array([np.cos(beta), np.sin(beta)])
         p = centre + rng.uniform(-0.3, 0.3) * half * ev
-        road_lines.append((shapely.LineString([p - 2 * half * ed, p + 2 * half * ed]), rng.uniform(10, 13), True))
+        road_lines.append(
+            (shapely.LineString([p - 2 * half * ed, p + 2 * half * ed]), rng.uniform(10, 13), True)
+        )
     lines = np.array([r[0] for r in road_lines])
     widths = np.array([r[1] for r in road_lines])
     arterial = np.array([r[2] for r in road_lines])
     roads = shapely.buffer(lines, widths / 2, cap_style="flat")
     sidewalks = shapely.buffer(lines, widths / 2 + 2.0, cap_style="flat")
-    road_rgb = _ROAD_RGB * rng.normal(1.0, 0.07, (len(roads), 1)) + rng.normal(0, 2, (len(roads), 3))
+    road_rgb = _ROAD_RGB * rng.normal(1.0, 0.07, (len(roads), 1)) + rng.normal(
+        0, 2, (len(roads), 3)
+    )
     marks = []
-    for line, art in zip(lines, arterial):
+    for line, art in zip(lines, arterial, strict=True):
         if not art:
             continue
         (ax_, ay_), (bx_, by_) = line.coords
@@ -489,18 +546,27 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
         starts = np.arange(rng.uniform(0, 6), line.length - 3.0, 9.0)  # 3 m dashes every 9 m
         ends = np.stack([p0 + starts[:, None] * d, p0 + (starts[:, None] + 3.0) * d], axis=1)
         marks.append(shapely.linestrings(ends))
-    markings = (shapely.buffer(np.concatenate(marks), 0.2, cap_style="flat") if marks
-                else np.array([], dtype=object))
-    road_zone = shapely.union_all(shapely.buffer(sidewalks, 0.5, cap_style="flat", join_style="mitre"))
+    markings = (
+        shapely.buffer(np.concatenate(marks), 0.2, cap_style="flat")
+        if marks
+        else np.array([], dtype=object)
+    )
+    road_zone = shapely.union_all(
+        shapely.buffer(sidewalks, 0.5, cap_style="flat", join_style="mitre")
+    )
     shapely.prepare(road_zone)
-    fields = shapely.union_all(cells[cover == _FIELD]) if (cover == _FIELD).any() else shapely.Polygon()
+    fields = (
+        shapely.union_all(cells[cover == _FIELD]) if (cover == _FIELD).any() else shapely.Polygon()
+    )
     shapely.prepare(fields)
 
     # Building candidates as groups (one house, one L, one terrace ...), then a greedy pick of
     # groups that keep 1.6 m from each other and from streets, until ~20% of the ground is covered.
     groups: list[list[dict[str, Any]]] = []
 
-    def house(c: np.ndarray, e1: np.ndarray, length: float, depth: float, kind: str) -> list[dict[str, Any]]:
+    def house(
+        c: np.ndarray, e1: np.ndarray, length: float, depth: float, kind: str
+    ) -> list[dict[str, Any]]:
         # ``length`` along e1 (the street), ``depth`` across; ridge along the longer side.
         if kind == "big":
             roof = _GABLE if rng.random() < 0.15 else _FLAT
@@ -539,9 +605,18 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
                 c0 = base + u * e1 + (setback + dp / 2) * e2
                 roof = _GABLE if rng.random() < 0.8 else _FLAT
                 h = rng.uniform(7, 10)
-                groups.append([dict(parts=[(c0 + (k + 0.5) * uw * e1, e1, uw / 2, dp / 2)], roof=roof,
-                                    h=h + rng.normal(0, 0.3), flat=roof == _FLAT, terrace=True)
-                               for k in range(n)])
+                groups.append(
+                    [
+                        dict(
+                            parts=[(c0 + (k + 0.5) * uw * e1, e1, uw / 2, dp / 2)],
+                            roof=roof,
+                            h=h + rng.normal(0, 0.3),
+                            flat=roof == _FLAT,
+                            terrace=True,
+                        )
+                        for k in range(n)
+                    ]
+                )
             elif r < 0.90:
                 ln, dp = rng.uniform(18, 30), rng.uniform(14, 24)
                 c = base + (u + ln / 2) * e1 + (setback + dp / 2) * e2
@@ -550,7 +625,7 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
                 ln = rng.uniform(4, 10)
             u += ln + rng.uniform(2.5, 7)
 
-    for line, w in zip(lines[: len(v_roads)], widths[: len(v_roads)]):
+    for line, w in zip(lines[: len(v_roads)], widths[: len(v_roads)], strict=True):
         (x0, y0), _ = line.coords
         base = np.array([x0, y0]) + half * eu
         for side in (-1.0, 1.0):
@@ -568,9 +643,13 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
             groups.append(house(c, e1, rng.uniform(16, 30), rng.uniform(12, 22), "big"))
 
     corners = np.array([_corners(*p) for g in groups for b in g for p in b["parts"]])
-    part_group = np.repeat(np.arange(len(groups)), [sum(len(b["parts"]) for b in g) for g in groups])
+    part_group = np.repeat(
+        np.arange(len(groups)), [sum(len(b["parts"]) for b in g) for g in groups]
+    )
     parts = shapely.polygons(corners)
-    outlines = parts[np.searchsorted(part_group, np.arange(len(groups)))]  # first part of each group
+    outlines = parts[
+        np.searchsorted(part_group, np.arange(len(groups)))
+    ]  # first part of each group
     for i in np.flatnonzero(np.bincount(part_group) > 1):  # L-shapes and terraces
         outlines[i] = shapely.union_all(parts[part_group == i])
     ok = ~shapely.intersects(outlines, road_zone) & ~shapely.intersects(outlines, fields)
@@ -616,7 +695,9 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
                 rects.append(_rect(c, e1, a, bb))
                 if a < bb and not b.get("terrace"):  # ridge along the longer side
                     c, e1, a, bb = c, np.array([-e1[1], e1[0]]), bb, a
-                for poly, shade in _roof_facets(c, e1, a, bb, b["roof"], slope, sun_az, sun_el, rng):
+                for poly, shade in _roof_facets(
+                    c, e1, a, bb, b["roof"], slope, sun_az, sun_el, rng
+                ):
                     f_geoms.append(poly)
                     f_b.append(bi)
                     f_shade.append(shade)
@@ -627,13 +708,18 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
     buildings = np.array(b_geoms, dtype=object)
 
     # Trees: street rows, garden trees and small woods; never over a building or a carriageway.
-    tx, ty, tr = [], [], []
+    _tx, _ty, _tr = [], [], []
     n_trees = int(area / 160)
     pts = np.column_stack([rng.uniform(xmin, xmax, n_trees), rng.uniform(ymin, ymax, n_trees)])
-    clumps = np.column_stack([rng.uniform(xmin, xmax, max(1, n_trees // 25)), rng.uniform(ymin, ymax, max(1, n_trees // 25))])
+    clumps = np.column_stack(
+        [
+            rng.uniform(xmin, xmax, max(1, n_trees // 25)),
+            rng.uniform(ymin, ymax, max(1, n_trees // 25)),
+        ]
+    )
     near = clumps[rng.integers(0, len(clumps), n_trees // 2)] + rng.normal(0, 9, (n_trees // 2, 2))
     pts = np.vstack([pts, near])
-    for line, w in zip(lines, widths):
+    for line, w in zip(lines, widths, strict=True):
         if rng.random() < 0.35:
             ln = line.length
             s = np.arange(rng.uniform(0, 8), ln, rng.uniform(8, 14))
@@ -650,18 +736,34 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
     keep[hit] = False
     keep &= rng.random(len(discs)) < 0.7
     tree_h = radii * rng.uniform(1.6, 2.6, len(pts))
-    tree_rgb = _TREE_RGB[rng.integers(0, len(_TREE_RGB), len(pts))] * rng.normal(1.0, 0.07, (len(pts), 1))
+    tree_rgb = _TREE_RGB[rng.integers(0, len(_TREE_RGB), len(pts))] * rng.normal(
+        1.0, 0.07, (len(pts), 1)
+    )
 
     return _Scene(
-        epsg=SCENE_EPSG, sun_az=sun_az, sun_el=sun_el,
-        cells=cells, cell_cover=cover, cell_rgb=cell_rgb.astype(np.float32),
-        cell_angle=cell_angle, cell_period=cell_period,
-        sidewalks=sidewalks, roads=roads, road_rgb=road_rgb.astype(np.float32), markings=markings,
-        trees=discs[keep], tree_xy=pts[keep], tree_r=radii[keep], tree_h=tree_h[keep],
+        epsg=SCENE_EPSG,
+        sun_az=sun_az,
+        sun_el=sun_el,
+        cells=cells,
+        cell_cover=cover,
+        cell_rgb=cell_rgb.astype(np.float32),
+        cell_angle=cell_angle,
+        cell_period=cell_period,
+        sidewalks=sidewalks,
+        roads=roads,
+        road_rgb=road_rgb.astype(np.float32),
+        markings=markings,
+        trees=discs[keep],
+        tree_xy=pts[keep],
+        tree_r=radii[keep],
+        tree_h=tree_h[keep],
         tree_rgb=tree_rgb[keep].astype(np.float32),
-        buildings=buildings, building_h=np.array(b_h), building_rgb=np.array(b_rgb, dtype=np.float32),
+        buildings=buildings,
+        building_h=np.array(b_h),
+        building_rgb=np.array(b_rgb, dtype=np.float32),
         building_tex=np.array(b_tex, dtype=np.float32),
-        facets=np.array(f_geoms, dtype=object), facet_building=np.array(f_b, dtype=np.int64),
+        facets=np.array(f_geoms, dtype=object),
+        facet_building=np.array(f_b, dtype=np.int64),
         facet_shade=np.array(f_shade, dtype=np.float32),
     )
 
@@ -679,12 +781,16 @@ def _noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np
     """Smooth unit-variance noise with features ~``scale`` px (bicubic upsampled white noise)."""
     if scale <= 1:
         return rng.standard_normal(shape).astype(np.float32)
-    low = rng.standard_normal((int(shape[0] / scale) + 4, int(shape[1] / scale) + 4)).astype(np.float32)
+    low = rng.standard_normal((int(shape[0] / scale) + 4, int(shape[1] / scale) + 4)).astype(
+        np.float32
+    )
     up = ndimage.zoom(low, scale, order=3, prefilter=False)[: shape[0], : shape[1]]
     return (up - up.mean()) / (up.std() + 1e-6)
 
 
-def _render(scene: _Scene, rng: np.random.Generator, transform: Affine, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _render(
+    scene: _Scene, rng: np.random.Generator, transform: Affine, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Render a tile: RGB uint8 (3, size, size) and the building mask (size, size) bool."""
     n = size + 2 * _PAD
     shape = (n, n)
@@ -692,15 +798,23 @@ def _render(scene: _Scene, rng: np.random.Generator, transform: Affine, size: in
     left, top = tf.c, tf.f
     pad_box = shapely.box(left, top - n * RES_M, left + n * RES_M, top)
 
-    def burn(geoms: np.ndarray, values: np.ndarray | None = None, all_touched: bool = False) -> np.ndarray:
+    def burn(
+        geoms: np.ndarray, values: np.ndarray | None = None, all_touched: bool = False
+    ) -> np.ndarray:
         if len(geoms) == 0:
             return np.zeros(shape, dtype=np.int32)
         idx = np.flatnonzero(shapely.intersects(geoms, pad_box))
         if len(idx) == 0:
             return np.zeros(shape, dtype=np.int32)
         vals = (idx + 1) if values is None else values[idx]
-        return features.rasterize(zip(geoms[idx], vals.tolist()), out_shape=shape, transform=tf,
-                                  fill=0, dtype=np.int32, all_touched=all_touched)
+        return features.rasterize(
+            zip(geoms[idx], vals.tolist(), strict=True),
+            out_shape=shape,
+            transform=tf,
+            fill=0,
+            dtype=np.int32,
+            all_touched=all_touched,
+        )
 
     rows, cols = np.mgrid[0:n, 0:n].astype(np.float32)
     n_low, n_mid, n_fine = _noise(rng, shape, 40), _noise(rng, shape, 7), _noise(rng, shape, 1.6)
@@ -762,10 +876,14 @@ def _render(scene: _Scene, rng: np.random.Generator, transform: Affine, size: in
         bk = bid[inside] - 1
         roof = scene.building_rgb[bk] * scene.facet_shade[fk][:, None]
         amp = scene.building_tex[bk]
-        roof *= (1 + amp * n_fine[inside] + 0.5 * amp * white[inside] + 0.03 * n_mid[inside])[:, None]
+        roof *= (1 + amp * n_fine[inside] + 0.5 * amp * white[inside] + 0.03 * n_mid[inside])[
+            :, None
+        ]
         rgb[inside] = roof
         # Bright eaves along outlines, dark seams between touching buildings, light ridges.
-        outline = inside & ~ndimage.binary_erosion(inside, structure=np.ones((3, 3), bool), border_value=1)
+        outline = inside & ~ndimage.binary_erosion(
+            inside, structure=np.ones((3, 3), bool), border_value=1
+        )
         seam = inside & _edges(bid)
         ridge = inside & _edges(fid) & ~seam
         rgb[ridge] *= 1.08
@@ -811,7 +929,7 @@ def _shift(a: np.ndarray, dr: int, dc: int) -> np.ndarray:
     r0, r1 = max(0, -dr), min(h, h - dr)
     c0, c1 = max(0, -dc), min(w, w - dc)
     if r0 < r1 and c0 < c1:
-        out[r0:r1, c0:c1] = a[r0 + dr:r1 + dr, c0 + dc:c1 + dc]
+        out[r0:r1, c0:c1] = a[r0 + dr : r1 + dr, c0 + dc : c1 + dc]
     return out
 
 
@@ -828,9 +946,23 @@ def _write_image(path: Path, rgb: np.ndarray, crs: CRS, transform: Affine) -> Pa
     blk = _block(rgb.shape[1])
     tmp = path.with_name(f".{path.stem}.tmp.tif")
     with rasterio.open(
-        tmp, "w", driver="GTiff", width=rgb.shape[2], height=rgb.shape[1], count=3, dtype="uint8",
-        crs=crs, transform=transform, nodata=NODATA_IMAGE, tiled=True, blockxsize=blk,
-        blockysize=blk, compress="deflate", predictor=2, photometric="RGB", interleave="pixel",
+        tmp,
+        "w",
+        driver="GTiff",
+        width=rgb.shape[2],
+        height=rgb.shape[1],
+        count=3,
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+        nodata=NODATA_IMAGE,
+        tiled=True,
+        blockxsize=blk,
+        blockysize=blk,
+        compress="deflate",
+        predictor=2,
+        photometric="RGB",
+        interleave="pixel",
     ) as dst:
         dst.write(rgb)
         dst.descriptions = ("red", "green", "blue")
@@ -842,9 +974,20 @@ def _write_mask(path: Path, mask: np.ndarray, crs: CRS, transform: Affine) -> Pa
     blk = _block(mask.shape[0])
     tmp = path.with_name(f".{path.stem}.tmp.tif")
     with rasterio.open(
-        tmp, "w", driver="GTiff", width=mask.shape[1], height=mask.shape[0], count=1, dtype="uint8",
-        crs=crs, transform=transform, nodata=NODATA_MASK, tiled=True, blockxsize=blk,
-        blockysize=blk, compress="deflate",
+        tmp,
+        "w",
+        driver="GTiff",
+        width=mask.shape[1],
+        height=mask.shape[0],
+        count=1,
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+        nodata=NODATA_MASK,
+        tiled=True,
+        blockxsize=blk,
+        blockysize=blk,
+        compress="deflate",
     ) as dst:
         dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (230, 57, 70, 255), 255: (0, 0, 0, 0)})
         dst.write(mask, 1)
@@ -867,8 +1010,13 @@ def _write_buildings(path: Path, geoms: np.ndarray, ids: np.ndarray, tiles: list
     import geopandas as gpd
 
     gdf = gpd.GeoDataFrame(
-        {"building_id": ids.astype(np.int64), "class": np.ones(len(geoms), dtype=np.int32), "tile": tiles},
-        geometry=list(geoms), crs=f"EPSG:{SCENE_EPSG}",
+        {
+            "building_id": ids.astype(np.int64),
+            "class": np.ones(len(geoms), dtype=np.int32),
+            "tile": tiles,
+        },
+        geometry=list(geoms),
+        crs=f"EPSG:{SCENE_EPSG}",
     )
     tmp = path.with_name(f".{path.stem}.tmp.gpkg")
     tmp.unlink(missing_ok=True)
@@ -891,23 +1039,36 @@ def _write_preview(path: Path, image: Path, mask: Path, name: str) -> Path:
     fig = Figure(figsize=(13, 6.8), dpi=110)
     FigureCanvasAgg(fig)
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.imshow(rgb, interpolation="lanczos")
+    ax1.imshow(rgb, interpolation="antialiased")
     ax1.set_title("image")
-    ax2.imshow(rgb, interpolation="lanczos")
+    ax2.imshow(rgb, interpolation="antialiased")
     overlay = np.ma.masked_equal(np.where(m == NODATA_MASK, 2, m), 0)
-    ax2.imshow(overlay, cmap=ListedColormap(["#ff2d55", "#7f7f7f"]), vmin=1, vmax=2, alpha=0.55,
-               interpolation="nearest")
+    ax2.imshow(
+        overlay,
+        cmap=ListedColormap(["#ff2d55", "#7f7f7f"]),
+        vmin=1,
+        vmax=2,
+        alpha=0.55,
+        interpolation="nearest",
+    )
     ax2.set_title("mask over image")
-    ax2.legend(handles=[Patch(color="#ff2d55", alpha=0.7, label="building (1)"),
-                        Patch(color="#7f7f7f", alpha=0.7, label="nodata (255)")],
-               loc="lower right", framealpha=0.9)
+    ax2.legend(
+        handles=[
+            Patch(color="#ff2d55", alpha=0.7, label="building (1)"),
+            Patch(color="#7f7f7f", alpha=0.7, label="nodata (255)"),
+        ],
+        loc="lower right",
+        framealpha=0.9,
+    )
     for ax in (ax1, ax2):
         ax.set_xticks([])
         ax.set_yticks([])
+    from pyproj import CRS as ProjCRS
+
     epsg = crs.to_epsg()
-    fig.suptitle(f"{name} — {crs.to_dict().get('proj', '')} {'EPSG:%d' % epsg if epsg else ''} "
-                 f"({rgb.shape[1]}×{rgb.shape[0]} px, {RES_M} m)")
-    fig.tight_layout()
+    crs_name = ProjCRS.from_wkt(crs.to_wkt()).name + (f" (EPSG:{epsg})" if epsg else "")
+    fig.suptitle(f"{name} — {crs_name} — {rgb.shape[1]}×{rgb.shape[0]} px at {RES_M} m")
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, format="png", metadata={"Software": None})
     os.replace(tmp, path)
