@@ -155,8 +155,9 @@ def polygons(
         mask: uint8 class-id GeoTIFF (band 1); its nodata value (255 by default) is skipped.
         classes: class names or ids to polygonise; default every class but the background.
         probabilities: optional probability raster on the mask's grid, one band per class
-            (uint8 scaled 0-255, or float 0-1); gives each polygon's ``confidence``, the mean
-            probability of its class over its pixels.
+            (float 0-1, or integers scaled by the band scale, default 1/255, as ``geoseg
+            infer`` writes them); gives each polygon's ``confidence``, the mean probability of
+            its class over its pixels.
         min_area_m2: drop regions smaller than this, in square metres (computed in a projected
             CRS, also for geographic rasters).
         simplify_m: Douglas-Peucker tolerance in metres (topology preserved); 0 keeps the exact
@@ -238,11 +239,10 @@ def _polygonize(
     inverse = ~transform
     windows = list(_blocks(src.width, src.height, block_size))
     geoms, values, on_seam, sums, counts = [], [], [], [], []
-    block_of: list[np.ndarray] = []
     nodata = src.nodata if src.nodata is not None else 255
     wanted = np.array([i for i in ids if i != nodata], dtype=np.int64)
     with progress.bar(len(windows), "vectorize", unit="blocks") as bar:
-        for b, window in enumerate(windows):
+        for window in windows:
             block = src.read(1, window=window)
             selected = block == wanted[0] if len(wanted) == 1 else np.isin(block, wanted)
             if not selected.any():
@@ -252,7 +252,6 @@ def _polygonize(
             g, v = _shapes(block, selected, wt)
             geoms.append(g)
             values.append(v)
-            block_of.append(np.full(len(g), b, dtype=np.int64))
             on_seam.append(_touches_inner_edge(g, inverse, window, src.width, src.height))
             if prob is not None:
                 s, n = prob.sums(g, v, window, wt)
