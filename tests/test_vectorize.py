@@ -205,6 +205,7 @@ def test_random_masks_merge_like_the_whole_mask(tmp_path, grid):
     n = shapely.get_num_coordinates
     assert n(whole.geometry.values.to_numpy()).sum() == n(blocks.geometry.values.to_numpy()).sum()
     assert shapely.is_valid(blocks.geometry.values.to_numpy()).all()
+    assert shapely.is_valid(whole.geometry.values.to_numpy()).all()
 
 
 # ----------------------------------------------------------------------------- clean-up
