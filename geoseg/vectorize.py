@@ -349,38 +349,51 @@ def _merge_seams(
     Every vertex from ``shapes`` is a pixel corner, so the candidates are taken to whole pixel
     coordinates first: the two sides of a seam then coincide exactly (in CRS units they can
     differ in the last bit, block origins being computed separately), and the union is exact.
-    Regions that touch only at a corner stay apart, as with 4-connectivity on the whole raster.
+    Pairs that share an edge (DE-9IM boundary/boundary of dimension 1) come from one STRtree
+    query; their connected groups (scipy connected components) are unioned. Regions that touch
+    only at a corner stay apart, as with 4-connectivity on the whole raster; candidates with no
+    partner pass through untouched.
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(geoms)
     inverse = ~transform
     px = shapely.transform(geoms, lambda xy: np.rint(_apply(inverse, xy)))
-    out_g, out_v, out_s, out_n = [], [], [], []
-    for cls in np.unique(values):
-        members = np.flatnonzero(values == cls)
-        # One cascaded union per class: the parts of the result are exactly the edge-connected
-        # groups (corner contacts give separate parts of a MultiPolygon).
-        merged = shapely.get_parts(shapely.union_all(px[members]))
-        merged = merged[shapely.get_type_id(merged) == shapely.GeometryType.POLYGON]
-        # Drop the vertices the seams left on straight edges (exactly collinear in whole pixels),
-        # so merged outlines have the vertices a whole-raster polygonisation gives.
-        merged = shapely.simplify(merged, 0.0)
-        # Which merged part each member went into: a point inside the member lies in one part.
-        inside = shapely.point_on_surface(px[members])
-        member_idx, part_idx = shapely.STRtree(merged).query(inside, predicate="intersects")
-        first = np.unique(member_idx, return_index=True)[1]
-        member_idx, part_idx = member_idx[first], part_idx[first]
-        out_s.append(
-            np.bincount(part_idx, weights=sums[members][member_idx], minlength=len(merged))
-        )
-        out_n.append(
-            np.bincount(part_idx, weights=counts[members][member_idx], minlength=len(merged))
-        )
-        out_g.append(shapely.transform(merged, lambda xy: _apply(transform, xy)))
-        out_v.append(np.full(len(merged), cls, dtype=np.int64))
+    a, b = shapely.STRtree(px).query(px, predicate="intersects")
+    pair = (a < b) & (values[a] == values[b])
+    a, b = a[pair], b[pair]
+    edge = shapely.relate_pattern(px[a], px[b], "****1****") if len(a) else np.zeros(0, bool)
+    a, b = a[edge], b[edge]
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    n_groups, group = connected_components(graph, directed=False)
+    size = np.bincount(group, minlength=n_groups)
+    alone = size[group] == 1
+    # Groups of two (nearly all: a building cut by one seam) are unioned in one array call;
+    # larger groups (a building over a block corner or several seams) one by one.
+    members = np.flatnonzero(~alone)
+    members = members[np.argsort(group[members], kind="stable")]
+    starts = np.flatnonzero(np.r_[True, np.diff(group[members]) != 0])
+    lengths = np.diff(np.r_[starts, len(members)])
+    twos = starts[lengths == 2]
+    merged = list(shapely.union(px[members[twos]], px[members[twos + 1]]))
+    for start, length in zip(starts[lengths > 2], lengths[lengths > 2], strict=True):
+        merged.append(shapely.union_all(px[members[start : start + length]]))
+    order = np.r_[twos, starts[lengths > 2]]
+    merged_group = group[members[order]]
+    merged = np.asarray(merged, dtype=object)
+    # Drop the vertices the seams left on straight edges (exactly collinear in whole pixels),
+    # so merged outlines have the vertices a whole-raster polygonisation gives.
+    merged = shapely.transform(shapely.simplify(merged, 0.0), lambda xy: _apply(transform, xy))
+    group_sums = np.bincount(group, weights=sums, minlength=n_groups)
+    group_counts = np.bincount(group, weights=counts, minlength=n_groups)
+    first_of_group = np.full(n_groups, -1)
+    first_of_group[group[::-1]] = np.arange(n)[::-1]
     return (
-        np.concatenate(out_g),
-        np.concatenate(out_v),
-        np.concatenate(out_s),
-        np.concatenate(out_n),
+        np.concatenate([geoms[alone], merged]),
+        np.concatenate([values[alone], values[first_of_group[merged_group]]]),
+        np.concatenate([sums[alone], group_sums[merged_group]]),
+        np.concatenate([counts[alone], group_counts[merged_group]]),
     )
 
 
