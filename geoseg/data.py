@@ -114,7 +114,10 @@ class Grid:
 class _Reader:
     """Reads (image, mask) windows of tiles; handles opened lazily once per process.
 
-    In RAM mode (``load()``), whole tiles are decoded once and windows are numpy slices.
+    In RAM mode (``load()``), whole tiles are decoded once and windows are numpy slices. RAM
+    mode also keeps a transposed copy of each tile (twice the memory) so that an augmented
+    (transposed) patch is a contiguous slice too: a strided transposing copy per patch costs
+    about as much as reading it.
     """
 
     def __init__(self, tiles: list[Tile], bands: list[int], ignore_index: int) -> None:
@@ -124,6 +127,7 @@ class _Reader:
         self._pid = -1
         self._handles: dict[int, tuple[Any, Any]] = {}
         self.arrays: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] | None = None
+        self.transposed: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -142,19 +146,31 @@ class _Reader:
             self._handles[i] = h
         return h
 
-    def memory_bytes(self) -> int:
-        return sum(t.height * t.width * (len(self.bands) * 8 + 2) for t in self.tiles) // 2
+    def memory_bytes(self, transposed: bool = True) -> int:
+        """Decoded bytes of all tiles in RAM (images, masks, validity; with transposed copies)."""
+        total = 0
+        for t in self.tiles:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(t.image) as src:
+                    itemsize = np.dtype(src.dtypes[0]).itemsize
+            px = t.height * t.width
+            total += px * (len(self.bands) * itemsize + 1) * (2 if transposed else 1) + px * t.check_valid
+        return total
 
-    def load(self) -> None:
+    def load(self, transposed: bool = True) -> None:
         """Decode every tile into RAM (image native dtype, mask uint8 with ignore baked in)."""
-        arrays = []
+        arrays, trans = [], []
         with progress.bar(len(self.tiles), "reading tiles into memory") as bar:
             for i in range(len(self.tiles)):
                 t = self.tiles[i]
                 img, mask, valid = self._read_file(i, Window(0, 0, t.width, t.height), with_valid=True)
                 arrays.append((img, mask, valid if t.check_valid else None))
+                if transposed:
+                    trans.append((np.ascontiguousarray(img.transpose(0, 2, 1)), np.ascontiguousarray(mask.T)))
                 bar.advance()
         self.arrays = arrays
+        self.transposed = trans if transposed else None
         self._handles = {}
 
     def _read_file(self, i: int, win: Window, with_valid: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -178,6 +194,16 @@ class _Reader:
         except rasterio.errors.RasterioIOError as err:
             raise RasterError(f"{t.image}: read failed ({str(err)[:120]}); the file is corrupt or truncated") from None
         return img, mask, valid
+
+    def read_transposed(self, i: int, r: int, c: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The square window (r, c, size) of a tile, transposed (H and W swapped): image
+        [C, size, size] and mask [size, size]; a slice of the transposed copy in RAM mode. The
+        window must lie inside the tile."""
+        if self.transposed is not None:
+            ti, tm = self.transposed[i]
+            return ti[:, c:c + size, r:r + size], tm[c:c + size, r:r + size]
+        img, mask, _ = self.read(i, r, c, size, size)
+        return img.transpose(0, 2, 1), mask.T
 
     def read(self, i: int, r: int, c: int, h: int, w: int, with_valid: bool = False
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -433,12 +459,14 @@ class _Batches:
         p, tiles = self.patch, self.reader.tiles
         return np.array([self.grid.bounds(tiles[i].row0 + r, tiles[i].col0 + c, p, p) for i, r, c in origins])
 
-    def _finish(self, imgs: np.ndarray, masks: np.ndarray, origins: Sequence[tuple[int, int, int]]) -> dict:
+    def _finish(self, imgs: np.ndarray, masks: np.ndarray, origins: Sequence[tuple[int, int, int]],
+                centred: bool = False) -> dict:
         import torch
 
-        imgs -= self.shift
+        if not centred:
+            imgs -= self.shift
         imgs *= self.scale
-        return {"image": torch.from_numpy(imgs), "mask": torch.from_numpy(masks.astype(np.int64)),
+        return {"image": torch.from_numpy(imgs), "mask": torch.from_numpy(masks.astype(np.int64, copy=False)),
                 "bounds": torch.from_numpy(self._bounds(origins))}
 
 
@@ -492,25 +520,35 @@ class TrainBatches(_Batches):
         origins = self.draw(np.random.default_rng([self.seed, epoch, self.rank, i]), self.batch_size)
         p, b = self.patch, len(origins)
         imgs = np.empty((b, len(self.reader.bands), p, p), np.float32)
-        masks = np.empty((b, p, p), np.uint8)
-        rot = rng.integers(0, 4, b) if self.augment else np.zeros(b, int)
-        flip = rng.random(b) < 0.5 if self.augment else np.zeros(b, bool)
+        masks = np.empty((b, p, p), np.int64)
+        # The 8 flips/90° turns of a square = optional transpose, then optional flips of rows
+        # and columns; the same for image and mask. Flips are views; the copy below casts too.
+        aug = rng.random((b, 3)) < 0.5 if self.augment else np.zeros((b, 3), bool)
+        rev = np.arange(p - 1, -1, -1)
+        ibuf = mbuf = None
         for k in range(b):
             t, r, c = origins[k]
-            img, mask, _ = self.reader.read(t, r, c, p, p)
-            for _ in range(10):  # an all-nodata/ignore patch teaches nothing: draw another
-                if (mask != self.ignore).any():
+            for attempt in range(10):
+                if aug[k, 0]:
+                    img, mask = self.reader.read_transposed(t, r, c, p)
+                else:
+                    img, mask, _ = self.reader.read(t, r, c, p, p)
+                if (mask != self.ignore).any() or attempt == 9:
                     break
-                t, r, c = self.draw(rng, 1)[0]
-                img, mask, _ = self.reader.read(t, r, c, p, p)
+                t, r, c = self.draw(rng, 1)[0]  # an all-nodata/ignore patch teaches nothing
             origins[k] = (t, r, c)
-            if rot[k]:  # flips and 90° turns: the same view of image and mask, copied by the stack
-                img, mask = np.rot90(img, rot[k], axes=(1, 2)), np.rot90(mask, rot[k])
-            if flip[k]:
-                img, mask = img[:, :, ::-1], mask[:, ::-1]
-            imgs[k] = img
+            if aug[k, 1]:
+                img, mask = img[:, ::-1], mask[::-1]
+            if aug[k, 2]:
+                # A reversed last axis would make the casting copy below ~5x slower; np.take into
+                # a buffer of the source dtype reverses it at ~memcpy speed.
+                if ibuf is None:
+                    ibuf, mbuf = np.empty((imgs.shape[1], p, p), img.dtype), np.empty((p, p), mask.dtype)
+                img = np.take(img, rev, axis=2, out=ibuf)
+                mask = np.take(mask, rev, axis=1, out=mbuf)
+            np.subtract(img, self.shift, out=imgs[k], casting="unsafe")  # cast + centre, one pass
             masks[k] = mask
-        batch = self._finish(imgs, masks, origins)
+        batch = self._finish(imgs, masks, origins, centred=True)
         if self.jitter > 0:
             import torch
 
