@@ -647,23 +647,21 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
         np.arange(len(groups)), [sum(len(b["parts"]) for b in g) for g in groups]
     )
     parts = shapely.polygons(corners)
-    outlines = parts[
-        np.searchsorted(part_group, np.arange(len(groups)))
-    ]  # first part of each group
+    outlines = parts[np.searchsorted(part_group, np.arange(len(groups)))]  # each group's first
     for i in np.flatnonzero(np.bincount(part_group) > 1):  # L-shapes and terraces
         outlines[i] = shapely.union_all(parts[part_group == i])
     ok = ~shapely.intersects(outlines, road_zone) & ~shapely.intersects(outlines, fields)
     ok &= shapely.within(outlines, box)
     order = np.flatnonzero(ok)
     grown = shapely.buffer(outlines, 0.8, join_style="mitre")
-    tree_idx = shapely.STRtree(grown)
-    pairs = tree_idx.query(grown, predicate="intersects")
+    pairs = shapely.STRtree(grown).query(grown, predicate="intersects")
     neighbours: dict[int, list[int]] = {}
     for a_, b_ in pairs.T:
         if a_ != b_:
             neighbours.setdefault(int(a_), []).append(int(b_))
     target = rng.uniform(0.19, 0.23) * area
-    # Street-front groups first (in random order), then the scattered ones.
+    # Street-front groups first (in random order), then the scattered ones. A greedy pick over
+    # the STRtree's conflict pairs (hand-written: a few thousand groups, no library does this).
     front = [i for i in order if i < len(groups) - n_scatter]
     back = [i for i in order if i >= len(groups) - n_scatter]
     front = list(np.array(front)[rng.permutation(len(front))]) if front else []
