@@ -27,17 +27,18 @@ def run(
 
     Example: geoseg run pipelines/demo.yaml --set train.epochs=2
     """
-    from geoseg import config, pipeline
+    from geoseg import config
+    from geoseg import pipeline as pipeline_mod
 
     set_quiet(quiet)
     cfg = config.load(pipeline, set_ or [])
 
-    def show(stage: pipeline.StageOutcome) -> None:
+    def show(stage: pipeline_mod.StageOutcome) -> None:
         what = "skipped (done, inputs unchanged)" if stage.skipped else f"done in {stage.seconds:.0f} s"
         echo(f"{stage.name:<9} {what}: {', '.join(str(p) for p in stage.outputs[:3])}"
              + (" ..." if len(stage.outputs) > 3 else ""))
 
-    result = pipeline.run(cfg, from_stage=from_stage, until_stage=until_stage, force=force,  # type: ignore[arg-type]
+    result = pipeline_mod.run(cfg, from_stage=from_stage, until_stage=until_stage, force=force,  # type: ignore[arg-type]
                           on_stage=show)
     echo(f"Run folder: {result.run_dir}")
     if result.report:
