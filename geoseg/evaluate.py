@@ -455,6 +455,8 @@ def evaluate(
         and/or the pixel keys (``per_class``, ``miou``, ``accuracy``, ``confusion_matrix``).
     """
     prediction, truth = Path(prediction), Path(truth)
+    if classes:  # "--classes a,b,c" and "--classes a --classes b" both work
+        classes = [n.strip() for c in classes for n in str(c).split(",") if n.strip()]
     if report is not None and Path(report).exists() and not overwrite:
         raise OutputExistsError(
             f"{report} exists; pass --overwrite to replace it or choose another --json"

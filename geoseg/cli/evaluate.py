@@ -25,7 +25,7 @@ def evaluate(
         list[str] | None,
         Opt(
             "--classes",
-            help="Class names by id, in order (repeat: --classes background --classes building).",
+            help="Class names by id, in order: --classes background,building,road.",
         ),
     ] = None,
     overwrite: Overwrite = False,
