@@ -84,7 +84,7 @@ def objects(
         rank = np.empty(len(order), dtype=np.int64)
         rank[order] = np.arange(len(order))
 
-    p_idx, t_idx, iou = _pair_ious(p_geoms, t_geoms)
+    p_idx, t_idx, iou = _pair_ious(p_geoms, t_geoms, above=iou_threshold)
     # Only pairs above the threshold can be matched: the best unmatched truth of a proposal is a
     # match exactly when it is one of them. Sort by proposal rank, then IoU (desc), then truth.
     above = iou > iou_threshold
@@ -143,15 +143,27 @@ def with_matches(proposals: Any, result: dict[str, Any]) -> Any:
     return gdf
 
 
-def _pair_ious(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All intersecting (a, b) pairs with their IoU, array-wise."""
+def _pair_ious(
+    a: np.ndarray, b: np.ndarray, above: float = -1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The intersecting (a, b) pairs whose IoU may exceed ``above``, with their IoU, array-wise."""
     if not len(a) or not len(b):
         e = np.empty(0, dtype=np.int64)
         return e, e, np.empty(0)
     ia, ib = shapely.STRtree(b).query(a, predicate="intersects")
+    area_a, area_b = shapely.area(a)[ia], shapely.area(b)[ib]
+    # Cheap upper bound first: |A ∩ B| <= min(|A|, |B|, |bbox(A) ∩ bbox(B)|). Pairs that cannot
+    # pass ``above`` (neighbours that merely touch) skip the costly exact intersection.
+    ba, bb = shapely.bounds(a)[ia], shapely.bounds(b)[ib]
+    w = np.minimum(ba[:, 2], bb[:, 2]) - np.maximum(ba[:, 0], bb[:, 0])
+    h = np.minimum(ba[:, 3], bb[:, 3]) - np.maximum(ba[:, 1], bb[:, 1])
+    bound = np.minimum(np.clip(w, 0, None) * np.clip(h, 0, None), np.minimum(area_a, area_b))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        possible = bound / (area_a + area_b - bound) >= above - 1e-9
+    ia, ib, area_a, area_b = ia[possible], ib[possible], area_a[possible], area_b[possible]
     inter = shapely.area(shapely.intersection(a[ia], b[ib]))
     # |A ∪ B| = |A| + |B| - |A ∩ B| (cheaper than computing the union geometries).
-    union = shapely.area(a)[ia] + shapely.area(b)[ib] - inter
+    union = area_a + area_b - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, inter / union, 0.0)
     return ia.astype(np.int64), ib.astype(np.int64), iou
@@ -542,7 +554,10 @@ def write_json(report: dict[str, Any], path: Path) -> Path:
     """Write a report as strict JSON (NaN -> null), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(report), indent=2, allow_nan=False))
+    # Indented for people; large reports (thousands of matches) compact, as the indenting
+    # encoder is pure Python and takes seconds there.
+    indent = 2 if len(report.get("matches", ())) <= 2000 else None
+    tmp.write_text(json.dumps(_jsonable(report), indent=indent, allow_nan=False))
     os.replace(tmp, path)
     return path
 
