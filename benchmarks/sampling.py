@@ -38,8 +38,8 @@ PATCH, BATCH = 256, 16
 CRS = "EPSG:32631"
 
 
-def make_data(root: Path, size: int, parts: int = 4) -> tuple[Path, Path, Path, Path]:
-    """One SIZE² image + mask, and the same area cut into parts×parts files."""
+def make_data(root: Path, size: int, parts: int = 4, compress: str = "none") -> tuple[Path, Path, Path, Path]:
+    """One SIZE² image + mask, and the same area cut into parts×parts files (tiled 256 px)."""
     rng = np.random.default_rng(0)
     one_img, one_msk = root / "one" / "img", root / "one" / "mask"
     many_img, many_msk = root / "many" / "img", root / "many" / "mask"
@@ -51,7 +51,9 @@ def make_data(root: Path, size: int, parts: int = 4) -> tuple[Path, Path, Path, 
     img = img + rng.integers(0, 8, img.shape, dtype=np.uint8)
     mask = (img[0] > 128).astype(np.uint8)
     prof = dict(driver="GTiff", width=size, height=size, crs=CRS, transform=from_origin(500000, 5000000, 0.5, 0.5),
-                tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+                tiled=True, blockxsize=256, blockysize=256)
+    if compress != "none":
+        prof["compress"] = compress
     with rasterio.open(one_img / "scene.tif", "w", count=3, dtype="uint8", **prof) as dst:
         dst.write(img)
     with rasterio.open(one_msk / "scene.tif", "w", count=1, dtype="uint8", **prof) as dst:
@@ -163,6 +165,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batches", type=int, default=30, help="batches timed per case (default 30)")
     ap.add_argument("--workers", type=int, default=2, help="persistent workers for the second column (default 2)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
+    ap.add_argument("--compress", default="none",
+                    help="GeoTIFF compression of the test data: none (default) or e.g. deflate; compressed "
+                         "data slows (a) and (c), not geoseg's RAM mode")
     ap.add_argument("--keep", type=Path, default=None, help="build the data here and keep it")
     args = ap.parse_args(argv)
     logging.getLogger("geoseg").setLevel(logging.WARNING)
@@ -172,8 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
     root = args.keep or Path(tempfile.mkdtemp(prefix="geoseg-bench-"))
     try:
         t0 = time.perf_counter()
-        one_img, one_msk, many_img, many_msk = make_data(root / "data", args.size)
-        print(f"data: {args.size}x{args.size} px, 3-band uint8 + mask, 1 file and 16 files "
+        one_img, one_msk, many_img, many_msk = make_data(root / "data", args.size, compress=args.compress)
+        print(f"data: {args.size}x{args.size} px, 3-band uint8 + mask, tiled, compress={args.compress}, 1 file and 16 files "
               f"(built in {time.perf_counter() - t0:.1f} s); patches {PATCH}px, batch {BATCH}", flush=True)
         with rasterio.open(one_img / "scene.tif") as s:
             arr = s.read()
@@ -208,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
                 del loader, made
         w0, wn = "workers_0", f"workers_{args.workers}"
         out = {
-            "size": args.size, "patch": PATCH, "batch": BATCH, "workers": args.workers,
+            "size": args.size, "compress": args.compress, "patch": PATCH, "batch": BATCH, "workers": args.workers,
             "samples_per_s": results, "geoseg_setup_s": setup,
             "geoseg_vs_torchgeo": round(results["b_geoseg_1file"][w0] / results["a_torchgeo_1file"][w0], 2),
             "geoseg_vs_raw": round(results["b_geoseg_1file"][w0] / results["c_rasterio_window"][w0], 2),

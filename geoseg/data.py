@@ -1007,11 +1007,13 @@ def _write_split(path: Path, split: _Split, tiles: list[Tile], grid: Grid) -> Pa
 def _check_mask_classes(reader: _Reader, num_classes: int, ignore_index: int) -> None:
     with progress.bar(len(reader.tiles), "checking label values") as bar:
         for i, t in enumerate(reader.tiles):
+            counts = np.zeros(256, np.int64)
             if reader.arrays is not None:
-                m = reader.arrays[i][1]
-            else:
-                _, m, _ = reader._read_file(i, Window(0, 0, t.width, t.height), with_valid=False)
-            counts = np.bincount(m.ravel(), minlength=256)
+                counts += np.bincount(reader.arrays[i][1].ravel(), minlength=256)
+            else:  # strips of rows: a large mask is never decoded whole
+                for row in range(0, t.height, 2048):
+                    win = Window(0, row, t.width, min(2048, t.height - row))
+                    counts += np.bincount(reader._read_file(i, win, with_valid=False)[1].ravel(), minlength=256)
             labels.check_classes(np.flatnonzero(counts), num_classes, ignore_index, t.mask or t.source)
             bar.advance()
 

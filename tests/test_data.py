@@ -317,3 +317,23 @@ def test_error_bad_split_config(tmp_path: Path) -> None:
     img, msk = mosaic(tmp_path / "d", grid=(1, 1), size=64)
     with pytest.raises(ConfigError, match="too few"):
         _build(_cfg(img, msk), tmp_path, patch_size=64)
+
+
+def test_target_crs_and_res_from_config_reproject_every_file_once(tmp_path: Path) -> None:
+    img, msk = mosaic(tmp_path / "d", grid=(2, 2), size=64)
+    cfg = _cfg(img, msk, crs="EPSG:3857", res=1.0, split={"block_size": 32})
+    td = _build(cfg, tmp_path, patch_size=16)
+    assert rasterio.crs.CRS.from_wkt(td.crs_wkt).to_epsg() == 3857 and td.res == 1.0
+    aligned = sorted((tmp_path / "run" / "cache").glob("aligned-img-*/*.tif"))
+    assert len(aligned) == 4
+    origins = []
+    for p in aligned:
+        with rasterio.open(p) as a:
+            assert a.crs.to_epsg() == 3857 and a.res == (1.0, 1.0)
+            origins.append((a.transform.c, a.transform.f))
+    x0, y0 = origins[0]
+    assert all(float(x - x0).is_integer() and float(y - y0).is_integer() for x, y in origins)  # one pixel grid
+    values = set()
+    for batch in td.train:
+        values |= set(batch["mask"].unique().tolist())
+    assert values <= {0, 1, 255} and {0, 1} <= values
