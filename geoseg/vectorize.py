@@ -38,6 +38,7 @@ from geoseg.errors import ConfigError, InputNotFoundError, OutputExistsError, Ra
 log = logging.getLogger(__name__)
 
 COLUMNS = ["class_id", "class_name", "area_m2", "perimeter_m", "confidence"]
+SHAPEFILE_NAMES = {"perimeter_m": "perim_m"}
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".shp": "ESRI Shapefile"}
 #: Below this IoU with the polygon it came from, a regularised outline is rejected.
 REGULARIZE_MIN_IOU = 0.7
@@ -630,7 +631,8 @@ def write(gdf: Any, out: Path | str, *, layer: str = "footprints", overwrite: bo
 
     The file is written under a temporary name in the same folder and renamed when complete, so a
     reader never sees half a file. An empty GeoDataFrame gives an empty layer with the schema and
-    the CRS. ``layer`` names the GeoPackage layer (ignored by the other formats).
+    the CRS. ``layer`` names the GeoPackage layer (ignored by the other formats). Shapefiles
+    name ``perimeter_m`` ``perim_m`` (DBF names have at most 10 characters).
     """
     out = Path(out)
     driver = DRIVERS.get(out.suffix.lower())
@@ -650,6 +652,8 @@ def write(gdf: Any, out: Path | str, *, layer: str = "footprints", overwrite: bo
         if driver == "GPKG":
             kwargs["layer"] = layer
             kwargs["SPATIAL_INDEX"] = "YES"
+        if driver == "ESRI Shapefile":  # DBF field names are at most 10 characters
+            gdf = gdf.rename(columns=SHAPEFILE_NAMES)
         gdf.to_file(tmp, **kwargs)
         if driver == "ESRI Shapefile":
             stem = out.with_suffix("")

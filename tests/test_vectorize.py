@@ -359,6 +359,8 @@ def test_format_is_chosen_by_extension(tmp_path, name):
     out = vectorize.vectorize(write_mask(tmp_path / "m.tif", m), tmp_path / name)
     gdf = gpd.read_file(out)
     assert len(gdf) == 1 and gdf.crs.to_epsg() == 32631
+    assert {"class_id", "class_name", "area_m2", "confidence"} <= set(gdf.columns)
+    assert ("perim_m" if name.endswith(".shp") else "perimeter_m") in gdf.columns
     assert (
         pyogrio.read_info(out)["driver"]
         == {"fp.geojson": "GeoJSON", "fp.shp": "ESRI Shapefile"}[name]
