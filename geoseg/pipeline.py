@@ -130,35 +130,39 @@ def _train(cfg: PipelineConfig, run_dir: Path, records: _Records, digest: str) -
     return [Path(result.best)]
 
 
-def _test_regions(run_dir: Path):  # -> GeoDataFrame | None
-    """The test split's regions written by training (None: evaluate whole rasters)."""
+def _test_split(run_dir: Path) -> tuple[Any, list[Path]]:
+    """The test split written by training: (regions or None, files of a file-based split).
+
+    Region-based splits (blocks, roi) give polygons to restrict the scores to; file-based splits
+    give whole files, scored in full.
+    """
     import geopandas as gpd
 
     path = run_dir / "train" / "split.gpkg"
     if not path.is_file():
-        return None
+        return None, []
     regions = gpd.read_file(path)
     if "split" not in regions.columns:
-        return None
+        return None, []
     test = regions[regions["split"] == "test"]
-    return test if len(test) else None
+    files = [Path(f) for f in ";".join(test.get("files", [])).split(";") if f]
+    if files:
+        return None, files
+    return (test if len(test) and test.crs is not None else None), []
 
 
 def _infer_inputs(cfg: PipelineConfig, run_dir: Path) -> list[Path]:
-    """``infer.inputs``, else the catalog images that the test split covers."""
+    """``infer.inputs``, else the images that the test split covers."""
     from geoseg import catalog
 
     if cfg.infer.inputs:
         return catalog.find_rasters(cfg.infer.inputs)
+    regions, files = _test_split(run_dir)
+    if files:
+        return files
     images = catalog.find_rasters(cfg.data.images)
-    regions = _test_regions(run_dir)
     if regions is None:
         return images
-    if "path" in regions.columns:  # file-based splits name their files
-        named = {Path(p).resolve() for p in regions["path"].dropna()}
-        chosen = [p for p in images if p.resolve() in named]
-        if chosen:
-            return chosen
     import geopandas as gpd
     import rasterio
     from shapely.geometry import box
@@ -195,7 +199,7 @@ def _infer(cfg: PipelineConfig, run_dir: Path, checkpoint: Path, inputs: list[Pa
             precision=cfg.infer.precision, device=cfg.infer.device,
             probabilities=_probability_path(dst) if cfg.infer.probabilities else None,
             cog=cfg.infer.cog, overwrite=True, workers=cfg.infer.workers,
-            scheduler=cfg.infer.scheduler,
+            scheduler=cfg.infer.scheduler, allow_ungeoreferenced=cfg.data.layout == "tiles",
         )
         outputs.append(dst)
     return outputs
@@ -214,13 +218,15 @@ def _vectorize(cfg: PipelineConfig, run_dir: Path, predictions: list[Path]) -> l
         gdf = vectorize.polygons(
             pred, classes=list(v.classes) or None, probabilities=prob if prob.is_file() else None,
             min_area_m2=v.min_area_m2, simplify_m=v.simplify_m, regularize=v.regularize,
+            allow_ungeoreferenced=cfg.data.layout == "tiles",
         )
         gdf["source"] = pred.name
         frames.append(gdf)
     # One GeoPackage layer has one CRS: the first prediction's (the training grid's, normally).
     crs = frames[0].crs
     merged = gpd.GeoDataFrame(
-        pd.concat([f.to_crs(crs) if f.crs != crs else f for f in frames], ignore_index=True),
+        pd.concat([f.to_crs(crs) if f.crs is not None and f.crs != crs else f for f in frames],
+                  ignore_index=True),
         crs=crs,
     )
     out = run_dir / "footprints.gpkg"
@@ -229,22 +235,57 @@ def _vectorize(cfg: PipelineConfig, run_dir: Path, predictions: list[Path]) -> l
 
 
 def _truth_rasters(cfg: PipelineConfig, run_dir: Path, predictions: list[Path]) -> list[Path | None]:
-    """A truth mask on each prediction's grid: the matching label raster, or burned vectors."""
+    """A truth mask on each prediction's grid, in model class ids, with the class names tagged.
+
+    Label rasters are remapped with ``data.mask_mapping`` (their nodata becomes the ignore
+    value); vector labels are burned. Written under ``RUN/evaluate/truth/`` so pixel scores and
+    vectorised truth footprints read the same ids as the predictions.
+    """
+    import numpy as np
+    import rasterio
+
     from geoseg import labels
 
-    src = Path(cfg.evaluate.truth or cfg.data.labels or "")
-    if not str(src) or not src.exists():
+    label_source = cfg.data.labels or cfg.evaluate.truth
+    if not label_source or not Path(label_source).exists():
         return [None] * len(predictions)
-    if src.is_dir():
-        found = {p.stem: p for p in src.rglob("*") if p.suffix.lower() in (".tif", ".tiff", ".png")}
-        return [found.get(p.stem) for p in predictions]
+    src = Path(label_source)
     cache = run_dir / "evaluate" / "truth"
     cache.mkdir(parents=True, exist_ok=True)
-    return [
-        labels.rasterize(src, like=p, out=cache / p.name, attribute=cfg.data.label_attribute,
-                         all_touched=cfg.data.all_touched, overwrite=True)
-        for p in predictions
-    ]
+    names = cfg.model.resolved_class_names
+    tags = {"class_names": json.dumps(names), "class_ids": json.dumps(list(range(len(names))))}
+    ignore = cfg.data.ignore_index
+    out: list[Path | None] = []
+    if src.is_dir():
+        found = {p.stem: p for p in src.rglob("*") if p.suffix.lower() in (".tif", ".tiff", ".png")}
+        for pred in predictions:
+            mask = found.get(pred.stem)
+            if mask is None:
+                out.append(None)
+                continue
+            dst = cache / f"{pred.stem}.tif"
+            with rasterio.open(mask) as msrc, rasterio.open(pred) as psrc:
+                if (msrc.width, msrc.height) != (psrc.width, psrc.height):
+                    log.warning("%s: not on the grid of %s; left out of the scores", mask, pred)
+                    out.append(None)
+                    continue
+                lut = labels.mapping_lut(cfg.data.mask_mapping, nodata=msrc.nodata, ignore_index=ignore)
+                values = lut[msrc.read(1)].astype(np.uint8)
+                profile = psrc.profile | {"driver": "GTiff", "count": 1, "dtype": "uint8",
+                                          "nodata": ignore, "compress": "deflate"}
+            with rasterio.open(dst, "w", **profile) as tdst:
+                tdst.write(values, 1)
+                tdst.update_tags(**tags)
+            out.append(dst)
+        return out
+    for pred in predictions:
+        dst = labels.rasterize(src, like=pred, out=cache / f"{pred.stem}.tif",
+                               attribute=cfg.data.label_attribute,
+                               all_touched=cfg.data.all_touched, overwrite=True)
+        with rasterio.open(dst, "r+") as tdst:
+            tdst.update_tags(**tags)
+        out.append(dst)
+    return out
 
 
 def _region_mask(regions, like) -> Any:  # np.ndarray[bool] | None
@@ -276,13 +317,7 @@ def _pixel_scores(cfg: PipelineConfig, predictions: list[Path], truths: list[Pat
                 log.warning("%s: truth grid differs from the prediction; skipped", truth_path)
                 continue
             p = pred.read(1)
-            t = truth.read(1).astype(np.int64)
-            mapping = cfg.data.mask_mapping
-            if mapping:
-                lut = np.arange(max(256, t.max() + 1), dtype=np.int64)
-                for k, v in mapping.items():
-                    lut[k] = v
-                t = lut[t]
+            t = truth.read(1).astype(np.int64)  # already in model ids (see _truth_rasters)
             t[p == 255] = ignore
             inside = _region_mask(regions, pred)
             if inside is not None:
@@ -298,15 +333,20 @@ def _truth_polygons(cfg: PipelineConfig, truths: list[Path | None]):
 
     from geoseg import vectorize
 
-    src = Path(cfg.evaluate.truth or cfg.data.labels or "")
-    if str(src) and src.is_file():
+    # Object truth: evaluate.truth, else vector labels, else the truth masks vectorised.
+    src = cfg.evaluate.truth or cfg.data.labels
+    if src and Path(src).is_file() and Path(src).suffix.lower() not in (".tif", ".tiff"):
         return gpd.read_file(src)
-    frames = [vectorize.polygons(t, classes=list(cfg.vectorize.classes) or None)
+    frames = [vectorize.polygons(t, classes=list(cfg.vectorize.classes) or None,
+                                 allow_ungeoreferenced=cfg.data.layout == "tiles")
               for t in truths if t is not None]
     if not frames:
         return None
     crs = frames[0].crs
-    return gpd.GeoDataFrame(pd.concat([f.to_crs(crs) for f in frames], ignore_index=True), crs=crs)
+    return gpd.GeoDataFrame(
+        pd.concat([f.to_crs(crs) if f.crs is not None else f for f in frames], ignore_index=True),
+        crs=crs,
+    )
 
 
 def _inside(gdf, regions):
@@ -324,10 +364,11 @@ def _evaluate(cfg: PipelineConfig, run_dir: Path, predictions: list[Path],
 
     from geoseg import evaluate
 
-    regions = _test_regions(run_dir)
+    regions, files = _test_split(run_dir)
     truths = _truth_rasters(cfg, run_dir, predictions)
     report: dict[str, Any] = {
-        "area": "test split regions" if regions is not None else "whole predicted rasters",
+        "area": ("test split regions" if regions is not None
+                 else "test split files" if files else "whole predicted rasters"),
         "predictions": [str(p) for p in predictions],
     }
     pixels = _pixel_scores(cfg, predictions, truths, regions)
@@ -344,7 +385,7 @@ def _evaluate(cfg: PipelineConfig, run_dir: Path, predictions: list[Path],
     report.update(headline(report, cfg.model.resolved_class_names))
     out = run_dir / "report.json"
     tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=float))
+    tmp.write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False))
     tmp.replace(out)
     outputs = [out]
     try:
@@ -358,6 +399,21 @@ def _evaluate(cfg: PipelineConfig, run_dir: Path, predictions: list[Path],
     except (ImportError, AttributeError):
         log.info("no prediction preview: geoseg.plots.pipeline_preview is not available")
     return outputs
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (a class with no truth and no prediction) becomes null: strict JSON for every reader."""
+    import math
+
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def headline(report: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
@@ -411,6 +467,12 @@ def run(
     """
     from geoseg import config as config_mod
 
+    from geoseg.errors import InputNotFoundError
+
+    if cfg.evaluate.enabled and cfg.evaluate.truth and not Path(cfg.evaluate.truth).exists():
+        raise InputNotFoundError(
+            f"{cfg.evaluate.truth}: evaluate.truth not found; fix the path or --set evaluate.truth=null"
+        )
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_mod.dump(cfg, run_dir / "pipeline.yaml")

@@ -66,7 +66,7 @@ def test_demo_recipe_runs_end_to_end_and_resumes(demo_data, tmp_path: Path) -> N
     out = tmp_path / "run"
     data = Path(demo_data.images[0]).parents[1]
     sets = [f"out={out}", f"data.images=[{data / 'images'}]", f"data.labels={data / 'masks'}",
-            "data.split.block_size=128"]
+            f"evaluate.truth={data / 'buildings.gpkg'}", "data.split.block_size=128"]
     code, output = _run("demo.yaml", *sets)
     assert code == 0, output
     report = _check_outputs(out)
@@ -88,6 +88,7 @@ def test_demo_recipe_with_vector_labels(demo_data, tmp_path: Path) -> None:
     data = Path(demo_data.images[0]).parents[1]
     code, output = _run("demo.yaml", f"out={tmp_path / 'run'}", f"data.images=[{data / 'images'}]",
                         f"data.labels={data / 'buildings.gpkg'}", "data.label_attribute=class",
+                        "evaluate.truth=null",
                         "data.split.block_size=128")
     assert code == 0, output
     report = _check_outputs(tmp_path / "run")
@@ -99,7 +100,7 @@ def _write_png_tiles(folder: Path, masks: Path, n: int, size: int, classes: list
     masks.mkdir(parents=True)
     for i in range(n):
         mask = rng.choice(classes, size=(size // 16, size // 16)).repeat(16, 0).repeat(16, 1).astype("uint8")
-        image = np.stack([(mask * 29 + 40) % 256] * 3).astype("uint8")
+        image = np.stack([(mask.astype(int) * 29 + 40) % 256] * 3).astype("uint8")
         image = np.clip(image + rng.integers(0, 20, image.shape), 0, 255).astype("uint8")
         for path, arr in ((folder / f"{i:03d}.png", image), (masks / f"{i:03d}.png", mask[None])):
             with rasterio.open(path, "w", driver="PNG", width=size, height=size, count=arr.shape[0],

@@ -45,7 +45,7 @@ def run(
         r = result.report
         for key, label in (("building_iou", "building IoU (pixels)"), ("building_f1", "building F1 (objects)"),
                            ("miou", "mIoU")):
-            if key in r:
+            if r.get(key) is not None:
                 echo(f"{label:<22} {r[key]:.3f}  [{r['area']}]")
     if result.preview:
         echo(f"Preview: {result.preview}")
