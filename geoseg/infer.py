@@ -272,17 +272,28 @@ def _tta_ops(tta: str) -> list[tuple[Callable[[Any], Any], Callable[[Any], Any]]
     raise ConfigError(f"tta={tta!r} is not one of none, flip, d4")
 
 
-def _make_forward(model: Any, settings: _Settings) -> Callable[[np.ndarray], np.ndarray]:
-    """A function: normalised batch (B, C, P, P) float32 -> probabilities (B, K, P, P) float32."""
+def _make_forward(model: Any, settings: _Settings
+                  ) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
+    """A function: raw batch (B, C, P, P) + nodata mask (B, P, P) -> probabilities (B, K, P, P).
+
+    The batch is normalised on the device with the card's mean/std; nodata pixels become 0
+    (the band mean). Probabilities are float32, averaged over the TTA transforms.
+    """
     import torch
 
     ops = _tta_ops(settings.tta)
     dev = torch.device(settings.device)
     bf16 = settings.precision == "bf16"
     fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
+    mean = torch.tensor(settings.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+    inv_std = (1 / torch.tensor(settings.std, dtype=torch.float32, device=dev)).view(1, -1, 1, 1)
 
-    def forward(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(dev, non_blocking=True).contiguous(memory_format=fmt)
+    def forward(batch: np.ndarray, invalid: np.ndarray | None) -> np.ndarray:
+        x = torch.from_numpy(batch).to(dev, non_blocking=True).float()
+        x = (x - mean) * inv_std
+        if invalid is not None:
+            x = x.masked_fill(torch.from_numpy(invalid).to(dev)[:, None], 0.0)
+        x = x.contiguous(memory_format=fmt)
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             total = None
             for fwd, inv in ops:
@@ -352,43 +363,57 @@ def _patch_index_range(plan: _Plan, rh: int, r1: int) -> tuple[int, int]:
     return i0, i1
 
 
+def _torch_friendly(a: np.ndarray) -> np.ndarray:
+    # torch has no arithmetic on uint16/uint32; widen them (lossless) before the device copy.
+    if a.dtype.kind == "u" and a.dtype.itemsize > 1:
+        return a.astype(np.int32 if a.dtype.itemsize == 2 else np.int64)
+    return a
+
+
 def _read_batches(src: Any, plan: _Plan, settings: _Settings, i0: int, i1: int
-                  ) -> Iterator[tuple[np.ndarray, range]]:
-    """Normalised float32 batches (B, C, P, P) of the global patch indices [i0, i1).
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray | None, range]]:
+    """Raw batches (B, C, P, P) in the input's dtype, their nodata masks (B, P, P) or None,
+    and the global patch indices [i0, i1) they hold.
 
     Batches are the global, row-major chunks of ``batch_size`` patches, so a dask block sees
     exactly the batches of the single-process run. Each strip of patch rows is read once.
-    Nodata pixels are set to the band mean (0 after normalisation); patches sticking out of a
-    raster smaller than one patch are reflect-padded.
+    Patches sticking out of a raster smaller than one patch are reflect-padded. Normalisation
+    happens on the model's device (:func:`_make_forward`): a uint8 batch crosses to a GPU at a
+    quarter of the float32 size.
     """
     P, nc = plan.patch_size, len(plan.cols)
-    mean = np.asarray(settings.mean, np.float32)[:, None, None]
-    inv_std = (1.0 / np.asarray(settings.std, np.float32))[:, None, None]
     idx = list(settings.band_indexes)
     strips: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
     for b0 in range(i0, i1, plan.batch_size):
         b1 = min(b0 + plan.batch_size, plan.n_patches)
-        batch = np.empty((b1 - b0, len(idx), P, P), np.float32)
+        batch: np.ndarray | None = None
+        invalid: np.ndarray | None = None
         for n, i in enumerate(range(b0, b1)):
             r, c = divmod(i, nc)
             if r not in strips:
                 y0 = plan.rows[r]
                 h = min(P, plan.height)
-                data = src.read(idx, window=Window(0, y0, plan.width, h))
+                data = _torch_friendly(src.read(idx, window=Window(0, y0, plan.width, h)))
                 valid = _valid_rows(src, y0, y0 + h)
                 strips = {k: v for k, v in strips.items() if k >= r - 1}
-                strips[r] = (data, valid)
-            data, valid = strips[r]
+                strips[r] = (data, None if valid is None else ~valid)
+            data, bad = strips[r]
+            if batch is None:
+                batch = np.empty((b1 - b0, len(idx), P, P), data.dtype)
             x0 = plan.cols[c]
             w = min(P, plan.width)
-            patch = (data[:, :, x0:x0 + w].astype(np.float32) - mean) * inv_std
-            if valid is not None:
-                patch[:, ~valid[:, x0:x0 + w]] = 0.0
-            if patch.shape[1] < P or patch.shape[2] < P:
-                patch = np.pad(patch, ((0, 0), (0, P - patch.shape[1]), (0, P - patch.shape[2])),
-                               mode="reflect")
+            patch = data[:, :, x0:x0 + w]
+            pad = ((0, P - patch.shape[1]), (0, P - patch.shape[2]))
+            if pad[0][1] or pad[1][1]:
+                patch = np.pad(patch, ((0, 0), *pad), mode="reflect")
             batch[n] = patch
-        yield batch, range(b0, b1)
+            if bad is not None:
+                if invalid is None:
+                    invalid = np.zeros((b1 - b0, P, P), bool)
+                m = bad[:, x0:x0 + w]
+                invalid[n] = np.pad(m, pad, mode="reflect") if pad[0][1] or pad[1][1] else m
+        assert batch is not None  # b1 > b0
+        yield batch, invalid, range(b0, b1)
 
 
 def _threaded(it: Iterator[Any], maxsize: int = 2) -> Iterator[Any]:
@@ -443,7 +468,8 @@ def _weight_sum(length: int, patch_size: int, overlap: int) -> np.ndarray:
     return total
 
 
-def _stream(src: Any, plan: _Plan, settings: _Settings, forward: Callable[[np.ndarray], np.ndarray],
+def _stream(src: Any, plan: _Plan, settings: _Settings,
+            forward: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
             r0: int, r1: int, *, threaded: bool = True, bar: Any = None
             ) -> Iterator[tuple[int, np.ndarray]]:
     """Blended probabilities of the row-block of patch rows [r0, r1), in finished pieces.
@@ -479,8 +505,8 @@ def _stream(src: Any, plan: _Plan, settings: _Settings, forward: Callable[[np.nd
     batches = _read_batches(src, plan, settings, i0, i1)
     if threaded:
         batches = _threaded(batches)
-    for batch, indexes in batches:
-        probs = forward(batch)
+    for batch, invalid, indexes in batches:
+        probs = forward(batch, invalid)
         if bar is not None:
             bar.advance(len(indexes))
         for n, i in enumerate(indexes):

@@ -61,6 +61,14 @@ def _pointwise(batch: np.ndarray) -> np.ndarray:
     return (e / e.sum(1, keepdims=True)).astype(np.float32)
 
 
+def _normalized(raw: np.ndarray, invalid: np.ndarray | None, s: infer._Settings) -> np.ndarray:
+    x = (raw.astype(np.float32) - np.array(s.mean, np.float32)[:, None, None]) \
+        * (1 / np.array(s.std, np.float32))[:, None, None]
+    if invalid is not None:
+        x[np.broadcast_to(invalid[:, None], x.shape)] = 0
+    return x
+
+
 def _settings(**kw: object) -> infer._Settings:
     base = dict(checkpoint="", device="cpu", precision="32", tta="none", channels_last=False,
                 band_indexes=(1, 2, 3), mean=(10.0, 20.0, 30.0), std=(5.0, 10.0, 20.0),
@@ -81,7 +89,8 @@ def _stitch(data: np.ndarray, patch: int, overlap: int, batch: int,
             dst.write(data)
         with mem.open() as src:
             for r0, r1 in blocks or [(0, len(plan.rows))]:
-                for y0, probs in infer._stream(src, plan, s, _pointwise, r0, r1,
+                forward = lambda raw, invalid: _pointwise(_normalized(raw, invalid, s))  # noqa: E731
+                for y0, probs in infer._stream(src, plan, s, forward, r0, r1,
                                                threaded=r0 % 2 == 0):
                     assert np.isnan(out[:, y0:y0 + probs.shape[1]]).all()  # each row once
                     out[:, y0:y0 + probs.shape[1]] = probs
