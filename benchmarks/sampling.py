@@ -38,7 +38,9 @@ PATCH, BATCH = 256, 16
 CRS = "EPSG:32631"
 
 
-def make_data(root: Path, size: int, parts: int = 4, compress: str = "none") -> tuple[Path, Path, Path, Path]:
+def make_data(
+    root: Path, size: int, parts: int = 4, compress: str = "none"
+) -> tuple[Path, Path, Path, Path]:
     """One SIZE² image + mask, and the same area cut into parts×parts files (tiled 256 px)."""
     rng = np.random.default_rng(0)
     one_img, one_msk = root / "one" / "img", root / "one" / "mask"
@@ -50,8 +52,16 @@ def make_data(root: Path, size: int, parts: int = 4, compress: str = "none") -> 
     img = np.repeat(np.repeat(base, 16, axis=1), 16, axis=2)[:, :size, :size]
     img = img + rng.integers(0, 8, img.shape, dtype=np.uint8)
     mask = (img[0] > 128).astype(np.uint8)
-    prof = dict(driver="GTiff", width=size, height=size, crs=CRS, transform=from_origin(500000, 5000000, 0.5, 0.5),
-                tiled=True, blockxsize=256, blockysize=256)
+    prof = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        crs=CRS,
+        transform=from_origin(500000, 5000000, 0.5, 0.5),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+    )
     if compress != "none":
         prof["compress"] = compress
     with rasterio.open(one_img / "scene.tif", "w", count=3, dtype="uint8", **prof) as dst:
@@ -64,9 +74,13 @@ def make_data(root: Path, size: int, parts: int = 4, compress: str = "none") -> 
             t = from_origin(500000 + j * part * 0.5, 5000000 - i * part * 0.5, 0.5, 0.5)
             p = dict(prof, width=part, height=part, transform=t)
             sl = (slice(i * part, (i + 1) * part), slice(j * part, (j + 1) * part))
-            with rasterio.open(many_img / f"t_{i}_{j}.tif", "w", count=3, dtype="uint8", **p) as dst:
+            with rasterio.open(
+                many_img / f"t_{i}_{j}.tif", "w", count=3, dtype="uint8", **p
+            ) as dst:
                 dst.write(img[:, sl[0], sl[1]])
-            with rasterio.open(many_msk / f"t_{i}_{j}.tif", "w", count=1, dtype="uint8", **p) as dst:
+            with rasterio.open(
+                many_msk / f"t_{i}_{j}.tif", "w", count=1, dtype="uint8", **p
+            ) as dst:
                 dst.write(mask[sl], 1)
     return one_img, one_msk, many_img, many_msk
 
@@ -87,9 +101,19 @@ class RawBatches(Dataset):
         rng = np.random.default_rng(i)
         rr = rng.integers(0, self.size - PATCH, BATCH)
         cc = rng.integers(0, self.size - PATCH, BATCH)
-        imgs = np.stack([self.h[0].read(window=Window(c, r, PATCH, PATCH)) for r, c in zip(rr, cc, strict=True)])
-        msks = np.stack([self.h[1].read(1, window=Window(c, r, PATCH, PATCH)) for r, c in zip(rr, cc, strict=True)])
-        return {"image": torch.from_numpy(imgs.astype(np.float32)), "mask": torch.from_numpy(msks.astype(np.int64))}
+        imgs = np.stack(
+            [self.h[0].read(window=Window(c, r, PATCH, PATCH)) for r, c in zip(rr, cc, strict=True)]
+        )
+        msks = np.stack(
+            [
+                self.h[1].read(1, window=Window(c, r, PATCH, PATCH))
+                for r, c in zip(rr, cc, strict=True)
+            ]
+        )
+        return {
+            "image": torch.from_numpy(imgs.astype(np.float32)),
+            "mask": torch.from_numpy(msks.astype(np.int64)),
+        }
 
 
 class MemBatches(Dataset):
@@ -106,9 +130,14 @@ class MemBatches(Dataset):
         size = self.a.shape[1]
         rr = rng.integers(0, size - PATCH, BATCH)
         cc = rng.integers(0, size - PATCH, BATCH)
-        imgs = np.stack([self.a[:, r:r + PATCH, c:c + PATCH] for r, c in zip(rr, cc, strict=True)])
-        msks = np.stack([self.m[r:r + PATCH, c:c + PATCH] for r, c in zip(rr, cc, strict=True)])
-        return {"image": torch.from_numpy(imgs.astype(np.float32)), "mask": torch.from_numpy(msks.astype(np.int64))}
+        imgs = np.stack(
+            [self.a[:, r : r + PATCH, c : c + PATCH] for r, c in zip(rr, cc, strict=True)]
+        )
+        msks = np.stack([self.m[r : r + PATCH, c : c + PATCH] for r, c in zip(rr, cc, strict=True)])
+        return {
+            "image": torch.from_numpy(imgs.astype(np.float32)),
+            "mask": torch.from_numpy(msks.astype(np.int64)),
+        }
 
 
 def rate(loader, n_batches: int, warmup: int = 2) -> float:
@@ -139,35 +168,62 @@ def torchgeo_loader(img_dir: Path, msk_dir: Path, workers: int, n_batches: int):
         warnings.simplefilter("ignore")
         ds = Img(paths=str(img_dir)) & Msk(paths=str(msk_dir))
     sampler = RandomGeoSampler(ds, size=PATCH, length=(n_batches + 4) * BATCH)
-    return DataLoader(ds, sampler=sampler, batch_size=BATCH, collate_fn=stack_samples, num_workers=workers,
-                      persistent_workers=workers > 0)
+    return DataLoader(
+        ds,
+        sampler=sampler,
+        batch_size=BATCH,
+        collate_fn=stack_samples,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
 
 
-def geoseg_loader(img_dir: Path, msk_dir: Path, workers: int, n_batches: int, run_dir: Path, budget: int | None):
+def geoseg_loader(
+    img_dir: Path, msk_dir: Path, workers: int, n_batches: int, run_dir: Path, budget: int | None
+):
     from geoseg import data
     from geoseg.config import DataConfig, SplitConfig
 
     # Nearly all of the area is training data, as for the other loaders (build_training_data
     # insists on a validation region: it gets 2 % of the blocks).
-    cfg = DataConfig(images=[str(img_dir)], labels=str(msk_dir), split=SplitConfig(ratios=(0.98, 0.02, 0.0)))
+    cfg = DataConfig(
+        images=[str(img_dir)], labels=str(msk_dir), split=SplitConfig(ratios=(0.98, 0.02, 0.0))
+    )
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        td = data.build_training_data(cfg, patch_size=PATCH, batch_size=BATCH, run_dir=run_dir, num_classes=2,
-                                      workers=workers, patches_per_epoch=(n_batches + 4) * BATCH,
-                                      memory_budget=budget)
+        td = data.build_training_data(
+            cfg,
+            patch_size=PATCH,
+            batch_size=BATCH,
+            run_dir=run_dir,
+            num_classes=2,
+            workers=workers,
+            patches_per_epoch=(n_batches + 4) * BATCH,
+            memory_budget=budget,
+        )
     return td.train, time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=8192, help="side of the test raster in pixels (default 8192)")
+    ap.add_argument(
+        "--size", type=int, default=8192, help="side of the test raster in pixels (default 8192)"
+    )
     ap.add_argument("--batches", type=int, default=30, help="batches timed per case (default 30)")
-    ap.add_argument("--workers", type=int, default=2, help="persistent workers for the second column (default 2)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="persistent workers for the second column (default 2)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
-    ap.add_argument("--compress", default="none",
-                    help="GeoTIFF compression of the test data: none (default) or e.g. deflate; compressed "
-                         "data slows (a) and (c), not geoseg's RAM mode")
+    ap.add_argument(
+        "--compress",
+        default="none",
+        help="GeoTIFF compression of the test data: none (default) or e.g. deflate; compressed "
+        "data slows (a) and (c), not geoseg's RAM mode",
+    )
     ap.add_argument("--keep", type=Path, default=None, help="build the data here and keep it")
     args = ap.parse_args(argv)
     logging.getLogger("geoseg").setLevel(logging.WARNING)
@@ -177,9 +233,15 @@ def main(argv: list[str] | None = None) -> dict:
     root = args.keep or Path(tempfile.mkdtemp(prefix="geoseg-bench-"))
     try:
         t0 = time.perf_counter()
-        one_img, one_msk, many_img, many_msk = make_data(root / "data", args.size, compress=args.compress)
-        print(f"data: {args.size}x{args.size} px, 3-band uint8 + mask, tiled, compress={args.compress}, 1 file and 16 files "
-              f"(built in {time.perf_counter() - t0:.1f} s); patches {PATCH}px, batch {BATCH}", flush=True)
+        one_img, one_msk, many_img, many_msk = make_data(
+            root / "data", args.size, compress=args.compress
+        )
+        print(
+            f"data: {args.size}x{args.size} px, 3-band uint8 + mask, tiled, "
+            f"compress={args.compress}, 1 file and 16 files "
+            f"(built in {time.perf_counter() - t0:.1f} s); patches {PATCH}px, batch {BATCH}",
+            flush=True,
+        )
         with rasterio.open(one_img / "scene.tif") as s:
             arr = s.read()
         with rasterio.open(one_msk / "scene.tif") as s:
@@ -190,14 +252,27 @@ def main(argv: list[str] | None = None) -> dict:
         cases = {
             "a_torchgeo_1file": lambda w: torchgeo_loader(one_img, one_msk, w, nb),
             "a_torchgeo_16files": lambda w: torchgeo_loader(many_img, many_msk, w, nb),
-            "b_geoseg_1file": lambda w: geoseg_loader(one_img, one_msk, w, nb, root / f"run1-{w}", None),
-            "b_geoseg_16files": lambda w: geoseg_loader(many_img, many_msk, w, nb, root / f"run16-{w}", None),
-            "b_geoseg_1file_streamed": lambda w: geoseg_loader(one_img, one_msk, w, nb, root / f"runs-{w}", 0),
-            "c_rasterio_window": lambda w: DataLoader(RawBatches(one_img / "scene.tif", one_msk / "scene.tif",
-                                                                 args.size, nb + 4), batch_size=None,
-                                                      num_workers=w, persistent_workers=w > 0),
-            "d_memory_slice": lambda w: DataLoader(MemBatches(arr, marr, nb + 4), batch_size=None, num_workers=w,
-                                                   persistent_workers=w > 0),
+            "b_geoseg_1file": lambda w: geoseg_loader(
+                one_img, one_msk, w, nb, root / f"run1-{w}", None
+            ),
+            "b_geoseg_16files": lambda w: geoseg_loader(
+                many_img, many_msk, w, nb, root / f"run16-{w}", None
+            ),
+            "b_geoseg_1file_streamed": lambda w: geoseg_loader(
+                one_img, one_msk, w, nb, root / f"runs-{w}", 0
+            ),
+            "c_rasterio_window": lambda w: DataLoader(
+                RawBatches(one_img / "scene.tif", one_msk / "scene.tif", args.size, nb + 4),
+                batch_size=None,
+                num_workers=w,
+                persistent_workers=w > 0,
+            ),
+            "d_memory_slice": lambda w: DataLoader(
+                MemBatches(arr, marr, nb + 4),
+                batch_size=None,
+                num_workers=w,
+                persistent_workers=w > 0,
+            ),
         }
         for workers in (0, args.workers):
             for name, make in cases.items():
@@ -213,26 +288,48 @@ def main(argv: list[str] | None = None) -> dict:
                 del loader, made
         w0, wn = "workers_0", f"workers_{args.workers}"
         out = {
-            "size": args.size, "compress": args.compress, "patch": PATCH, "batch": BATCH, "workers": args.workers,
-            "samples_per_s": results, "geoseg_setup_s": setup,
-            "geoseg_vs_torchgeo": round(results["b_geoseg_1file"][w0] / results["a_torchgeo_1file"][w0], 2),
-            "geoseg_vs_raw": round(results["b_geoseg_1file"][w0] / results["c_rasterio_window"][w0], 2),
-            "geoseg_vs_torchgeo_16files": round(results["b_geoseg_16files"][w0] / results["a_torchgeo_16files"][w0], 2),
-            "geoseg_streamed_vs_raw": round(results["b_geoseg_1file_streamed"][w0] / results["c_rasterio_window"][w0], 2),
+            "size": args.size,
+            "compress": args.compress,
+            "patch": PATCH,
+            "batch": BATCH,
+            "workers": args.workers,
+            "samples_per_s": results,
+            "geoseg_setup_s": setup,
+            "geoseg_vs_torchgeo": round(
+                results["b_geoseg_1file"][w0] / results["a_torchgeo_1file"][w0], 2
+            ),
+            "geoseg_vs_raw": round(
+                results["b_geoseg_1file"][w0] / results["c_rasterio_window"][w0], 2
+            ),
+            "geoseg_vs_torchgeo_16files": round(
+                results["b_geoseg_16files"][w0] / results["a_torchgeo_16files"][w0], 2
+            ),
+            "geoseg_streamed_vs_raw": round(
+                results["b_geoseg_1file_streamed"][w0] / results["c_rasterio_window"][w0], 2
+            ),
             f"geoseg_vs_torchgeo_{args.workers}workers": round(
-                results["b_geoseg_1file"][wn] / results["a_torchgeo_1file"][wn], 2),
+                results["b_geoseg_1file"][wn] / results["a_torchgeo_1file"][wn], 2
+            ),
             f"geoseg_vs_raw_{args.workers}workers": round(
-                results["b_geoseg_1file"][wn] / results["c_rasterio_window"][wn], 2),
+                results["b_geoseg_1file"][wn] / results["c_rasterio_window"][wn], 2
+            ),
         }
         print("\nsamples/s          " + "".join(f"{k:>14s}" for k in (w0, wn)))
         for name, r in results.items():
             print(f"{name:26s}" + "".join(f"{r[k]:14.1f}" for k in (w0, wn)))
-        print(f"\nb/a (geoseg vs torchgeo, 1 process): {out['geoseg_vs_torchgeo']:.1f}x  (target >= 10)")
-        print(f"b/c (geoseg vs raw rasterio, 1 process): {out['geoseg_vs_raw']:.2f}  (target >= 0.8)")
-        print(f"16 files: b/a = {out['geoseg_vs_torchgeo_16files']:.1f}x; streamed (no RAM) b/c = "
-              f"{out['geoseg_streamed_vs_raw']:.2f}; {args.workers} workers: b/a = "
-              f"{out[f'geoseg_vs_torchgeo_{args.workers}workers']:.1f}x, b/c = "
-              f"{out[f'geoseg_vs_raw_{args.workers}workers']:.2f}")
+        print(
+            f"\nb/a (geoseg vs torchgeo, 1 process): {out['geoseg_vs_torchgeo']:.1f}x"
+            "  (target >= 10)"
+        )
+        print(
+            f"b/c (geoseg vs raw rasterio, 1 process): {out['geoseg_vs_raw']:.2f}  (target >= 0.8)"
+        )
+        print(
+            f"16 files: b/a = {out['geoseg_vs_torchgeo_16files']:.1f}x; streamed (no RAM) b/c = "
+            f"{out['geoseg_streamed_vs_raw']:.2f}; {args.workers} workers: b/a = "
+            f"{out[f'geoseg_vs_torchgeo_{args.workers}workers']:.1f}x, b/c = "
+            f"{out[f'geoseg_vs_raw_{args.workers}workers']:.2f}"
+        )
         print(f"geoseg setup (index, stats, read into RAM), s: {setup}")
         if args.json:
             args.json.write_text(json.dumps(out, indent=2))

@@ -84,8 +84,9 @@ class Catalog:
         for r in self.rasters:
             if not r.crs_wkt:
                 raise RasterError(
-                    f"{r.path}: raster has no CRS; geoseg needs georeferenced GeoTIFFs for layout 'geo' "
-                    "(assign one with `gdal_edit.py -a_srs EPSG:XXXX`), or use layout 'tiles' for plain tiles"
+                    f"{r.path}: raster has no CRS; geoseg needs georeferenced GeoTIFFs for "
+                    "layout 'geo' (assign one with `gdal_edit.py -a_srs EPSG:XXXX`), or use "
+                    "layout 'tiles' for plain tiles"
                 )
 
     def target(self, crs: str | None = None, res: float | None = None) -> tuple[CRS, float]:
@@ -100,7 +101,9 @@ class Catalog:
             try:
                 target_crs = CRS.from_user_input(crs)
             except Exception:  # rasterio raises CRSError, a plain ValueError subclass here
-                raise CatalogError(f"data.crs={crs!r} is not a CRS rasterio understands; use e.g. EPSG:32631") from None
+                raise CatalogError(
+                    f"data.crs={crs!r} is not a CRS rasterio understands; use e.g. EPSG:32631"
+                ) from None
         else:
             target_crs = CRS.from_wkt(self.rasters[0].crs_wkt)
         if res is None:
@@ -126,7 +129,9 @@ def _stac_hrefs(path: Path) -> list[Path]:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise CatalogError(f"{path}: not a readable STAC JSON ({err.__class__.__name__}); check the file") from None
+        raise CatalogError(
+            f"{path}: not a readable STAC JSON ({err.__class__.__name__}); check the file"
+        ) from None
     items = doc.get("features") if isinstance(doc, dict) else None
     if items is None and isinstance(doc, dict) and doc.get("type") == "Feature":
         items = [doc]
@@ -146,7 +151,7 @@ def _stac_hrefs(path: Path) -> list[Path]:
         for asset in data or tiffs:
             href = str(asset["href"])
             if href.startswith("file://"):
-                href = href[len("file://"):]
+                href = href[len("file://") :]
             p = Path(href)
             out.append(p if p.is_absolute() else (path.parent / p).resolve())
     return out
@@ -163,7 +168,9 @@ def _list_file(path: Path) -> list[Path]:
     return out
 
 
-def find_rasters(sources: list[str] | str | Path, *, suffixes: tuple[str, ...] = RASTER_SUFFIXES) -> list[Path]:
+def find_rasters(
+    sources: list[str] | str | Path, *, suffixes: tuple[str, ...] = RASTER_SUFFIXES
+) -> list[Path]:
     """Expand what a user gave as IMAGES into raster paths.
 
     Each source may be a folder (searched recursively for GeoTIFFs), a glob (``data/*.tif``,
@@ -201,7 +208,9 @@ def find_rasters(sources: list[str] | str | Path, *, suffixes: tuple[str, ...] =
             listed = _stac_hrefs(p) if _is_stac(p) else _list_file(p)
             for q in listed:
                 if not str(q).startswith("/vsi") and not q.exists():
-                    raise InputNotFoundError(f"{q}: listed in {p} but does not exist; fix the entry")
+                    raise InputNotFoundError(
+                        f"{q}: listed in {p} but does not exist; fix the entry"
+                    )
             found += listed
     seen: set[Path] = set()
     unique = [q for q in found if not (q in seen or seen.add(q))]

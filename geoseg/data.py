@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geoseg import catalog, labels, progress
 from geoseg.config import DataConfig
-from geoseg.errors import CatalogError, ConfigError, InputNotFoundError, LabelError, RasterError
+from geoseg.errors import ConfigError, InputNotFoundError, LabelError, RasterError
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,13 @@ def _torchgeo_raster_class() -> type:
     return GeoRasters
 
 
-def torchgeo_dataset(paths: Sequence[Path], *, crs: CRS | None = None, res: float | None = None,
-                     is_image: bool = True) -> Any:
+def torchgeo_dataset(
+    paths: Sequence[Path],
+    *,
+    crs: CRS | None = None,
+    res: float | None = None,
+    is_image: bool = True,
+) -> Any:
     """A torchgeo ``RasterDataset`` over ``paths`` (warped on the fly to ``crs``/``res``)."""
     cls = _torchgeo_raster_class()
     if not is_image:
@@ -107,8 +112,12 @@ class Grid:
     y0: float
 
     def bounds(self, row: int, col: int, h: int, w: int) -> tuple[float, float, float, float]:
-        return (self.x0 + col * self.res, self.y0 - (row + h) * self.res,
-                self.x0 + (col + w) * self.res, self.y0 - row * self.res)
+        return (
+            self.x0 + col * self.res,
+            self.y0 - (row + h) * self.res,
+            self.x0 + (col + w) * self.res,
+            self.y0 - row * self.res,
+        )
 
 
 class _Reader:
@@ -155,7 +164,10 @@ class _Reader:
                 with rasterio.open(t.image) as src:
                     itemsize = np.dtype(src.dtypes[0]).itemsize
             px = t.height * t.width
-            total += px * (len(self.bands) * itemsize + 1) * (2 if transposed else 1) + px * t.check_valid
+            total += (
+                px * (len(self.bands) * itemsize + 1) * (2 if transposed else 1)
+                + px * t.check_valid
+            )
         return total
 
     def load(self, transposed: bool = True) -> None:
@@ -164,16 +176,22 @@ class _Reader:
         with progress.bar(len(self.tiles), "reading tiles into memory") as bar:
             for i in range(len(self.tiles)):
                 t = self.tiles[i]
-                img, mask, valid = self._read_file(i, Window(0, 0, t.width, t.height), with_valid=True)
+                img, mask, valid = self._read_file(
+                    i, Window(0, 0, t.width, t.height), with_valid=True
+                )
                 arrays.append((img, mask, valid if t.check_valid else None))
                 if transposed:
-                    trans.append((np.ascontiguousarray(img.transpose(0, 2, 1)), np.ascontiguousarray(mask.T)))
+                    trans.append(
+                        (np.ascontiguousarray(img.transpose(0, 2, 1)), np.ascontiguousarray(mask.T))
+                    )
                 bar.advance()
         self.arrays = arrays
         self.transposed = trans if transposed else None
         self._handles = {}
 
-    def _read_file(self, i: int, win: Window, with_valid: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def _read_file(
+        self, i: int, win: Window, with_valid: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         t = self.tiles[i]
         src, msrc = self._open(i)
         try:
@@ -182,7 +200,10 @@ class _Reader:
                 raw = msrc.read(1, window=win)
                 if raw.dtype != np.uint8:
                     if raw.size and (raw.min() < 0 or raw.max() > 255):
-                        raise LabelError(f"{t.mask}: mask values {raw.min()}..{raw.max()}; expected class ids 0..255")
+                        raise LabelError(
+                            f"{t.mask}: mask values {raw.min()}..{raw.max()}; "
+                            "expected class ids 0..255"
+                        )
                     raw = raw.astype(np.uint8)
                 mask = t.lut[raw]
             else:
@@ -192,7 +213,9 @@ class _Reader:
                 valid = src.dataset_mask(window=win) > 0
                 mask[~valid] = self.ignore
         except rasterio.errors.RasterioIOError as err:
-            raise RasterError(f"{t.image}: read failed ({str(err)[:120]}); the file is corrupt or truncated") from None
+            raise RasterError(
+                f"{t.image}: read failed ({str(err)[:120]}); the file is corrupt or truncated"
+            ) from None
         return img, mask, valid
 
     def read_transposed(self, i: int, r: int, c: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -201,14 +224,16 @@ class _Reader:
         window must lie inside the tile."""
         if self.transposed is not None:
             ti, tm = self.transposed[i]
-            return ti[:, c:c + size, r:r + size], tm[c:c + size, r:r + size]
+            return ti[:, c : c + size, r : r + size], tm[c : c + size, r : r + size]
         img, mask, _ = self.read(i, r, c, size, size)
         return img.transpose(0, 2, 1), mask.T
 
-    def read(self, i: int, r: int, c: int, h: int, w: int, with_valid: bool = False
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def read(
+        self, i: int, r: int, c: int, h: int, w: int, with_valid: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Window (r, c, h, w) in tile pixels → image [C,h,w] native dtype, mask [h,w] uint8,
-        image validity [h,w] bool (None when not asked or all valid). Outside the tile: 0 / ignore."""
+        image validity [h,w] bool (None when not asked or all valid). Outside the tile: 0 and
+        ignore."""
         t = self.tiles[i]
         r0, c0, r1, c1 = max(r, 0), max(c, 0), min(r + h, t.height), min(c + w, t.width)
         inside = r0 == r and c0 == c and r1 == r + h and c1 == c + w
@@ -227,9 +252,9 @@ class _Reader:
         out_mask = np.full((h, w), self.ignore, np.uint8)
         out_valid = np.zeros((h, w), bool)
         if r1 > r0 and c1 > c0:
-            out_img[:, r0 - r:r1 - r, c0 - c:c1 - c] = img
-            out_mask[r0 - r:r1 - r, c0 - c:c1 - c] = mask
-            out_valid[r0 - r:r1 - r, c0 - c:c1 - c] = True if valid is None else valid
+            out_img[:, r0 - r : r1 - r, c0 - c : c1 - c] = img
+            out_mask[r0 - r : r1 - r, c0 - c : c1 - c] = mask
+            out_valid[r0 - r : r1 - r, c0 - c : c1 - c] = True if valid is None else valid
         return out_img, out_mask, (out_valid if with_valid else None)
 
 
@@ -258,7 +283,9 @@ class _Split:
         self._sat = np.zeros((3, self.occ.shape[1] + 1, self.occ.shape[2] + 1), np.int64)
         self._sat[:, 1:, 1:] = self.occ.cumsum(1).cumsum(2)
 
-    def _count(self, s: int, r: np.ndarray, c: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    def _count(
+        self, s: int, r: np.ndarray, c: np.ndarray, h: int, w: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         nr, nc = self.occ.shape[1:]
         a = np.clip((r - self.r0) // self.cell, 0, nr)
         b = np.clip((c - self.c0) // self.cell, 0, nc)
@@ -292,11 +319,17 @@ def _assign_counts(n: int, ratios: Sequence[float]) -> list[int]:
 
 
 def _extent(tiles: list[Tile]) -> tuple[int, int, int, int]:
-    return (min(t.row0 for t in tiles), min(t.col0 for t in tiles),
-            max(t.row0 + t.height for t in tiles), max(t.col0 + t.width for t in tiles))
+    return (
+        min(t.row0 for t in tiles),
+        min(t.col0 for t in tiles),
+        max(t.row0 + t.height for t in tiles),
+        max(t.col0 + t.width for t in tiles),
+    )
 
 
-def _usable_blocks(tiles: list[Tile], r0: int, c0: int, nr: int, nc: int, block: int, patch: int) -> np.ndarray:
+def _usable_blocks(
+    tiles: list[Tile], r0: int, c0: int, nr: int, nc: int, block: int, patch: int
+) -> np.ndarray:
     # A block is usable when some file covers at least a patch of it; slivers (a warped file's
     # overhang) stay unassigned: no split samples there.
     has = np.zeros((nr, nc), bool)
@@ -345,11 +378,13 @@ def _blocks_split(tiles: list[Tile], cfg: DataConfig, patch: int, gap: int) -> _
             continue
         counts = _assign_counts(len(cells), sp.ratios)
         for attempt in range(1 if block == sp.block_size and len(cells) > 2 * need else 25):
-            order = np.random.default_rng([sp.seed, attempt] if attempt else sp.seed).permutation(cells)
+            order = np.random.default_rng([sp.seed, attempt] if attempt else sp.seed).permutation(
+                cells
+            )
             label = np.full(nr * nc, -1, np.int64)
             k = 0
             for s in (1, 2, 0):  # val and test first, then train, in the shuffled order
-                label[order[k:k + counts[s]]] = s
+                label[order[k : k + counts[s]]] = s
                 k += counts[s]
             label = label.reshape(nr, nc)
             occ = np.stack([label == s for s in range(3)])
@@ -359,11 +394,17 @@ def _blocks_split(tiles: list[Tile], cfg: DataConfig, patch: int, gap: int) -> _
             split = _Split(block, r0, c0, occ, "blocks", rects)
             if counts[0] == 0 or _train_fits(split, tiles, patch, gap, sp.seed):
                 if block != sp.block_size or attempt:
-                    log.info("split: block_size %d -> %d (assignment %d) so that every split gets a region",
-                             sp.block_size, block, attempt)
+                    log.info(
+                        "split: block_size %d -> %d (assignment %d) so that every split "
+                        "gets a region",
+                        sp.block_size,
+                        block,
+                        attempt,
+                    )
                 return split
     raise ConfigError(
-        f"the data covers at most {most} usable block(s), too few for {need} splits with patch_size={patch} "
+        f"the data covers at most {most} usable block(s), too few for {need} splits with "
+        f"patch_size={patch} "
         f"and gap={gap} px; use a smaller patch_size or split.gap, or split.method: files"
     )
 
@@ -381,15 +422,25 @@ def _files_split(tiles: list[Tile], cfg: DataConfig, patch: int) -> _Split:
     tile_split = [0] * len(tiles)
     k = 0
     for s in (1, 2, 0):
-        for i in order[k:k + counts[s]]:
+        for i in order[k : k + counts[s]]:
             tile_split[int(i)] = s
         k += counts[s]
-    return _cells_from_rects(tiles, [(s, t.row0, t.col0, t.height, t.width) for s, t in zip(tile_split, tiles, strict=True)],
-                             patch, "files", tile_split)
+    return _cells_from_rects(
+        tiles,
+        [(s, t.row0, t.col0, t.height, t.width) for s, t in zip(tile_split, tiles, strict=True)],
+        patch,
+        "files",
+        tile_split,
+    )
 
 
-def _cells_from_rects(tiles: list[Tile], regions: list[tuple[int, int, int, int, int]], patch: int, method: str,
-                      tile_split: list[int] | None = None) -> _Split:
+def _cells_from_rects(
+    tiles: list[Tile],
+    regions: list[tuple[int, int, int, int, int]],
+    patch: int,
+    method: str,
+    tile_split: list[int] | None = None,
+) -> _Split:
     r0, c0, r1, c1 = _extent(tiles)
     cell = max(1, min(16, patch // 4))
     nr, nc = -(-(r1 - r0) // cell), -(-(c1 - c0) // cell)
@@ -410,7 +461,9 @@ def _roi_split(tiles: list[Tile], cfg: DataConfig, grid: Grid, patch: int) -> _S
 
     path = cfg.split.roi_file
     if not path or not Path(path).exists():
-        raise InputNotFoundError(f"{path}: split.roi_file not found; give a vector file with a 'split' column")
+        raise InputNotFoundError(
+            f"{path}: split.roi_file not found; give a vector file with a 'split' column"
+        )
     gdf = gpd.read_file(path)
     if "split" not in gdf.columns:
         raise ConfigError(f"{path}: no 'split' column; expected values train/val/test per polygon")
@@ -431,12 +484,24 @@ def _roi_split(tiles: list[Tile], cfg: DataConfig, grid: Grid, patch: int) -> _S
         geoms = list(gdf.geometry[gdf["split"].astype(str) == name])
         if not geoms:
             continue
-        occ[s] = features.rasterize(geoms, out_shape=(nr, nc), transform=tr, all_touched=True, dtype=np.uint8) > 0
+        occ[s] = (
+            features.rasterize(
+                geoms, out_shape=(nr, nc), transform=tr, all_touched=True, dtype=np.uint8
+            )
+            > 0
+        )
         for g in geoms:
             xmin, ymin, xmax, ymax = g.bounds
             r = math.floor((grid.y0 - ymax) / grid.res)
             c = math.floor((xmin - grid.x0) / grid.res)
-            rects[s].append((r, c, math.ceil((grid.y0 - ymin) / grid.res) - r, math.ceil((xmax - grid.x0) / grid.res) - c))
+            rects[s].append(
+                (
+                    r,
+                    c,
+                    math.ceil((grid.y0 - ymin) / grid.res) - r,
+                    math.ceil((xmax - grid.x0) / grid.res) - c,
+                )
+            )
     return _Split(cell, r0, c0, occ, "roi", rects)
 
 
@@ -448,8 +513,16 @@ def _roi_split(tiles: list[Tile], cfg: DataConfig, grid: Grid, patch: int) -> _S
 class _Batches:
     """Common batch assembly: read, (augment), normalise, stack — numpy, no per-pixel Python."""
 
-    def __init__(self, reader: _Reader, grid: Grid, patch: int, batch_size: int, mean: np.ndarray,
-                 std: np.ndarray, ignore_index: int) -> None:
+    def __init__(
+        self,
+        reader: _Reader,
+        grid: Grid,
+        patch: int,
+        batch_size: int,
+        mean: np.ndarray,
+        std: np.ndarray,
+        ignore_index: int,
+    ) -> None:
         self.reader, self.grid, self.patch, self.batch_size = reader, grid, patch, batch_size
         self.scale = (1.0 / std).astype(np.float32)[:, None, None]
         self.shift = mean.astype(np.float32)[:, None, None]
@@ -457,17 +530,27 @@ class _Batches:
 
     def _bounds(self, origins: Sequence[tuple[int, int, int]]) -> np.ndarray:
         p, tiles = self.patch, self.reader.tiles
-        return np.array([self.grid.bounds(tiles[i].row0 + r, tiles[i].col0 + c, p, p) for i, r, c in origins])
+        return np.array(
+            [self.grid.bounds(tiles[i].row0 + r, tiles[i].col0 + c, p, p) for i, r, c in origins]
+        )
 
-    def _finish(self, imgs: np.ndarray, masks: np.ndarray, origins: Sequence[tuple[int, int, int]],
-                centred: bool = False) -> dict:
+    def _finish(
+        self,
+        imgs: np.ndarray,
+        masks: np.ndarray,
+        origins: Sequence[tuple[int, int, int]],
+        centred: bool = False,
+    ) -> dict:
         import torch
 
         if not centred:
             imgs -= self.shift
         imgs *= self.scale
-        return {"image": torch.from_numpy(imgs), "mask": torch.from_numpy(masks.astype(np.int64, copy=False)),
-                "bounds": torch.from_numpy(self._bounds(origins))}
+        return {
+            "image": torch.from_numpy(imgs),
+            "mask": torch.from_numpy(masks.astype(np.int64, copy=False)),
+            "bounds": torch.from_numpy(self._bounds(origins)),
+        }
 
 
 class TrainBatches(_Batches):
@@ -477,17 +560,39 @@ class TrainBatches(_Batches):
     rank, i])``, so the patches are the same with or without workers and differ between ranks.
     """
 
-    def __init__(self, reader: _Reader, grid: Grid, split: _Split, *, patch: int, batch_size: int,
-                 n_batches: int, gap: int, mean: np.ndarray, std: np.ndarray, ignore_index: int,
-                 augment: bool, color_jitter: float, seed: int, rank: int = 0) -> None:
+    def __init__(
+        self,
+        reader: _Reader,
+        grid: Grid,
+        split: _Split,
+        *,
+        patch: int,
+        batch_size: int,
+        n_batches: int,
+        gap: int,
+        mean: np.ndarray,
+        std: np.ndarray,
+        ignore_index: int,
+        augment: bool,
+        color_jitter: float,
+        seed: int,
+        rank: int = 0,
+    ) -> None:
         super().__init__(reader, grid, patch, batch_size, mean, std, ignore_index)
         self.split, self.gap, self.n_batches = split, gap, n_batches
         self.augment, self.jitter, self.seed, self.rank = augment, color_jitter, seed, rank
         tiles = reader.tiles
-        ok = [i for i, t in enumerate(tiles) if t.height >= patch and t.width >= patch
-              and (split.tile_split is None or split.tile_split[i] == 0)]
+        ok = [
+            i
+            for i, t in enumerate(tiles)
+            if t.height >= patch
+            and t.width >= patch
+            and (split.tile_split is None or split.tile_split[i] == 0)
+        ]
         self.tile_ids = np.array(ok, np.int64)
-        area = np.array([(tiles[i].height - patch + 1) * (tiles[i].width - patch + 1) for i in ok], float)
+        area = np.array(
+            [(tiles[i].height - patch + 1) * (tiles[i].width - patch + 1) for i in ok], float
+        )
         self.p = area / area.sum() if len(ok) else area
         self.hmax = np.array([tiles[i].height - patch + 1 for i in ok], np.int64)
         self.wmax = np.array([tiles[i].width - patch + 1 for i in ok], np.int64)
@@ -506,10 +611,15 @@ class TrainBatches(_Batches):
             r = (rng.random(m) * self.hmax[k]).astype(np.int64)
             c = (rng.random(m) * self.wmax[k]).astype(np.int64)
             ok = self.split.valid(0, self.row0[k] + r, self.col0[k] + c, self.patch, self.gap)
-            out += [(int(self.tile_ids[a]), int(b), int(d)) for a, b, d in zip(k[ok], r[ok], c[ok], strict=True)]
+            out += [
+                (int(self.tile_ids[a]), int(b), int(d))
+                for a, b, d in zip(k[ok], r[ok], c[ok], strict=True)
+            ]
             if len(out) >= n:
                 return out[:n]
-        raise ConfigError("no training patch fits inside the train regions; use a smaller patch_size or split.gap")
+        raise ConfigError(
+            "no training patch fits inside the train regions; use a smaller patch_size or split.gap"
+        )
 
     def origins(self, epoch: int, i: int) -> list[tuple[int, int, int]]:
         return self.draw(np.random.default_rng([self.seed, epoch, self.rank, i]), self.batch_size)
@@ -517,7 +627,9 @@ class TrainBatches(_Batches):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, i = key
         rng = np.random.default_rng([self.seed, epoch, self.rank, i, 1])
-        origins = self.draw(np.random.default_rng([self.seed, epoch, self.rank, i]), self.batch_size)
+        origins = self.draw(
+            np.random.default_rng([self.seed, epoch, self.rank, i]), self.batch_size
+        )
         p, b = self.patch, len(origins)
         imgs = np.empty((b, len(self.reader.bands), p, p), np.float32)
         masks = np.empty((b, p, p), np.int64)
@@ -543,7 +655,10 @@ class TrainBatches(_Batches):
                 # A reversed last axis would make the casting copy below ~5x slower; np.take into
                 # a buffer of the source dtype reverses it at ~memcpy speed.
                 if ibuf is None:
-                    ibuf, mbuf = np.empty((imgs.shape[1], p, p), img.dtype), np.empty((p, p), mask.dtype)
+                    ibuf, mbuf = (
+                        np.empty((imgs.shape[1], p, p), img.dtype),
+                        np.empty((p, p), mask.dtype),
+                    )
                 img = np.take(img, rev, axis=2, out=ibuf)
                 mask = np.take(mask, rev, axis=1, out=mbuf)
             np.subtract(img, self.shift, out=imgs[k], casting="unsafe")  # cast + centre, one pass
@@ -562,8 +677,18 @@ class TrainBatches(_Batches):
 class GridBatches(_Batches):
     """Grid patches over a split's regions (validation/testing), in a fixed order."""
 
-    def __init__(self, reader: _Reader, grid: Grid, windows: list[tuple[int, int, int]], *, patch: int,
-                 batch_size: int, mean: np.ndarray, std: np.ndarray, ignore_index: int) -> None:
+    def __init__(
+        self,
+        reader: _Reader,
+        grid: Grid,
+        windows: list[tuple[int, int, int]],
+        *,
+        patch: int,
+        batch_size: int,
+        mean: np.ndarray,
+        std: np.ndarray,
+        ignore_index: int,
+    ) -> None:
         super().__init__(reader, grid, patch, batch_size, mean, std, ignore_index)
         self.windows = windows
 
@@ -572,7 +697,7 @@ class GridBatches(_Batches):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         i = key[1] if isinstance(key, tuple) else key
-        wins = self.windows[i * self.batch_size:(i + 1) * self.batch_size]
+        wins = self.windows[i * self.batch_size : (i + 1) * self.batch_size]
         p = self.patch
         imgs = np.empty((len(wins), len(self.reader.bands), p, p), np.float32)
         masks = np.empty((len(wins), p, p), np.uint8)
@@ -639,8 +764,14 @@ class Loader:
         if self._dl is None:
             from torch.utils.data import DataLoader
 
-            self._dl = DataLoader(self.batches, batch_size=None, sampler=self.keys, num_workers=self.workers,
-                                  persistent_workers=True, pin_memory=False)
+            self._dl = DataLoader(
+                self.batches,
+                batch_size=None,
+                sampler=self.keys,
+                num_workers=self.workers,
+                persistent_workers=True,
+                pin_memory=False,
+            )
         yield from self._dl
 
 
@@ -670,8 +801,12 @@ class TrainingData:
 # --------------------------------------------------------------------------------------------
 
 
-def band_statistics(samples: Sequence[tuple[np.ndarray, np.ndarray | None]], *, nodata: float | None = None,
-                    method: str = "meanstd") -> tuple[list[float], list[float]]:
+def band_statistics(
+    samples: Sequence[tuple[np.ndarray, np.ndarray | None]],
+    *,
+    nodata: float | None = None,
+    method: str = "meanstd",
+) -> tuple[list[float], list[float]]:
     """Per-band normalisation from image samples, nodata excluded.
 
     Args:
@@ -693,10 +828,14 @@ def band_statistics(samples: Sequence[tuple[np.ndarray, np.ndarray | None]], *, 
         vals.append(img[:, keep].astype(np.float64))
     data = np.concatenate(vals, axis=1) if vals else np.zeros((0, 0))
     if data.size == 0:
-        raise RasterError("the training patches contain only nodata; check the images' nodata value")
+        raise RasterError(
+            "the training patches contain only nodata; check the images' nodata value"
+        )
     if method == "percentile":
         if data.shape[1] > _STAT_PIXELS:  # percentiles of a sample of the pixels (memory)
-            data = data[:, np.random.default_rng(0).choice(data.shape[1], _STAT_PIXELS, replace=False)]
+            data = data[
+                :, np.random.default_rng(0).choice(data.shape[1], _STAT_PIXELS, replace=False)
+            ]
         lo, hi = np.percentile(data, [2, 98], axis=1)
         return lo.tolist(), np.maximum(hi - lo, 1e-6).tolist()
     return data.mean(axis=1).tolist(), np.maximum(data.std(axis=1), 1e-6).tolist()
@@ -717,8 +856,18 @@ def _grid_of(path: Path) -> tuple:
         return src.crs, src.transform, src.width, src.height
 
 
-def _warp_to(src_path: Path, dst: Path, crs: CRS, transform: Any, width: int, height: int, *, is_mask: bool,
-             lut: np.ndarray | None = None, ignore_index: int = 255) -> None:
+def _warp_to(
+    src_path: Path,
+    dst: Path,
+    crs: CRS,
+    transform: Any,
+    width: int,
+    height: int,
+    *,
+    is_mask: bool,
+    lut: np.ndarray | None = None,
+    ignore_index: int = 255,
+) -> None:
     """Reproject ``src_path`` once onto a grid into ``dst`` (atomic), in strips of rows.
 
     Images: bilinear, the source's nodata kept, or an internal mask marking where the source has
@@ -729,15 +878,32 @@ def _warp_to(src_path: Path, dst: Path, crs: CRS, transform: Any, width: int, he
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}.tif")
     with rasterio.open(src_path) as src:
-        kw = dict(crs=crs, transform=transform, width=width, height=height, add_alpha=src.nodata is None or is_mask,
-                  resampling=Resampling.nearest if is_mask else Resampling.bilinear)
+        kw = dict(
+            crs=crs,
+            transform=transform,
+            width=width,
+            height=height,
+            add_alpha=src.nodata is None or is_mask,
+            resampling=Resampling.nearest if is_mask else Resampling.bilinear,
+        )
         if src.nodata is not None and not is_mask:
             kw["nodata"] = src.nodata
         count = 1 if is_mask else src.count
-        profile = dict(driver="GTiff", crs=crs, transform=transform, width=width, height=height, count=count,
-                       dtype="uint8" if is_mask else src.dtypes[0], compress="deflate", tiled=True,
-                       blockxsize=256, blockysize=256, BIGTIFF="IF_SAFER",
-                       nodata=ignore_index if is_mask else src.nodata)
+        profile = dict(
+            driver="GTiff",
+            crs=crs,
+            transform=transform,
+            width=width,
+            height=height,
+            count=count,
+            dtype="uint8" if is_mask else src.dtypes[0],
+            compress="deflate",
+            tiled=True,
+            blockxsize=256,
+            blockysize=256,
+            BIGTIFF="IF_SAFER",
+            nodata=ignore_index if is_mask else src.nodata,
+        )
         try:
             with WarpedVRT(src, **kw) as vrt, rasterio.open(tmp, "w", **profile) as out:
                 for row in range(0, height, 1024):
@@ -784,14 +950,18 @@ def _aligned(info: catalog.RasterInfo, grid: Grid) -> tuple[int, int] | None:
     return int(round(fr)), int(round(fc))
 
 
-def _geo_tiles(cfg: DataConfig, run_dir: Path, num_classes: int) -> tuple[list[Tile], Grid, catalog.Catalog]:
+def _geo_tiles(
+    cfg: DataConfig, run_dir: Path, num_classes: int
+) -> tuple[list[Tile], Grid, catalog.Catalog]:
     paths = catalog.find_rasters(cfg.images)
     cat = catalog.index(paths)
     cat.require_crs()
     target_crs, res = cat.target(cfg.crs, cfg.res)
     # torchgeo: the same target choice and every file's footprint in the target CRS.
     tg = torchgeo_dataset(cat.paths, crs=target_crs, res=res)
-    footprints = {Path(fp): geom for fp, geom in zip(tg.index["filepath"], tg.index.geometry, strict=True)}
+    footprints = {
+        Path(fp): geom for fp, geom in zip(tg.index["filepath"], tg.index.geometry, strict=True)
+    }
     first = cat.rasters[0]
     pos = None
     if first.crs == target_crs:
@@ -806,14 +976,24 @@ def _geo_tiles(cfg: DataConfig, run_dir: Path, num_classes: int) -> tuple[list[T
         pos = _aligned(info, grid)
         check_valid = info.nodata is not None or info.alpha_band is not None
         if pos is not None:
-            tiles.append(Tile(info.path, info.path, None, pos[0], pos[1], info.height, info.width, check_valid))
+            tiles.append(
+                Tile(
+                    info.path, info.path, None, pos[0], pos[1], info.height, info.width, check_valid
+                )
+            )
             continue
         r0, c0, h, w = _snap_grid(grid, footprints[info.path].bounds)
         from rasterio.transform import Affine
 
         transform = Affine(res, 0, grid.x0 + c0 * res, 0, -res, grid.y0 - r0 * res)
-        key = json.dumps([_file_key(info.path), target_crs.to_wkt(), res, grid.x0, grid.y0, "img", 1])
-        dst = cache / f"aligned-img-{hashlib.sha256(key.encode()).hexdigest()[:16]}" / f"{info.path.stem}.tif"
+        key = json.dumps(
+            [_file_key(info.path), target_crs.to_wkt(), res, grid.x0, grid.y0, "img", 1]
+        )
+        dst = (
+            cache
+            / f"aligned-img-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+            / f"{info.path.stem}.tif"
+        )
         if not dst.exists():
             log.info("reprojecting %s once onto the target grid -> %s", info.path.name, dst)
             _warp_to(info.path, dst, target_crs, transform, w, h, is_mask=False)
@@ -824,13 +1004,20 @@ def _geo_tiles(cfg: DataConfig, run_dir: Path, num_classes: int) -> tuple[list[T
 
 def _attach_geo_masks(tiles: list[Tile], cfg: DataConfig, run_dir: Path) -> None:
     if not cfg.labels:
-        raise ConfigError("no labels given; pass --labels (a mask folder or a vector file) or set data.labels")
+        raise ConfigError(
+            "no labels given; pass --labels (a mask folder or a vector file) or set data.labels"
+        )
     lab = Path(cfg.labels)
     if not lab.exists():
         raise InputNotFoundError(f"{lab}: labels not found; check the path")
     if labels.is_vector(lab):
-        masks = labels.burn_cached(lab, [t.image for t in tiles], run_dir / "cache",
-                                   attribute=cfg.label_attribute, all_touched=cfg.all_touched)
+        masks = labels.burn_cached(
+            lab,
+            [t.image for t in tiles],
+            run_dir / "cache",
+            attribute=cfg.label_attribute,
+            all_touched=cfg.all_touched,
+        )
         for t, m in zip(tiles, masks, strict=True):
             t.mask = m
             t.lut = labels.mapping_lut(cfg.mask_mapping)
@@ -839,7 +1026,8 @@ def _attach_geo_masks(tiles: list[Tile], cfg: DataConfig, run_dir: Path) -> None
     matched = labels.match_masks([t.source for t in tiles], mask_files)
     if not any(m is not None for m in matched):
         raise LabelError(
-            f"{lab}: no mask matches an image by file name or overlaps one (e.g. {tiles[0].source.name}); "
+            f"{lab}: no mask matches an image by file name or overlaps one "
+            f"(e.g. {tiles[0].source.name}); "
             "give masks of the same area, named like the images"
         )
     keep = []
@@ -848,19 +1036,49 @@ def _attach_geo_masks(tiles: list[Tile], cfg: DataConfig, run_dir: Path) -> None
             log.warning("%s: no mask found in %s; image skipped", t.source, lab)
             continue
         info = catalog.index([m]).rasters[0]
-        lut = labels.mapping_lut(cfg.mask_mapping, nodata=info.nodata, ignore_index=cfg.ignore_index)
+        lut = labels.mapping_lut(
+            cfg.mask_mapping, nodata=info.nodata, ignore_index=cfg.ignore_index
+        )
         crs, transform, w, h = _grid_of(t.image)
         if info.crs == crs and info.transform == transform and (info.width, info.height) == (w, h):
             t.mask, t.lut = m, lut
         else:
             if info.crs is None:
-                raise RasterError(f"{m}: mask has no CRS and a grid other than {t.source.name}; georeference it")
-            key = json.dumps([_file_key(m), crs.to_wkt(), list(transform)[:6], w, h, cfg.mask_mapping and
-                              sorted(cfg.mask_mapping.items()), cfg.ignore_index, "mask", 1])
-            dst = run_dir / "cache" / f"aligned-mask-{hashlib.sha256(key.encode()).hexdigest()[:16]}" / f"{m.stem}.tif"
+                raise RasterError(
+                    f"{m}: mask has no CRS and a grid other than {t.source.name}; georeference it"
+                )
+            key = json.dumps(
+                [
+                    _file_key(m),
+                    crs.to_wkt(),
+                    list(transform)[:6],
+                    w,
+                    h,
+                    cfg.mask_mapping and sorted(cfg.mask_mapping.items()),
+                    cfg.ignore_index,
+                    "mask",
+                    1,
+                ]
+            )
+            dst = (
+                run_dir
+                / "cache"
+                / f"aligned-mask-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+                / f"{m.stem}.tif"
+            )
             if not dst.exists():
                 log.info("reprojecting mask %s once onto %s's grid", m.name, t.source.name)
-                _warp_to(m, dst, crs, transform, w, h, is_mask=True, lut=lut, ignore_index=cfg.ignore_index)
+                _warp_to(
+                    m,
+                    dst,
+                    crs,
+                    transform,
+                    w,
+                    h,
+                    is_mask=True,
+                    lut=lut,
+                    ignore_index=cfg.ignore_index,
+                )
             t.mask, t.lut = dst, labels.mapping_lut(None)
         keep.append(t)
     tiles[:] = keep
@@ -868,14 +1086,18 @@ def _attach_geo_masks(tiles: list[Tile], cfg: DataConfig, run_dir: Path) -> None
 
 def _tile_folder(cfg: DataConfig) -> tuple[Path, Path]:
     if not cfg.images:
-        raise ConfigError("no images given; set data.images to the folder holding img/ (layout tiles)")
+        raise ConfigError(
+            "no images given; set data.images to the folder holding img/ (layout tiles)"
+        )
     root = Path(cfg.images[0])
     if not root.exists():
         raise InputNotFoundError(f"{root}: no such folder; check data.images")
     img_dir = root / "img" if (root / "img").is_dir() else root
     mask_dir = Path(cfg.labels) if cfg.labels else img_dir.parent / "mask"
     if not mask_dir.is_dir():
-        raise InputNotFoundError(f"{mask_dir}: mask folder not found; set data.labels to the mask/ folder")
+        raise InputNotFoundError(
+            f"{mask_dir}: mask folder not found; set data.labels to the mask/ folder"
+        )
     return img_dir, mask_dir
 
 
@@ -888,7 +1110,9 @@ def _plain_tiles(cfg: DataConfig, patch: int, gap: int) -> tuple[list[Tile], Gri
     matched = labels.match_masks(imgs, masks, by_overlap=False)
     pairs = [(i, m) for i, m in zip(imgs, matched, strict=True) if m is not None]
     if not pairs:
-        raise LabelError(f"{mask_dir}: no mask has the file name of an image in {img_dir}; name them alike")
+        raise LabelError(
+            f"{mask_dir}: no mask has the file name of an image in {img_dir}; name them alike"
+        )
     infos = catalog.index([p for p, _ in pairs])
     minfo = catalog.index([m for _, m in pairs])
     big = max(max(i.height, i.width) for i in infos)
@@ -897,11 +1121,24 @@ def _plain_tiles(cfg: DataConfig, patch: int, gap: int) -> tuple[list[Tile], Gri
     tiles = []
     for k, (info, mi) in enumerate(zip(infos, minfo, strict=True)):
         if (mi.width, mi.height) != (info.width, info.height):
-            raise LabelError(f"{mi.path}: mask is {mi.width}×{mi.height} px but {info.path.name} is "
-                             f"{info.width}×{info.height}; masks must match their tiles")
+            raise LabelError(
+                f"{mi.path}: mask is {mi.width}×{mi.height} px but {info.path.name} is "
+                f"{info.width}×{info.height}; masks must match their tiles"
+            )
         lut = labels.mapping_lut(cfg.mask_mapping, nodata=mi.nodata, ignore_index=cfg.ignore_index)
-        tiles.append(Tile(info.path, info.path, mi.path, (k // ncol) * pitch, (k % ncol) * pitch,
-                          info.height, info.width, info.nodata is not None, lut))
+        tiles.append(
+            Tile(
+                info.path,
+                info.path,
+                mi.path,
+                (k // ncol) * pitch,
+                (k % ncol) * pitch,
+                info.height,
+                info.width,
+                info.nodata is not None,
+                lut,
+            )
+        )
     return tiles, Grid(None, 1.0, 0.0, 0.0)
 
 
@@ -912,7 +1149,9 @@ def _check_bands(tiles: list[Tile], cfg: DataConfig) -> tuple[list[int], list[st
         bands = list(cfg.bands)
         bad = [b for b in bands if not 1 <= b <= first.count]
         if bad:
-            raise ConfigError(f"data.bands {bad} out of range: {first.path} has bands 1..{first.count}")
+            raise ConfigError(
+                f"data.bands {bad} out of range: {first.path} has bands 1..{first.count}"
+            )
     else:
         bands = [b for b in range(1, first.count + 1) if b != first.alpha_band]
     for t in tiles[1:]:
@@ -920,8 +1159,10 @@ def _check_bands(tiles: list[Tile], cfg: DataConfig) -> tuple[list[int], list[st
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(t.image) as src:
                 if max(bands) > src.count:
-                    raise RasterError(f"{t.source}: has {src.count} band(s) but {first.path.name} has "
-                                      f"{first.count}; use rasters with the same bands or set data.bands")
+                    raise RasterError(
+                        f"{t.source}: has {src.count} band(s) but {first.path.name} has "
+                        f"{first.count}; use rasters with the same bands or set data.bands"
+                    )
     names = [first.band_names[b - 1] if first.band_names else f"band_{b}" for b in bands]
     return bands, names
 
@@ -947,7 +1188,9 @@ def _grid_windows(rect: tuple[int, int, int, int], tile: Tile, patch: int) -> li
     return [(r, c) for r in rows for c in cols]
 
 
-def _split_windows(split: _Split, tiles: list[Tile], s: int, patch: int, reader: _Reader) -> list[tuple[int, int, int]]:
+def _split_windows(
+    split: _Split, tiles: list[Tile], s: int, patch: int, reader: _Reader
+) -> list[tuple[int, int, int]]:
     out: list[tuple[int, int, int]] = []
     for rect in split.rects[s]:
         for i, t in enumerate(tiles):
@@ -958,8 +1201,14 @@ def _split_windows(split: _Split, tiles: list[Tile], s: int, patch: int, reader:
                 continue
             rr = np.array([w[0] for w in wins])
             cc = np.array([w[1] for w in wins])
-            ok = split.valid(s, rr, cc, patch, 0) if split.method == "roi" else np.ones(len(wins), bool)
-            out += [(i, r - t.row0, c - t.col0) for (r, c), good in zip(wins, ok, strict=True) if good]
+            ok = (
+                split.valid(s, rr, cc, patch, 0)
+                if split.method == "roi"
+                else np.ones(len(wins), bool)
+            )
+            out += [
+                (i, r - t.row0, c - t.col0) for (r, c), good in zip(wins, ok, strict=True) if good
+            ]
     # Drop windows that are entirely nodata/ignore (one read of their masks, once).
     keep = []
     for i, r, c in out:
@@ -981,9 +1230,16 @@ def _write_split(path: Path, split: _Split, tiles: list[Tile], grid: Grid) -> Pa
     rows = []
     for s in range(3):
         if split.method == "files":
-            geoms = [to_geom(t.row0, t.col0, t.height, t.width) for i, t in enumerate(tiles)
-                     if split.tile_split is not None and split.tile_split[i] == s]
-            files = [str(t.source) for i, t in enumerate(tiles) if split.tile_split and split.tile_split[i] == s]
+            geoms = [
+                to_geom(t.row0, t.col0, t.height, t.width)
+                for i, t in enumerate(tiles)
+                if split.tile_split is not None and split.tile_split[i] == s
+            ]
+            files = [
+                str(t.source)
+                for i, t in enumerate(tiles)
+                if split.tile_split and split.tile_split[i] == s
+            ]
         else:
             geoms = [to_geom(*rect) for rect in split.rects[s]]
             files = []
@@ -1013,8 +1269,12 @@ def _check_mask_classes(reader: _Reader, num_classes: int, ignore_index: int) ->
             else:  # strips of rows: a large mask is never decoded whole
                 for row in range(0, t.height, 2048):
                     win = Window(0, row, t.width, min(2048, t.height - row))
-                    counts += np.bincount(reader._read_file(i, win, with_valid=False)[1].ravel(), minlength=256)
-            labels.check_classes(np.flatnonzero(counts), num_classes, ignore_index, t.mask or t.source)
+                    counts += np.bincount(
+                        reader._read_file(i, win, with_valid=False)[1].ravel(), minlength=256
+                    )
+            labels.check_classes(
+                np.flatnonzero(counts), num_classes, ignore_index, t.mask or t.source
+            )
             bar.advance()
 
 
@@ -1062,14 +1322,17 @@ def build_training_data(
     if cfg.layout == "tiles":
         tiles, grid = _plain_tiles(cfg, patch_size, gap)
         if cfg.split.method == "roi":
-            raise ConfigError("split.method roi needs georeferenced data; use files for layout tiles")
+            raise ConfigError(
+                "split.method roi needs georeferenced data; use files for layout tiles"
+            )
     else:
         tiles, grid, _ = _geo_tiles(cfg, run_dir, num_classes)
     big = max(tiles, key=lambda t: min(t.height, t.width))
     if min(big.height, big.width) < patch_size:
         raise RasterError(
-            f"{big.source}: raster is {big.width}×{big.height} px, smaller than patch_size={patch_size}; "
-            f"use a patch size ≤ {min(big.height, big.width)} (multiple of the model's downsampling)"
+            f"{big.source}: raster is {big.width}×{big.height} px, smaller than "
+            f"patch_size={patch_size}; use a patch size ≤ {min(big.height, big.width)} "
+            "(a multiple of the model's downsampling)"
         )
     bands, band_names = _check_bands(tiles, cfg)
     reader = _Reader(tiles, bands, cfg.ignore_index)
@@ -1078,7 +1341,9 @@ def build_training_data(
         reader.load()
     _check_mask_classes(reader, num_classes, cfg.ignore_index)
 
-    method = "files" if (cfg.layout == "tiles" and cfg.split.method == "blocks") else cfg.split.method
+    method = (
+        "files" if (cfg.layout == "tiles" and cfg.split.method == "blocks") else cfg.split.method
+    )
     if method == "blocks":
         split = _blocks_split(tiles, cfg, patch_size, gap)
     elif method == "files":
@@ -1090,9 +1355,22 @@ def build_training_data(
     ignore = cfg.ignore_index
     zeros = np.zeros(len(bands))  # the statistics sampler reads raw values
     ones = np.ones(len(bands))
-    sampler = TrainBatches(reader, grid, split, patch=patch_size, batch_size=batch_size, n_batches=1, gap=gap,
-                           mean=zeros, std=ones, ignore_index=ignore, augment=False, color_jitter=0.0, seed=seed,
-                           rank=rank)
+    sampler = TrainBatches(
+        reader,
+        grid,
+        split,
+        patch=patch_size,
+        batch_size=batch_size,
+        n_batches=1,
+        gap=gap,
+        mean=zeros,
+        std=ones,
+        ignore_index=ignore,
+        augment=False,
+        color_jitter=0.0,
+        seed=seed,
+        rank=rank,
+    )
     if not len(sampler.tile_ids):
         raise ConfigError("no training file is at least patch_size large; use a smaller patch_size")
     # Patches per epoch: the train area / patch area (estimated from the cells of the split).
@@ -1104,26 +1382,63 @@ def build_training_data(
     # Statistics from a sample of training patches (nodata excluded), drawn with their own seed.
     rng = np.random.default_rng([seed, 7919])
     stat_origins = sampler.draw(rng, _STAT_PATCHES)
-    samples = [reader.read(t, r, c, patch_size, patch_size, with_valid=True)[::2] for t, r, c in stat_origins]
+    samples = [
+        reader.read(t, r, c, patch_size, patch_size, with_valid=True)[::2]
+        for t, r, c in stat_origins
+    ]
     mean, std = band_statistics(samples, method=cfg.normalization)  # nodata: via the validity masks
-    log.info("band mean %s std %s (%s)", [round(m, 3) for m in mean], [round(s, 3) for s in std], cfg.normalization)
+    log.info(
+        "band mean %s std %s (%s)",
+        [round(m, 3) for m in mean],
+        [round(s, 3) for s in std],
+        cfg.normalization,
+    )
 
     m, s = np.array(mean), np.array(std)
-    train = TrainBatches(reader, grid, split, patch=patch_size, batch_size=batch_size, n_batches=n_batches,
-                         gap=gap, mean=m, std=s, ignore_index=ignore, augment=cfg.augment,
-                         color_jitter=cfg.color_jitter, seed=seed, rank=rank)
+    train = TrainBatches(
+        reader,
+        grid,
+        split,
+        patch=patch_size,
+        batch_size=batch_size,
+        n_batches=n_batches,
+        gap=gap,
+        mean=m,
+        std=s,
+        ignore_index=ignore,
+        augment=cfg.augment,
+        color_jitter=cfg.color_jitter,
+        seed=seed,
+        rank=rank,
+    )
     loaders = []
     for si in (1, 2):
         wins = _split_windows(split, tiles, si, patch_size, reader)
         if world_size > 1:
             wins = wins[rank::world_size]
-        loaders.append(GridBatches(reader, grid, wins, patch=patch_size, batch_size=batch_size, mean=m, std=s,
-                                   ignore_index=ignore) if wins else None)
+        loaders.append(
+            GridBatches(
+                reader,
+                grid,
+                wins,
+                patch=patch_size,
+                batch_size=batch_size,
+                mean=m,
+                std=s,
+                ignore_index=ignore,
+            )
+            if wins
+            else None
+        )
     val_b, test_b = loaders
     if val_b is None:
-        raise ConfigError("the validation split has no usable patch (all nodata or too small); "
-                          "change split.ratios, split.block_size or patch_size")
-    test_images = sorted({tiles[i].source for i, _, _ in test_b.windows}) if test_b is not None else []
+        raise ConfigError(
+            "the validation split has no usable patch (all nodata or too small); "
+            "change split.ratios, split.block_size or patch_size"
+        )
+    test_images = (
+        sorted({tiles[i].source for i, _, _ in test_b.windows}) if test_b is not None else []
+    )
     return TrainingData(
         train=Loader(train, workers),
         val=Loader(val_b, workers),

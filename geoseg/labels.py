@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 #: Mask value for "unknown": image nodata, outside the image, unlabelled.
 IGNORE = 255
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet")
-_MASK_TOKENS = re.compile(r"(^|[_\-. ])(mask|masks|label|labels|gt|lbl|ann)(?=$|[_\-. ])", re.IGNORECASE)
+_MASK_TOKENS = re.compile(
+    r"(^|[_\-. ])(mask|masks|label|labels|gt|lbl|ann)(?=$|[_\-. ])", re.IGNORECASE
+)
 
 
 def is_vector(path: str | Path) -> bool:
@@ -65,14 +67,18 @@ def read_vector(path: str | Path, attribute: str | None = None):  # type: ignore
     try:
         gdf = gpd.read_file(path)
     except Exception as err:  # pyogrio raises DataSourceError and others
-        raise LabelError(f"{path}: cannot read labels as a vector file ({str(err).splitlines()[0][:120]})") from None
+        raise LabelError(
+            f"{path}: cannot read labels as a vector file ({str(err).splitlines()[0][:120]})"
+        ) from None
     if gdf.crs is None:
         raise LabelError(f"{path}: the labels have no CRS; set one (e.g. ogr2ogr -a_srs EPSG:XXXX)")
     gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
     if attribute:
         if attribute not in gdf.columns:
             cols = ", ".join(c for c in gdf.columns if c != "geometry")
-            raise LabelError(f"{path}: no column '{attribute}' for --attribute; columns are: {cols}")
+            raise LabelError(
+                f"{path}: no column '{attribute}' for --attribute; columns are: {cols}"
+            )
         vals = gdf[attribute]
         gdf = gdf[vals.notna()].copy()
         try:
@@ -84,7 +90,8 @@ def read_vector(path: str | Path, attribute: str | None = None):  # type: ignore
         values = np.ones(len(gdf), dtype=np.int64)
     if len(values) and (values.min() < 0 or values.max() >= IGNORE):
         raise LabelError(
-            f"{path}: class ids in '{attribute}' range {values.min()}..{values.max()}; expected 0..254 "
+            f"{path}: class ids in '{attribute}' range {values.min()}..{values.max()}; "
+            "expected 0..254 "
             f"({IGNORE} means ignore)"
         )
     gdf["value"] = values
@@ -126,21 +133,32 @@ def check_overlap(gdf, labels: Path, images: Sequence[tuple[Path, CRS, tuple]]) 
         lab_bounds = gdf.total_bounds if len(gdf) else [np.nan] * 4
         path, crs, bounds = images[0]
         hint = ""
-        if gdf.crs is not None and gdf.crs.is_geographic and len(gdf) and (
-            np.nanmax(np.abs(lab_bounds[[0, 2]])) > 180 or np.nanmax(np.abs(lab_bounds[[1, 3]])) > 90
+        if (
+            gdf.crs is not None
+            and gdf.crs.is_geographic
+            and len(gdf)
+            and (
+                np.nanmax(np.abs(lab_bounds[[0, 2]])) > 180
+                or np.nanmax(np.abs(lab_bounds[[1, 3]])) > 90
+            )
         ):
             hint = " (its coordinates are out of range for degrees, so they are probably metres)"
-        where = path.name if len(images) == 1 else f"any of the {len(images)} images (e.g. {path.name})"
+        where = (
+            path.name if len(images) == 1 else f"any of the {len(images)} images (e.g. {path.name})"
+        )
         raise LabelError(
-            f"{labels}: no label polygon overlaps {where}: labels extent {_fmt(lab_bounds)} in declared "
-            f"{_crs_name(CRS.from_user_input(gdf.crs))}, image extent {_fmt(bounds)} in {_crs_name(crs)}; "
+            f"{labels}: no label polygon overlaps {where}: labels extent {_fmt(lab_bounds)} "
+            f"in declared {_crs_name(CRS.from_user_input(gdf.crs))}, image extent "
+            f"{_fmt(bounds)} in {_crs_name(crs)}; "
             f"the declared CRS of the labels is probably wrong{hint}; fix it (e.g. ogr2ogr -a_srs) "
             "or use labels of this area"
         )
     return hits
 
 
-def burn(gdf, grid: dict, *, all_touched: bool = False, valid: np.ndarray | None = None) -> np.ndarray:  # type: ignore[no-untyped-def]
+def burn(
+    gdf, grid: dict, *, all_touched: bool = False, valid: np.ndarray | None = None
+) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Burn polygons (``value`` column) onto a grid; returns a uint8 [H, W] mask.
 
     0 = background, class ids where polygons lie (later polygons win), IGNORE where ``valid``
@@ -151,24 +169,35 @@ def burn(gdf, grid: dict, *, all_touched: bool = False, valid: np.ndarray | None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         geoms = gdf.geometry.to_crs(grid["crs"])
-    shapes = [(g, int(v)) for g, v in zip(geoms.values, gdf["value"].to_numpy(), strict=True) if g is not None]
+    shapes = [
+        (g, int(v))
+        for g, v in zip(geoms.values, gdf["value"].to_numpy(), strict=True)
+        if g is not None
+    ]
     out = np.zeros((grid["height"], grid["width"]), dtype=np.uint8)
     if shapes:
-        features.rasterize(shapes, out=out, transform=grid["transform"], all_touched=all_touched, dtype=np.uint8)
+        features.rasterize(
+            shapes, out=out, transform=grid["transform"], all_touched=all_touched, dtype=np.uint8
+        )
     if valid is not None:
         out[~valid] = IGNORE
     return out
 
 
 def write_mask(mask: np.ndarray, out: Path, grid: dict, *, nodata: int | None = IGNORE) -> Path:
-    """Write a uint8 mask atomically (temp name in the same folder, then rename), tiled + deflate."""
+    """Write a uint8 mask atomically (temp name in the same folder, then rename); tiled,
+    deflate-compressed, nodata = ``nodata``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.tif")
     h, w = mask.shape
-    profile = dict(driver="GTiff", dtype="uint8", count=1, nodata=nodata, compress="deflate", **grid)
+    profile = dict(
+        driver="GTiff", dtype="uint8", count=1, nodata=nodata, compress="deflate", **grid
+    )
     if h >= 16 and w >= 16:
-        profile.update(tiled=True, blockxsize=min(256, 16 * (w // 16)), blockysize=min(256, 16 * (h // 16)))
+        profile.update(
+            tiled=True, blockxsize=min(256, 16 * (w // 16)), blockysize=min(256, 16 * (h // 16))
+        )
     try:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(mask, 1)
@@ -208,11 +237,15 @@ def rasterize(
     if not like.exists():
         raise InputNotFoundError(f"{like}: image for --like not found; check the path")
     if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
+        raise OutputExistsError(
+            f"{out} exists; pass --overwrite to replace it or choose another --out"
+        )
     gdf = read_vector(labels, attribute)
     info = catalog.index([like]).rasters[0]
     if not info.crs_wkt:
-        raise RasterError(f"{like}: raster has no CRS, so labels cannot be placed on it; georeference it first")
+        raise RasterError(
+            f"{like}: raster has no CRS, so labels cannot be placed on it; georeference it first"
+        )
     check_overlap(gdf, labels, [(like, info.crs, info.bounds)])
     with rasterio.open(like) as src:
         grid = _grid(src)
@@ -254,11 +287,15 @@ def burn_cached(
     grids = []
     for p in images:
         with rasterio.open(p) as src:
-            grids.append((Path(p), src.crs, tuple(src.bounds), src.transform, src.width, src.height))
+            grids.append(
+                (Path(p), src.crs, tuple(src.bounds), src.transform, src.width, src.height)
+            )
     key = json.dumps(
         {
             "vector": _vector_key(labels),
-            "images": [[str(p.resolve()), crs.to_wkt(), list(t)[:6], w, h] for p, crs, _, t, w, h in grids],
+            "images": [
+                [str(p.resolve()), crs.to_wkt(), list(t)[:6], w, h] for p, crs, _, t, w, h in grids
+            ],
             "attribute": attribute,
             "all_touched": all_touched,
             "v": 1,
@@ -289,7 +326,9 @@ def _norm_stem(name: str) -> str:
     return _MASK_TOKENS.sub("", Path(name).stem).lower()
 
 
-def match_masks(images: Sequence[Path], masks: Sequence[Path], *, by_overlap: bool = True) -> list[Path | None]:
+def match_masks(
+    images: Sequence[Path], masks: Sequence[Path], *, by_overlap: bool = True
+) -> list[Path | None]:
     """Pair each image with a mask file: same file name (stem), then the stem without words like
     ``mask``/``label``, then (georeferenced files only) the mask that overlaps it most.
 
@@ -339,8 +378,11 @@ def _match_by_overlap(images, masks, out, missing) -> None:  # type: ignore[no-u
         out[i] = best
 
 
-def mapping_lut(mapping: dict[int, int] | None, *, nodata: float | None = None, ignore_index: int = IGNORE) -> np.ndarray:
-    """A 256-entry uint8 lookup table: identity, then the mask's nodata → ignore, then ``mapping``."""
+def mapping_lut(
+    mapping: dict[int, int] | None, *, nodata: float | None = None, ignore_index: int = IGNORE
+) -> np.ndarray:
+    """A 256-entry uint8 lookup table: identity, then the mask's nodata → ignore, then
+    ``mapping`` (applied last, so it may map the nodata value too)."""
     lut = np.arange(256, dtype=np.uint8)
     if nodata is not None and float(nodata).is_integer() and 0 <= nodata < 256:
         lut[int(nodata)] = ignore_index
@@ -351,13 +393,16 @@ def mapping_lut(mapping: dict[int, int] | None, *, nodata: float | None = None, 
     return lut
 
 
-def check_classes(values: np.ndarray | Sequence[int], num_classes: int, ignore_index: int, source: str | Path) -> None:
+def check_classes(
+    values: np.ndarray | Sequence[int], num_classes: int, ignore_index: int, source: str | Path
+) -> None:
     """Raise LabelError if a mask value is ≥ ``num_classes`` and not ``ignore_index``."""
     vals = np.unique(np.asarray(values))
     bad = vals[(vals >= num_classes) & (vals != ignore_index)]
     if bad.size:
         raise LabelError(
-            f"{source}: label value(s) {', '.join(map(str, bad[:8].tolist()))} but only {num_classes} classes "
+            f"{source}: label value(s) {', '.join(map(str, bad[:8].tolist()))} but only "
+            f"{num_classes} classes "
             f"(0..{num_classes - 1}); --classes is too small: use --classes {int(bad.max()) + 1}, "
             f"or map values with data.mask_mapping (ignore value is {ignore_index})"
         )

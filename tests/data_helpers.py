@@ -1,4 +1,4 @@
-"""Small generated data sets for the catalog / labels / data tests (not fixtures: plain functions)."""
+"""Small generated data sets for the catalog, labels and data tests (plain functions)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,25 @@ CRS = "EPSG:32631"
 X0, Y0, RES = 500000.0, 5000000.0, 0.5
 
 
-def write(path: Path, data: np.ndarray, *, crs: str | None = CRS, transform=None, nodata=None, driver="GTiff") -> Path:
+def write(
+    path: Path,
+    data: np.ndarray,
+    *,
+    crs: str | None = CRS,
+    transform=None,
+    nodata=None,
+    driver="GTiff",
+) -> Path:
     """Write (C, H, W) or (H, W) ``data`` to ``path``; returns the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = data[None] if data.ndim == 2 else data
-    profile = dict(driver=driver, width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype=data.dtype)
+    profile = dict(
+        driver=driver,
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+    )
     if crs is not None:
         profile.update(crs=crs, transform=transform or from_origin(X0, Y0, RES, RES))
     if nodata is not None:
@@ -26,8 +40,14 @@ def write(path: Path, data: np.ndarray, *, crs: str | None = CRS, transform=None
     return path
 
 
-def mosaic(root: Path, *, grid: tuple[int, int] = (2, 2), size: int = 128, seed: int = 0,
-           nodata_cols: int = 0) -> tuple[Path, Path]:
+def mosaic(
+    root: Path,
+    *,
+    grid: tuple[int, int] = (2, 2),
+    size: int = 128,
+    seed: int = 0,
+    nodata_cols: int = 0,
+) -> tuple[Path, Path]:
     """A grid of adjacent 3-band uint8 tiles in ``root/img`` and masks in ``root/mask``.
 
     The mask is a function of the image (1 where band 1 > 128), so alignment can be checked on

@@ -39,21 +39,40 @@ def test_glob_with_double_star(tree: Path) -> None:
 def test_list_file_paths_are_relative_to_the_file(tree: Path) -> None:
     listing = tree / "list.txt"
     listing.write_text(f"# comment\na/one.tif\n\n{tree / 'a' / 'deep' / 'two.TIF'}\n")
-    assert catalog.find_rasters(str(listing)) == [tree / "a" / "one.tif", tree / "a" / "deep" / "two.TIF"]
+    assert catalog.find_rasters(str(listing)) == [
+        tree / "a" / "one.tif",
+        tree / "a" / "deep" / "two.TIF",
+    ]
 
 
 def test_stac_item_collection_relative_and_absolute_hrefs(tree: Path) -> None:
     stac = {
         "type": "FeatureCollection",
         "features": [
-            {"type": "Feature", "id": "one", "assets": {
-                "image": {"href": "a/one.tif", "type": "image/tiff; application=geotiff", "roles": ["data"]},
-                "thumb": {"href": "a/one.png", "type": "image/png", "roles": ["thumbnail"]}}},
-            {"type": "Feature", "id": "two", "assets": {"visual": {"href": str(tree / "a" / "three.tiff")}}},
+            {
+                "type": "Feature",
+                "id": "one",
+                "assets": {
+                    "image": {
+                        "href": "a/one.tif",
+                        "type": "image/tiff; application=geotiff",
+                        "roles": ["data"],
+                    },
+                    "thumb": {"href": "a/one.png", "type": "image/png", "roles": ["thumbnail"]},
+                },
+            },
+            {
+                "type": "Feature",
+                "id": "two",
+                "assets": {"visual": {"href": str(tree / "a" / "three.tiff")}},
+            },
         ],
     }
     (tree / "items.json").write_text(json.dumps(stac))
-    assert catalog.find_rasters(str(tree / "items.json")) == [tree / "a" / "one.tif", tree / "a" / "three.tiff"]
+    assert catalog.find_rasters(str(tree / "items.json")) == [
+        tree / "a" / "one.tif",
+        tree / "a" / "three.tiff",
+    ]
 
 
 def test_stac_asset_that_does_not_exist_is_named(tree: Path) -> None:
@@ -76,7 +95,13 @@ def test_missing_path_and_empty_catalog(tmp_path: Path) -> None:
 def test_index_records_grid_bands_dtype_nodata(make_geotiff) -> None:
     p = make_geotiff("x.tif", size=(20, 30), count=4, dtype="uint16", nodata=0)
     info = catalog.index([p]).rasters[0]
-    assert (info.width, info.height, info.count, info.dtype, info.nodata) == (30, 20, 4, "uint16", 0)
+    assert (info.width, info.height, info.count, info.dtype, info.nodata) == (
+        30,
+        20,
+        4,
+        "uint16",
+        0,
+    )
     assert info.epsg == 32631 and info.res == (0.5, 0.5)
     assert info.bounds == (500000.0, 4999990.0, 500015.0, 5000000.0)
 

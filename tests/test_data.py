@@ -20,7 +20,12 @@ from geoseg.errors import CatalogError, ConfigError, InputNotFoundError, LabelEr
 
 def _cfg(images, labels, **kw) -> DataConfig:
     split = kw.pop("split", {})
-    return DataConfig(images=[str(images)], labels=str(labels) if labels else None, split=SplitConfig(**split), **kw)
+    return DataConfig(
+        images=[str(images)],
+        labels=str(labels) if labels else None,
+        split=SplitConfig(**split),
+        **kw,
+    )
 
 
 def _build(cfg: DataConfig, tmp_path: Path, **kw) -> data.TrainingData:
@@ -40,7 +45,11 @@ def _boxes(bounds: torch.Tensor | np.ndarray) -> list:
 def test_demo_mosaic_raster_masks_mixed_crs(demo_data, tmp_path: Path) -> None:
     root = demo_data.images[0].parent.parent
     td = _build(_cfg(root / "images", root / "masks"), tmp_path, patch_size=64)
-    assert td.in_channels == 3 and td.band_indexes == [1, 2, 3] and td.band_names == ["red", "green", "blue"]
+    assert (
+        td.in_channels == 3
+        and td.band_indexes == [1, 2, 3]
+        and td.band_names == ["red", "green", "blue"]
+    )
     with rasterio.open(demo_data.images[0]) as src:
         assert td.crs_wkt == src.crs.to_wkt() and td.res == src.res[0]
     # the tile in the other UTM zone was reprojected ONCE into the cache, onto the target grid
@@ -83,7 +92,9 @@ def test_spatial_split_train_patches_never_touch_val_or_test(tmp_path: Path) -> 
     td = _build(cfg, tmp_path, patch_size=32, batch_size=8, patches_per_epoch=200)
     gap_m = 32 * RES  # default gap = patch size
     train = [b for batch in td.train for b in _boxes(batch["bounds"])]
-    train += [b for batch in td.train for b in _boxes(batch["bounds"])]  # a second epoch: new patches
+    train += [
+        b for batch in td.train for b in _boxes(batch["bounds"])
+    ]  # a second epoch: new patches
     held = [b for loader in (td.val, td.test) for batch in loader for b in _boxes(batch["bounds"])]
     assert len(train) == 2 * len(td.train) * 8 and held
     regions = gpd.read_file(td.split_path).set_index("split").geometry
@@ -99,7 +110,9 @@ def test_spatial_split_train_patches_never_touch_val_or_test(tmp_path: Path) -> 
     assert np.allclose((xs - X0) / RES, np.round((xs - X0) / RES))
 
 
-def test_split_is_deterministic_and_gives_val_and_test_a_region_on_tiny_data(tmp_path: Path) -> None:
+def test_split_is_deterministic_and_gives_val_and_test_a_region_on_tiny_data(
+    tmp_path: Path,
+) -> None:
     img, msk = mosaic(tmp_path / "d", grid=(1, 2), size=64)
     cfg = _cfg(img, msk)  # block_size 512 > the whole mosaic
     a = gpd.read_file(_build(cfg, tmp_path / "a").split_path)
@@ -125,7 +138,9 @@ def test_batches_same_with_workers_and_in_memory_or_streamed(tmp_path: Path) -> 
     assert not torch.equal(first, next(iter(other_rank.train))["bounds"])
 
 
-def test_nodata_becomes_ignore_and_augmentation_keeps_image_and_mask_aligned(tmp_path: Path) -> None:
+def test_nodata_becomes_ignore_and_augmentation_keeps_image_and_mask_aligned(
+    tmp_path: Path,
+) -> None:
     img, msk = mosaic(tmp_path / "d", grid=(2, 2), size=64, nodata_cols=24)
     cfg = _cfg(img, msk, split={"block_size": 64}, augment=True)
     td = _build(cfg, tmp_path, patches_per_epoch=64, batch_size=16)
@@ -141,8 +156,12 @@ def test_nodata_becomes_ignore_and_augmentation_keeps_image_and_mask_aligned(tmp
             assert torch.equal(m[~nodata], (raw[:, 0] > 128).long()[~nodata])
     assert saw_nodata
     # flips/rotations really happen: the same origins give other pixels with augment on
-    plain = _build(_cfg(img, msk, split={"block_size": 64}, augment=False), tmp_path / "p", patches_per_epoch=64,
-                   batch_size=16)
+    plain = _build(
+        _cfg(img, msk, split={"block_size": 64}, augment=False),
+        tmp_path / "p",
+        patches_per_epoch=64,
+        batch_size=16,
+    )
     td.train.set_epoch(0)
     a, b = next(iter(td.train)), next(iter(plain.train))
     assert torch.equal(a["bounds"], b["bounds"]) and not torch.equal(a["image"], b["image"])
@@ -150,9 +169,14 @@ def test_nodata_becomes_ignore_and_augmentation_keeps_image_and_mask_aligned(tmp
 
 def test_color_jitter_changes_values_not_masks(tmp_path: Path) -> None:
     img, msk = mosaic(tmp_path / "d", grid=(2, 2), size=64)
-    a = _build(_cfg(img, msk, split={"block_size": 64}, augment=False), tmp_path / "a", patches_per_epoch=8)
-    b = _build(_cfg(img, msk, split={"block_size": 64}, augment=False, color_jitter=0.3), tmp_path / "b",
-               patches_per_epoch=8)
+    a = _build(
+        _cfg(img, msk, split={"block_size": 64}, augment=False), tmp_path / "a", patches_per_epoch=8
+    )
+    b = _build(
+        _cfg(img, msk, split={"block_size": 64}, augment=False, color_jitter=0.3),
+        tmp_path / "b",
+        patches_per_epoch=8,
+    )
     x, y = next(iter(a.train)), next(iter(b.train))
     assert torch.equal(x["mask"], y["mask"]) and not torch.allclose(x["image"], y["image"])
 
@@ -169,10 +193,13 @@ def test_statistics_on_uint16_exclude_nodata(real_data: Path, tmp_path: Path) ->
     assert with_zeros != pytest.approx(mean[0]) or (arr == 0).sum() == 0
     lo, span = data.band_statistics([(arr[None], None)], nodata=0, method="percentile")
     assert lo[0] == pytest.approx(np.percentile(valid, 2)) and span[0] == pytest.approx(
-        np.percentile(valid, 98) - np.percentile(valid, 2))
+        np.percentile(valid, 98) - np.percentile(valid, 2)
+    )
     td = _build(_cfg(image, real_data / "atlanta_buildings.geojson"), tmp_path, patch_size=64)
     assert td.in_channels == 1 and len(td.mean) == 1
-    assert td.mean[0] == pytest.approx(valid.mean(), rel=0.1) and td.std[0] == pytest.approx(valid.std(), rel=0.2)
+    assert td.mean[0] == pytest.approx(valid.mean(), rel=0.1) and td.std[0] == pytest.approx(
+        valid.std(), rel=0.2
+    )
     assert td.mean[0] > 100  # raw uint16 values: no /255, no ImageNet constants
     batch = next(iter(td.train))
     assert abs(float(batch["image"].mean())) < 1.5  # normalised
@@ -191,17 +218,27 @@ def test_statistics_any_dtype_with_a_nodata_raster(tmp_path: Path) -> None:
 def test_roi_and_files_splits(tmp_path: Path) -> None:
     img, msk = mosaic(tmp_path / "d", grid=(2, 2), size=64)
     half = 64 * RES
-    roi = gpd.GeoDataFrame({"split": ["train", "val", "test"]}, crs="EPSG:32631", geometry=[
-        shapely.box(X0, Y0 - 2 * half, X0 + half, Y0),
-        shapely.box(X0 + half, Y0 - half, X0 + 2 * half, Y0),
-        shapely.box(X0 + half, Y0 - 2 * half, X0 + 2 * half, Y0 - half)])
+    roi = gpd.GeoDataFrame(
+        {"split": ["train", "val", "test"]},
+        crs="EPSG:32631",
+        geometry=[
+            shapely.box(X0, Y0 - 2 * half, X0 + half, Y0),
+            shapely.box(X0 + half, Y0 - half, X0 + 2 * half, Y0),
+            shapely.box(X0 + half, Y0 - 2 * half, X0 + 2 * half, Y0 - half),
+        ],
+    )
     roi.to_file(tmp_path / "roi.gpkg")
-    td = _build(_cfg(img, msk, split={"method": "roi", "roi_file": str(tmp_path / "roi.gpkg"), "gap": 0}), tmp_path)
+    td = _build(
+        _cfg(img, msk, split={"method": "roi", "roi_file": str(tmp_path / "roi.gpkg"), "gap": 0}),
+        tmp_path,
+    )
     train = shapely.union_all(_boxes(torch.cat([b["bounds"] for b in td.train])))
     assert roi.geometry[0].buffer(1e-6).contains(train)
     val = shapely.union_all(_boxes(torch.cat([b["bounds"] for b in td.val])))
     assert roi.geometry[1].buffer(1e-6).contains(val)
-    files = _build(_cfg(img, msk, split={"method": "files", "ratios": (0.5, 0.25, 0.25)}), tmp_path / "f")
+    files = _build(
+        _cfg(img, msk, split={"method": "files", "ratios": (0.5, 0.25, 0.25)}), tmp_path / "f"
+    )
     split = gpd.read_file(files.split_path)
     assert sorted(split["split"]) == ["test", "train", "val"] and len(files.test_images) == 1
 
@@ -237,20 +274,29 @@ def test_whu_layout_tif_tiles_masks_0_255(tmp_path: Path) -> None:
     # split by files: no file is in two splits
     split = gpd.read_file(td.split_path)
     files = [set(f.split(";")) for f in split["files"]]
-    assert sum(len(f) for f in files) == 6 and not (files[0] & files[1] or files[0] & files[2] or files[1] & files[2])
+    assert sum(len(f) for f in files) == 6 and not (
+        files[0] & files[1] or files[0] & files[2] or files[1] & files[2]
+    )
 
 
 def test_loveda_layout_png_tiles_with_nodata_zero(tmp_path: Path) -> None:
     root = _tiles(tmp_path / "loveda", 5, 48, "png", list(range(8)))
     mapping = {0: 255, **{k: k - 1 for k in range(1, 8)}}
-    cfg = DataConfig(images=[str(root / "img")], labels=str(root / "mask"), layout="tiles", mask_mapping=mapping)
+    cfg = DataConfig(
+        images=[str(root / "img")], labels=str(root / "mask"), layout="tiles", mask_mapping=mapping
+    )
     td = _build(cfg, tmp_path, patch_size=32, num_classes=7)
     seen = set()
     for batch in td.val:
         seen |= set(batch["mask"].unique().tolist())
     assert seen <= set(range(7)) | {255} and 255 in seen and 6 in seen
     with pytest.raises(LabelError, match="--classes is too small"):
-        _build(DataConfig(images=[str(root)], layout="tiles"), tmp_path / "x", patch_size=32, num_classes=7)
+        _build(
+            DataConfig(images=[str(root)], layout="tiles"),
+            tmp_path / "x",
+            patch_size=32,
+            num_classes=7,
+        )
 
 
 # ---- errors ------------------------------------------------------------------------------------
@@ -280,20 +326,28 @@ def test_error_images_and_labels_do_not_overlap(tmp_path: Path) -> None:
     write(tmp_path / "elsewhere" / "other.tif", np.ones((64, 64), np.uint8), transform=far)
     with pytest.raises(LabelError, match="elsewhere.*no mask matches an image"):
         _build(_cfg(img, tmp_path / "elsewhere"), tmp_path)
-    gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 5, 5)], crs="EPSG:32631").to_file(tmp_path / "far.geojson")
+    gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 5, 5)], crs="EPSG:32631").to_file(
+        tmp_path / "far.geojson"
+    )
     with pytest.raises(LabelError, match="far.geojson.*no label polygon overlaps"):
         _build(_cfg(img, tmp_path / "far.geojson"), tmp_path)
 
 
 def test_error_albers_labels_with_wrong_crs(real_data: Path, tmp_path: Path) -> None:
-    cfg = _cfg(real_data / "albers_custom_crs_30m.tif", real_data / "albers_custom_crs_labels.geojson")
-    with pytest.raises(LabelError, match="albers_custom_crs_labels.geojson.*declared CRS of the labels is probably"):
+    cfg = _cfg(
+        real_data / "albers_custom_crs_30m.tif", real_data / "albers_custom_crs_labels.geojson"
+    )
+    with pytest.raises(
+        LabelError, match="albers_custom_crs_labels.geojson.*declared CRS of the labels is probably"
+    ):
         _build(cfg, tmp_path)
 
 
 def test_error_patch_larger_than_raster(tmp_path: Path) -> None:
     img, msk = mosaic(tmp_path / "d", grid=(1, 1), size=48)
-    with pytest.raises(RasterError, match="tile_00.tif: raster is 48×48 px, smaller than patch_size=64"):
+    with pytest.raises(
+        RasterError, match="tile_00.tif: raster is 48×48 px, smaller than patch_size=64"
+    ):
         _build(_cfg(img, msk), tmp_path, patch_size=64)
 
 
@@ -307,8 +361,11 @@ def test_error_corrupt_tiff_is_named(tmp_path: Path) -> None:
 
 def test_error_label_values_above_num_classes(tmp_path: Path) -> None:
     img, msk = mosaic(tmp_path / "d", grid=(1, 2), size=64)
-    write(msk / "tile_01.tif", np.full((64, 64), 5, np.uint8),
-          transform=rasterio.transform.from_origin(X0 + 64 * RES, Y0, RES, RES))
+    write(
+        msk / "tile_01.tif",
+        np.full((64, 64), 5, np.uint8),
+        transform=rasterio.transform.from_origin(X0 + 64 * RES, Y0, RES, RES),
+    )
     with pytest.raises(LabelError, match="tile_01.tif.*5.*--classes is too small"):
         _build(_cfg(img, msk), tmp_path)
 
@@ -332,7 +389,9 @@ def test_target_crs_and_res_from_config_reproject_every_file_once(tmp_path: Path
             assert a.crs.to_epsg() == 3857 and a.res == (1.0, 1.0)
             origins.append((a.transform.c, a.transform.f))
     x0, y0 = origins[0]
-    assert all(float(x - x0).is_integer() and float(y - y0).is_integer() for x, y in origins)  # one pixel grid
+    assert all(
+        float(x - x0).is_integer() and float(y - y0).is_integer() for x, y in origins
+    )  # one pixel grid
     values = set()
     for batch in td.train:
         values |= set(batch["mask"].unique().tolist())

@@ -32,8 +32,15 @@ def test_burn_atlanta_buildings_on_the_image_grid(real_data: Path, tmp_path: Pat
     assert len(gpd.read_file(vec)) == 43
     out = labels.rasterize(vec, img, tmp_path / "mask.tif")
     with rasterio.open(out) as m, rasterio.open(img) as src:
-        assert (m.crs, m.transform, m.width, m.height) == (src.crs, src.transform, src.width, src.height)
-        assert m.dtypes[0] == "uint8" and m.nodata == 255 and m.profile.get("tiled") and m.compression
+        assert (m.crs, m.transform, m.width, m.height) == (
+            src.crs,
+            src.transform,
+            src.width,
+            src.height,
+        )
+        assert (
+            m.dtypes[0] == "uint8" and m.nodata == 255 and m.profile.get("tiled") and m.compression
+        )
         a = m.read(1)
         valid = src.dataset_mask() > 0
     assert (a == 1).sum() > 10_000  # 43 buildings of 0.5 m pixels
@@ -47,8 +54,15 @@ def test_burn_atlanta_buildings_on_the_image_grid(real_data: Path, tmp_path: Pat
 
 def test_cli_rasterize_writes_and_refuses_to_overwrite(real_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.tif"
-    args = ["rasterize", str(real_data / "atlanta_buildings.geojson"), "--like", str(real_data / "atlanta_pan_0p5m.tif"),
-            "--out", str(out), "--quiet"]
+    args = [
+        "rasterize",
+        str(real_data / "atlanta_buildings.geojson"),
+        "--like",
+        str(real_data / "atlanta_pan_0p5m.tif"),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert out.exists() and str(out) in result.stdout
@@ -56,38 +70,94 @@ def test_cli_rasterize_writes_and_refuses_to_overwrite(real_data: Path, tmp_path
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
 
 
-def test_cli_rasterize_albers_labels_with_wrong_declared_crs(real_data: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["rasterize", str(real_data / "albers_custom_crs_labels.geojson"), "--like",
-                                 str(real_data / "albers_custom_crs_30m.tif"), "--out", str(tmp_path / "m.tif")])
-    _one_line_error(result, "albers_custom_crs_labels.geojson", "EPSG:4326", "declared CRS", "probably wrong")
+def test_cli_rasterize_albers_labels_with_wrong_declared_crs(
+    real_data: Path, tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "rasterize",
+            str(real_data / "albers_custom_crs_labels.geojson"),
+            "--like",
+            str(real_data / "albers_custom_crs_30m.tif"),
+            "--out",
+            str(tmp_path / "m.tif"),
+        ],
+    )
+    _one_line_error(
+        result, "albers_custom_crs_labels.geojson", "EPSG:4326", "declared CRS", "probably wrong"
+    )
     assert not (tmp_path / "m.tif").exists()
     with pytest.raises(LabelError, match=r"labels extent \(-663.*image extent \(-673"):
-        labels.rasterize(real_data / "albers_custom_crs_labels.geojson", real_data / "albers_custom_crs_30m.tif",
-                         tmp_path / "m.tif")
+        labels.rasterize(
+            real_data / "albers_custom_crs_labels.geojson",
+            real_data / "albers_custom_crs_30m.tif",
+            tmp_path / "m.tif",
+        )
 
 
 def test_cli_rasterize_missing_and_corrupt_inputs(real_data: Path, tmp_path: Path) -> None:
     vec = real_data / "atlanta_buildings.geojson"
-    _one_line_error(runner.invoke(app, ["rasterize", str(tmp_path / "nope.gpkg"), "--like",
-                                        str(real_data / "atlanta_pan_0p5m.tif"), "--out", str(tmp_path / "a.tif")]),
-                    "nope.gpkg")
-    _one_line_error(runner.invoke(app, ["rasterize", str(vec), "--like", str(tmp_path / "nope.tif"),
-                                        "--out", str(tmp_path / "b.tif")]), "nope.tif")
+    _one_line_error(
+        runner.invoke(
+            app,
+            [
+                "rasterize",
+                str(tmp_path / "nope.gpkg"),
+                "--like",
+                str(real_data / "atlanta_pan_0p5m.tif"),
+                "--out",
+                str(tmp_path / "a.tif"),
+            ],
+        ),
+        "nope.gpkg",
+    )
+    _one_line_error(
+        runner.invoke(
+            app,
+            [
+                "rasterize",
+                str(vec),
+                "--like",
+                str(tmp_path / "nope.tif"),
+                "--out",
+                str(tmp_path / "b.tif"),
+            ],
+        ),
+        "nope.tif",
+    )
     cut = tmp_path / "cut.tif"
     cut.write_bytes((real_data / "atlanta_pan_0p5m.tif").read_bytes()[:300_000])
-    _one_line_error(runner.invoke(app, ["rasterize", str(vec), "--like", str(cut), "--out", str(tmp_path / "c.tif")]),
-                    "cut.tif", "truncated")
+    _one_line_error(
+        runner.invoke(
+            app, ["rasterize", str(vec), "--like", str(cut), "--out", str(tmp_path / "c.tif")]
+        ),
+        "cut.tif",
+        "truncated",
+    )
 
 
 def test_cli_rasterize_bad_attribute(real_data: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["rasterize", str(real_data / "atlanta_buildings.geojson"), "--like",
-                                 str(real_data / "atlanta_pan_0p5m.tif"), "--out", str(tmp_path / "m.tif"),
-                                 "--attribute", "no_such_column"])
+    result = runner.invoke(
+        app,
+        [
+            "rasterize",
+            str(real_data / "atlanta_buildings.geojson"),
+            "--like",
+            str(real_data / "atlanta_pan_0p5m.tif"),
+            "--out",
+            str(tmp_path / "m.tif"),
+            "--attribute",
+            "no_such_column",
+        ],
+    )
     _one_line_error(result, "no_such_column")
 
 
 def _squares(tmp_path: Path, values: list[int], crs: str = "EPSG:32631") -> Path:
-    geoms = [shapely.box(X0 + 2 + 6 * i, Y0 - 8, X0 + 6 + 6 * i, Y0 - 2) for i in range(len(values))]
+    geoms = [
+        shapely.box(X0 + 2 + 6 * i, Y0 - 8, X0 + 6 + 6 * i, Y0 - 2) for i in range(len(values))
+    ]
     path = tmp_path / "squares.gpkg"
     gpd.GeoDataFrame({"cls": values}, geometry=geoms, crs=crs).to_file(path)
     return path
@@ -101,7 +171,9 @@ def test_attribute_class_ids_and_nodata_become_ignore(tmp_path: Path) -> None:
     with rasterio.open(labels.rasterize(vec, like, tmp_path / "m.tif", attribute="cls")) as m:
         a = m.read(1)
     # square i covers x = 2+6i .. 6+6i m -> pixel columns 4+12i .. 12+12i, rows 4..16
-    assert (a[4:16, 4:12] == 1).all() and (a[4:16, 16:24] == 2).all() and (a[4:16, 28:36] == 3).all()
+    assert (
+        (a[4:16, 4:12] == 1).all() and (a[4:16, 16:24] == 2).all() and (a[4:16, 28:36] == 3).all()
+    )
     assert (a[:, 60:] == 255).all() and (a[:, :60] != 255).all() and a[0, 0] == 0
     with pytest.raises(OutputExistsError):
         labels.rasterize(vec, like, tmp_path / "m.tif")
@@ -118,8 +190,11 @@ def test_labels_in_another_crs_are_reprojected(tmp_path: Path) -> None:
 
 def test_burn_cache_is_reused_and_keyed_by_inputs(tmp_path: Path) -> None:
     a = write(tmp_path / "a.tif", np.full((1, 32, 64), 9, np.uint8))
-    b = write(tmp_path / "b.tif", np.full((1, 32, 64), 9, np.uint8),
-              transform=rasterio.transform.from_origin(X0 + 1000, Y0, RES, RES))  # no polygon here
+    b = write(
+        tmp_path / "b.tif",
+        np.full((1, 32, 64), 9, np.uint8),
+        transform=rasterio.transform.from_origin(X0 + 1000, Y0, RES, RES),
+    )  # no polygon here
     vec = _squares(tmp_path, [1, 1])
     outs = labels.burn_cached(vec, [a, b], tmp_path / "cache")
     assert outs[0].parent.name.startswith("labels-") and outs[0].parent.parent == tmp_path / "cache"
@@ -143,10 +218,22 @@ def test_labels_outside_every_image(tmp_path: Path) -> None:
 def test_match_masks_by_name_then_by_overlap(tmp_path: Path) -> None:
     img = np.ones((1, 8, 8), np.uint8)
     i1 = write(tmp_path / "img" / "scene_1.tif", img)
-    i2 = write(tmp_path / "img" / "scene_2.tif", img, transform=rasterio.transform.from_origin(X0 + 100, Y0, RES, RES))
-    i3 = write(tmp_path / "img" / "scene_3.tif", img, transform=rasterio.transform.from_origin(X0 + 900, Y0, RES, RES))
+    i2 = write(
+        tmp_path / "img" / "scene_2.tif",
+        img,
+        transform=rasterio.transform.from_origin(X0 + 100, Y0, RES, RES),
+    )
+    i3 = write(
+        tmp_path / "img" / "scene_3.tif",
+        img,
+        transform=rasterio.transform.from_origin(X0 + 900, Y0, RES, RES),
+    )
     m1 = write(tmp_path / "mask" / "scene_1_mask.tif", img)
-    m2 = write(tmp_path / "mask" / "whatever.tif", img, transform=rasterio.transform.from_origin(X0 + 101, Y0, RES, RES))
+    m2 = write(
+        tmp_path / "mask" / "whatever.tif",
+        img,
+        transform=rasterio.transform.from_origin(X0 + 101, Y0, RES, RES),
+    )
     assert labels.match_masks([i1, i2, i3], [m1, m2]) == [m1, m2, None]
 
 

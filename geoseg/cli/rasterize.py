@@ -12,13 +12,19 @@ from geoseg.cli._common import Overwrite, Quiet, check_output, echo, set_quiet
 
 def rasterize(
     labels: Annotated[Path, typer.Argument(help="Polygons: GeoPackage, GeoJSON or Shapefile.")],
-    like: Annotated[Path, typer.Option("--like", help="Image whose grid (CRS, transform, size) the mask gets.")],
+    like: Annotated[
+        Path, typer.Option("--like", help="Image whose grid (CRS, transform, size) the mask gets.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Mask GeoTIFF to write.")],
     attribute: Annotated[
-        str | None, typer.Option("--attribute", help="Column with class ids; default: every polygon is 1.")
+        str | None,
+        typer.Option("--attribute", help="Column with class ids; default: every polygon is 1."),
     ] = None,
     all_touched: Annotated[
-        bool, typer.Option("--all-touched", help="Burn every pixel a polygon touches, not only covered centres.")
+        bool,
+        typer.Option(
+            "--all-touched", help="Burn every pixel a polygon touches, not only covered centres."
+        ),
     ] = False,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -32,5 +38,7 @@ def rasterize(
 
     set_quiet(quiet)
     check_output(out, overwrite)
-    path = labels_mod.rasterize(labels, like, out, attribute=attribute, all_touched=all_touched, overwrite=overwrite)
+    path = labels_mod.rasterize(
+        labels, like, out, attribute=attribute, all_touched=all_touched, overwrite=overwrite
+    )
     echo(f"wrote {path}")
