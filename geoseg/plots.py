@@ -15,8 +15,19 @@ from typing import Any
 import numpy as np
 
 #: Mask colours by class id (background light grey, building red, then tab10); ignored = black.
-PALETTE = ["#e8e8e8", "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-           "#7f7f7f", "#bcbd22", "#17becf"]
+PALETTE = [
+    "#e8e8e8",
+    "#d62728",
+    "#1f77b4",
+    "#2ca02c",
+    "#ff7f0e",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 IGNORE_COLOR = "#000000"
 
 
@@ -31,8 +42,13 @@ def _save(fig: Any, path: Path, dpi: int = 110) -> Path:
     return path
 
 
-def curves(history: Sequence[dict[str, Any]], path: Path, *, monitor: str | None = None,
-           best_epoch: int | None = None) -> Path:
+def curves(
+    history: Sequence[dict[str, Any]],
+    path: Path,
+    *,
+    monitor: str | None = None,
+    best_epoch: int | None = None,
+) -> Path:
     """Loss (train, val) and validation IoU (per class, mean) against the epoch.
 
     Args:
@@ -51,20 +67,45 @@ def curves(history: Sequence[dict[str, Any]], path: Path, *, monitor: str | None
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_loss, ax_iou = fig.subplots(1, 2)
     marker = "o" if len(epochs) <= 30 else None
-    for key, label, colour in (("train_loss", "train", "#1f77b4"), ("val_loss", "validation", "#ff7f0e")):
-        ax_loss.plot(epochs, [_nan(r.get(key)) for r in history], marker=marker, ms=3, label=label, color=colour)
+    for key, label, colour in (
+        ("train_loss", "train", "#1f77b4"),
+        ("val_loss", "validation", "#ff7f0e"),
+    ):
+        ax_loss.plot(
+            epochs,
+            [_nan(r.get(key)) for r in history],
+            marker=marker,
+            ms=3,
+            label=label,
+            color=colour,
+        )
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="loss")
     iou_keys = [k for k in (history[0] if history else {}) if k.startswith("iou_")] + ["miou"]
     for i, key in enumerate(iou_keys):
         label = "mean IoU" if key == "miou" else f"IoU {key[4:]}"
-        colour = "#333333" if key == "miou" else PALETTE[(i % (len(PALETTE) - 1)) + 1] if key != "iou_background" \
+        colour = (
+            "#333333"
+            if key == "miou"
+            else PALETTE[(i % (len(PALETTE) - 1)) + 1]
+            if key != "iou_background"
             else "#999999"
-        ax_iou.plot(epochs, [_nan(r.get(key)) for r in history], marker=marker, ms=3, label=label, color=colour,
-                    lw=2.5 if key == monitor else 1.2, ls="--" if key == "miou" else "-")
+        )
+        ax_iou.plot(
+            epochs,
+            [_nan(r.get(key)) for r in history],
+            marker=marker,
+            ms=3,
+            label=label,
+            color=colour,
+            lw=2.5 if key == monitor else 1.2,
+            ls="--" if key == "miou" else "-",
+        )
     ax_iou.set(title="Validation IoU", xlabel="epoch", ylabel="IoU", ylim=(0, 1))
     for ax in (ax_loss, ax_iou):
         if best_epoch:
-            ax.axvline(best_epoch, color="#2ca02c", ls=":", lw=1.2, label=f"best (epoch {best_epoch})")
+            ax.axvline(
+                best_epoch, color="#2ca02c", ls=":", lw=1.2, label=f"best (epoch {best_epoch})"
+            )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         if epochs:
@@ -73,7 +114,9 @@ def curves(history: Sequence[dict[str, Any]], path: Path, *, monitor: str | None
     if monitor and history:
         best = [r for r in history if r["epoch"] == best_epoch]
         if best and not math.isnan(_nan(best[0].get(monitor))):
-            fig.suptitle(f"best {monitor} = {best[0][monitor]:.3f} at epoch {best_epoch}", fontsize=10)
+            fig.suptitle(
+                f"best {monitor} = {best[0][monitor]:.3f} at epoch {best_epoch}", fontsize=10
+            )
     return _save(fig, path)
 
 
@@ -88,7 +131,7 @@ def stretch(image: np.ndarray, low: float = 2, high: float = 98) -> np.ndarray:
     out = np.empty_like(bands)
     for i, band in enumerate(bands):
         finite = band[np.isfinite(band)]
-        lo, hi = (np.percentile(finite, [low, high]) if finite.size else (0.0, 1.0))
+        lo, hi = np.percentile(finite, [low, high]) if finite.size else (0.0, 1.0)
         out[i] = np.clip((band - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
     return np.nan_to_num(out.transpose(1, 2, 0))
 
@@ -97,13 +140,22 @@ def colorize(mask: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.
     """A class-id mask ``(H, W)`` as ``(H, W, 3)`` floats, in :data:`PALETTE` colours."""
     from matplotlib.colors import to_rgb
 
-    colours = np.array([to_rgb(PALETTE[i % len(PALETTE)]) for i in range(num_classes)] + [to_rgb(IGNORE_COLOR)])
+    colours = np.array(
+        [to_rgb(PALETTE[i % len(PALETTE)]) for i in range(num_classes)] + [to_rgb(IGNORE_COLOR)]
+    )
     ids = np.where((mask == ignore_index) | (mask < 0) | (mask >= num_classes), num_classes, mask)
     return colours[ids.astype(np.int64)]
 
 
-def preview(images: np.ndarray, truths: np.ndarray, predictions: np.ndarray, path: Path, *,
-            class_names: Sequence[str], ignore_index: int = 255) -> Path:
+def preview(
+    images: np.ndarray,
+    truths: np.ndarray,
+    predictions: np.ndarray,
+    path: Path,
+    *,
+    class_names: Sequence[str],
+    ignore_index: int = 255,
+) -> Path:
     """Patches side by side: image, truth, prediction, and where the prediction is wrong.
 
     Args:
@@ -132,28 +184,41 @@ def preview(images: np.ndarray, truths: np.ndarray, predictions: np.ndarray, pat
         iou = f"{inter / union:.2f}" if union else "n/a"
         errors = np.full((*truth.shape, 3), 0.92)
         errors[(pred == truth) & valid & (truth == fg)] = (0.55, 0.55, 0.55)
-        errors[(pred != truth) & valid & (pred == fg)] = (1.0, 0.6, 0.0)   # false positive
+        errors[(pred != truth) & valid & (pred == fg)] = (1.0, 0.6, 0.0)  # false positive
         errors[(pred != truth) & valid & (truth == fg)] = (0.1, 0.4, 0.9)  # missed
         errors[(pred != truth) & valid & (truth != fg) & (pred != fg)] = (0.6, 0.0, 0.6)
         errors[~valid] = 0.0
-        panels = [(stretch(images[i]), "image"), (colorize(truth, k, ignore_index), "truth"),
-                  (colorize(pred, k, ignore_index), f"prediction ({class_names[fg]} IoU {iou})"),
-                  (errors, "errors")]
+        panels = [
+            (stretch(images[i]), "image"),
+            (colorize(truth, k, ignore_index), "truth"),
+            (colorize(pred, k, ignore_index), f"prediction ({class_names[fg]} IoU {iou})"),
+            (errors, "errors"),
+        ]
         for ax, (picture, title) in zip(axes[i], panels, strict=True):
             ax.imshow(picture, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0 or title.startswith("prediction"):
                 ax.set_title(title, fontsize=9)
-    handles = [Patch(facecolor=PALETTE[c % len(PALETTE)], edgecolor="#666666", label=f"{c} {name}")
-               for c, name in enumerate(class_names)]
+    handles = [
+        Patch(facecolor=PALETTE[c % len(PALETTE)], edgecolor="#666666", label=f"{c} {name}")
+        for c, name in enumerate(class_names)
+    ]
     handles.append(Patch(facecolor=IGNORE_COLOR, label=f"{ignore_index} ignored / nodata"))
-    handles += [Patch(facecolor=(0.55, 0.55, 0.55), label=f"found {class_names[fg]}"),
-                Patch(facecolor=(1.0, 0.6, 0.0), label=f"false {class_names[fg]}"),
-                Patch(facecolor=(0.1, 0.4, 0.9), label=f"missed {class_names[fg]}")]
+    handles += [
+        Patch(facecolor=(0.55, 0.55, 0.55), label=f"found {class_names[fg]}"),
+        Patch(facecolor=(1.0, 0.6, 0.0), label=f"false {class_names[fg]}"),
+        Patch(facecolor=(0.1, 0.4, 0.9), label=f"missed {class_names[fg]}"),
+    ]
     if k > 2:
         handles.append(Patch(facecolor=(0.6, 0.0, 0.6), label="other confusion"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=min(len(handles), 7),
+        fontsize=8,
+        frameon=False,
+    )
     return _save(fig, path)
 
 

@@ -58,8 +58,17 @@ log = logging.getLogger(__name__)
 ResolvedPrecision = Literal["32", "bf16", "16"]
 
 #: What fit writes into RUN_DIR; ``--overwrite`` removes exactly these (never other files).
-OUTPUTS = ("best.ckpt", "last.ckpt", "metrics.csv", "config.yaml", "curves.png", "preview.png",
-           "test_metrics.json", "split.gpkg", "tb")
+OUTPUTS = (
+    "best.ckpt",
+    "last.ckpt",
+    "metrics.csv",
+    "config.yaml",
+    "curves.png",
+    "preview.png",
+    "test_metrics.json",
+    "split.gpkg",
+    "tb",
+)
 
 #: Test-only: when set to a folder, every rank writes ``rank<R>.json`` there at the end of fit
 #: (hash of its first training batch and of its final weights), to check DDP from the outside.
@@ -105,7 +114,9 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("train.device=cuda but no CUDA GPU is visible; use --device cpu or auto")
+            raise ConfigError(
+                "train.device=cuda but no CUDA GPU is visible; use --device cpu or auto"
+            )
         return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     return torch.device("cpu")
 
@@ -113,7 +124,9 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 def cpu_supports_bf16() -> bool:
     """Whether this CPU has native bf16 (AVX512-BF16 / AMX), where bf16 autocast pays off."""
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
     except (AttributeError, RuntimeError):  # very old builds lack the op
         return False
 
@@ -132,13 +145,19 @@ def resolve_precision(precision: str, device: torch.device) -> ResolvedPrecision
             return "bf16" if torch.cuda.is_bf16_supported() else "16"
         return "bf16" if cpu_supports_bf16() else "32"
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("train.precision=bf16 but this GPU has no bf16 support; use --precision 16 or auto")
+        raise ConfigError(
+            "train.precision=bf16 but this GPU has no bf16 support; use --precision 16 or auto"
+        )
     if precision not in ("32", "bf16", "16"):
-        raise ConfigError(f"train.precision={precision!r} is not valid; expected auto, 32, bf16 or 16")
+        raise ConfigError(
+            f"train.precision={precision!r} is not valid; expected auto, 32, bf16 or 16"
+        )
     return precision  # type: ignore[return-value]
 
 
-def _autocast(device: torch.device, precision: ResolvedPrecision) -> contextlib.AbstractContextManager:
+def _autocast(
+    device: torch.device, precision: ResolvedPrecision
+) -> contextlib.AbstractContextManager:
     if precision == "32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -156,8 +175,10 @@ def monitor_metric(cfg: PipelineConfig) -> tuple[str, Literal["max", "min"]]:
     if monitor == "auto":
         monitor = "iou_building" if "building" in names else "miou"
     if monitor not in valid:
-        raise ConfigError(f"train.monitor={monitor!r} is not a metric of this run; expected auto or one of: "
-                          f"{', '.join(valid)}")
+        raise ConfigError(
+            f"train.monitor={monitor!r} is not a metric of this run; expected auto or one of: "
+            f"{', '.join(valid)}"
+        )
     return monitor, ("min" if monitor == "val_loss" else "max")
 
 
@@ -177,8 +198,10 @@ def validate(cfg: PipelineConfig) -> None:
 
     name = cfg.model.name
     if name not in models.names():
-        raise ConfigError(f"unknown model {name!r}; expected one of: {', '.join(models.names())} "
-                          "(--model / model.name)")
+        raise ConfigError(
+            f"unknown model {name!r}; expected one of: {', '.join(models.names())} "
+            "(--model / model.name)"
+        )
     factor = models.downsampling(name)
     size = cfg.train.patch_size
     if size < factor or size % factor:
@@ -186,15 +209,29 @@ def validate(cfg: PipelineConfig) -> None:
         what = "the UNet" if name == "unet" else f"the {name} model"
         up, down = (size // factor + 1) * factor, (size // factor) * factor
         fix = f"use {up} or {down}" if down > 0 else f"use {up}"
-        raise ConfigError(f"patch_size={size} is not divisible by {factor} ({what} downsamples {times} times); {fix}")
+        raise ConfigError(
+            f"patch_size={size} is not divisible by {factor} "
+            f"({what} downsamples {times} times); {fix}"
+        )
     if cfg.train.batch_size < 1 or cfg.train.epochs < 1:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} and train.epochs={cfg.train.epochs} "
-                          "must be at least 1")
-    if cfg.train.class_weights is not None and len(cfg.train.class_weights) != cfg.model.num_classes:
-        raise ConfigError(f"{len(cfg.train.class_weights)} class_weights for {cfg.model.num_classes} classes; "
-                          "give one weight per class")
-    losses.build(cfg.train.loss, num_classes=cfg.model.num_classes, ignore_index=cfg.data.ignore_index,
-                 class_weights=cfg.train.class_weights)
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} and train.epochs={cfg.train.epochs} "
+            "must be at least 1"
+        )
+    if (
+        cfg.train.class_weights is not None
+        and len(cfg.train.class_weights) != cfg.model.num_classes
+    ):
+        raise ConfigError(
+            f"{len(cfg.train.class_weights)} class_weights for {cfg.model.num_classes} classes; "
+            "give one weight per class"
+        )
+    losses.build(
+        cfg.train.loss,
+        num_classes=cfg.model.num_classes,
+        ignore_index=cfg.data.ignore_index,
+        class_weights=cfg.train.class_weights,
+    )
     monitor_metric(cfg)
     if cfg.train.devices < 1 or cfg.train.num_nodes < 1:
         raise ConfigError("train.devices and train.num_nodes must be at least 1")
@@ -203,14 +240,18 @@ def validate(cfg: PipelineConfig) -> None:
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         if not (run_dir / "last.ckpt").is_file():
-            raise InputNotFoundError(f"{run_dir / 'last.ckpt'}: nothing to resume; train without --resume "
-                                     "to start a new run")
+            raise InputNotFoundError(
+                f"{run_dir / 'last.ckpt'}: nothing to resume; train without --resume "
+                "to start a new run"
+            )
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputExistsError(f"{run_dir} is a file; --out must be a folder")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{run_dir} is not empty; pass --resume to continue its run, --overwrite to "
-                                "start again, or choose another --out")
+        raise OutputExistsError(
+            f"{run_dir} is not empty; pass --resume to continue its run, --overwrite to "
+            "start again, or choose another --out"
+        )
 
 
 def _clear_run_dir(run_dir: Path, resume: bool) -> None:
@@ -229,7 +270,9 @@ def _clear_run_dir(run_dir: Path, resume: bool) -> None:
 # entry point
 
 
-def fit(cfg: PipelineConfig, run_dir: Path, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
+def fit(
+    cfg: PipelineConfig, run_dir: Path, *, resume: bool = False, overwrite: bool = False
+) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` and write the run folder (see the module docstring).
 
     Runs in this process, or in ``train.devices`` spawned processes (DDP; gloo on the CPU, nccl on
@@ -261,23 +304,42 @@ def fit(cfg: PipelineConfig, run_dir: Path, *, resume: bool = False, overwrite: 
         rank, world_size, local_rank = env
         expected = cfg.train.devices * cfg.train.num_nodes
         if expected > 1 and expected != world_size:
-            raise ConfigError(f"torchrun started {world_size} processes but train.devices x train.num_nodes = "
-                              f"{cfg.train.devices} x {cfg.train.num_nodes} = {expected}; make them agree "
-                              "or leave devices and num_nodes at 1 under torchrun")
-        return _run(cfg, run_dir, resume, rank=rank, world_size=world_size, local_rank=local_rank,
-                    init_group=True, prepare=True)
+            raise ConfigError(
+                f"torchrun started {world_size} processes but train.devices x train.num_nodes = "
+                f"{cfg.train.devices} x {cfg.train.num_nodes} = {expected}; make them agree "
+                "or leave devices and num_nodes at 1 under torchrun"
+            )
+        return _run(
+            cfg,
+            run_dir,
+            resume,
+            rank=rank,
+            world_size=world_size,
+            local_rank=local_rank,
+            init_group=True,
+            prepare=True,
+        )
     if cfg.train.num_nodes > 1:
-        raise ConfigError(f"train.num_nodes={cfg.train.num_nodes} needs a launcher on every node: "
-                          "torchrun --nnodes N --nproc-per-node G --rdzv-endpoint HOST:PORT $(which geoseg) train ...")
+        raise ConfigError(
+            f"train.num_nodes={cfg.train.num_nodes} needs a launcher on every node: "
+            "torchrun --nnodes N --nproc-per-node G --rdzv-endpoint HOST:PORT "
+            "$(which geoseg) train ..."
+        )
     _clear_run_dir(run_dir, resume)
     if cfg.train.devices > 1:
         return _spawn(cfg, run_dir, resume)
-    return _run(cfg, run_dir, resume, rank=0, world_size=1, local_rank=0, init_group=False, prepare=False)
+    return _run(
+        cfg, run_dir, resume, rank=0, world_size=1, local_rank=0, init_group=False, prepare=False
+    )
 
 
 def _torchrun_env() -> tuple[int, int, int] | None:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+        return (
+            int(os.environ["RANK"]),
+            int(os.environ["WORLD_SIZE"]),
+            int(os.environ.get("LOCAL_RANK", 0)),
+        )
     return None
 
 
@@ -292,8 +354,10 @@ def _spawn(cfg: PipelineConfig, run_dir: Path, resume: bool) -> TrainResult:
 
     n = cfg.train.devices
     if resolve_device(cfg.train.device).type == "cuda" and torch.cuda.device_count() < n:
-        raise ConfigError(f"train.devices={n} but only {torch.cuda.device_count()} GPU(s) are visible; "
-                          f"use --devices {torch.cuda.device_count()}")
+        raise ConfigError(
+            f"train.devices={n} but only {torch.cuda.device_count()} GPU(s) are visible; "
+            f"use --devices {torch.cuda.device_count()}"
+        )
     from geoseg import progress
 
     queue = mp.get_context("spawn").SimpleQueue()
@@ -301,8 +365,12 @@ def _spawn(cfg: PipelineConfig, run_dir: Path, resume: bool) -> TrainResult:
     level = logging.getLogger("geoseg").getEffectiveLevel()
     log.info("Starting %d training processes (DDP on 127.0.0.1:%d)", n, port)
     try:
-        mp.spawn(_spawned, args=(n, port, cfg, run_dir, resume, queue, progress.enabled(), level),
-                 nprocs=n, join=True)
+        mp.spawn(
+            _spawned,
+            args=(n, port, cfg, run_dir, resume, queue, progress.enabled(), level),
+            nprocs=n,
+            join=True,
+        )
     except Exception:
         while not queue.empty():
             kind, payload = queue.get()
@@ -318,8 +386,17 @@ def _spawn(cfg: PipelineConfig, run_dir: Path, resume: bool) -> TrainResult:
     raise RuntimeError("the training processes ended without a result")
 
 
-def _spawned(rank: int, world_size: int, port: int, cfg: PipelineConfig, run_dir: Path, resume: bool,
-             queue: Any, bars: bool, level: int) -> None:
+def _spawned(
+    rank: int,
+    world_size: int,
+    port: int,
+    cfg: PipelineConfig,
+    run_dir: Path,
+    resume: bool,
+    queue: Any,
+    bars: bool,
+    level: int,
+) -> None:
     from geoseg import progress
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -327,11 +404,19 @@ def _spawned(rank: int, world_size: int, port: int, cfg: PipelineConfig, run_dir
     logging.getLogger("geoseg").setLevel(level if rank == 0 else logging.WARNING)
     logging.getLogger("rasterio").setLevel(logging.ERROR)
     progress.set_enabled(bars and rank == 0)
-    if not torch.cuda.is_available():  # share the cores between the CPU ranks
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:  # share the cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:
-        result = _run(cfg, run_dir, resume, rank=rank, world_size=world_size, local_rank=rank,
-                      init_group=True, prepare=False)
+        result = _run(
+            cfg,
+            run_dir,
+            resume,
+            rank=rank,
+            world_size=world_size,
+            local_rank=rank,
+            init_group=True,
+            prepare=False,
+        )
     except errors.GeosegError as err:
         queue.put(("error", (type(err).__name__, str(err))))
         raise
@@ -341,6 +426,28 @@ def _spawned(rank: int, world_size: int, port: int, cfg: PipelineConfig, run_dir
 
 # --------------------------------------------------------------------------------------------
 # one process's run
+
+
+def _share_cpu() -> None:
+    """Use only the cores that other processes leave idle (the 1-minute load average).
+
+    OpenMP threads spin at every barrier; on a 2-core machine where other jobs keep the cores
+    busy, 2 threads ran a UNet step 2-7x *slower* than 1 thread (measured: 1.1 s vs 7.5 s per
+    batch). OMP_NUM_THREADS / torch.set_num_threads set by the user are left alone.
+    """
+    if "OMP_NUM_THREADS" in os.environ or not hasattr(os, "getloadavg"):
+        return
+    cores = torch.get_num_threads()
+    idle = (os.cpu_count() or cores) - os.getloadavg()[0]
+    threads = max(1, min(cores, int(idle + 0.5)))
+    if threads < cores:
+        log.info(
+            "The CPU is busy with other work (load %.1f): training with %d of %d threads",
+            os.getloadavg()[0],
+            threads,
+            cores,
+        )
+        torch.set_num_threads(threads)
 
 
 class _Dist:
@@ -359,8 +466,10 @@ class _Dist:
         import torch.distributed as dist
 
         # NCCL reduces CUDA tensors only; gloo wants CPU ones.
-        t = values.to(self.device if self.device.type == "cuda" else "cpu", dtype=torch.float64
-                      if values.is_floating_point() else torch.int64).clone()
+        t = values.to(
+            self.device if self.device.type == "cuda" else "cpu",
+            dtype=torch.float64 if values.is_floating_point() else torch.int64,
+        ).clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.cpu()
 
@@ -369,7 +478,9 @@ class _Dist:
             return value
         import torch.distributed as dist
 
-        t = torch.tensor([value], dtype=torch.int64, device=self.device if self.device.type == "cuda" else "cpu")
+        t = torch.tensor(
+            [value], dtype=torch.int64, device=self.device if self.device.type == "cuda" else "cpu"
+        )
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return int(t.item())
 
@@ -381,6 +492,15 @@ class _Dist:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Give every rank rank 0's BatchNorm statistics (DDP syncs them only before a forward)."""
+        if self.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -399,7 +519,12 @@ def _loader_generators(loader: Any) -> list[torch.Generator]:
     """The torch.Generators a data loader draws from (itself, its sampler, batch sampler)."""
     found: list[torch.Generator] = []
     batch_sampler = getattr(loader, "batch_sampler", None)
-    for obj in (loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)):
+    for obj in (
+        loader,
+        getattr(loader, "sampler", None),
+        batch_sampler,
+        getattr(batch_sampler, "sampler", None),
+    ):
         gen = getattr(obj, "generator", None)
         if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
             found.append(gen)
@@ -432,27 +557,46 @@ def _build_optimizer(cfg: PipelineConfig, params: Iterable[nn.Parameter]) -> tor
         return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.SGD(params, lr=t.lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay)
+    return torch.optim.SGD(
+        params, lr=t.lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay
+    )
 
 
-def _build_scheduler(cfg: PipelineConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
-                     mode: str) -> Any:
+def _build_scheduler(
+    cfg: PipelineConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, mode: str
+) -> Any:
     t = cfg.train
     if t.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs, eta_min=t.lr * 0.01)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=t.epochs, eta_min=t.lr * 0.01
+        )
     if t.scheduler == "step":  # x0.1 at one and two thirds of the run
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, t.epochs // 3), gamma=0.1)
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=max(1, t.epochs // 3), gamma=0.1
+        )
     if t.scheduler == "plateau":
         patience = max(1, (t.early_stop or 10) // 2)
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=patience)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=0.5, patience=patience
+        )
     if t.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, epochs=t.epochs,
-                                                   steps_per_epoch=max(1, steps_per_epoch))
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=t.lr, epochs=t.epochs, steps_per_epoch=max(1, steps_per_epoch)
+        )
     return None
 
 
-def _run(cfg: PipelineConfig, run_dir: Path, resume: bool, *, rank: int, world_size: int, local_rank: int,
-         init_group: bool, prepare: bool) -> TrainResult:
+def _run(
+    cfg: PipelineConfig,
+    run_dir: Path,
+    resume: bool,
+    *,
+    rank: int,
+    world_size: int,
+    local_rank: int,
+    init_group: bool,
+    prepare: bool,
+) -> TrainResult:
     from geoseg import data
 
     device = resolve_device(cfg.train.device, local_rank)
@@ -461,24 +605,41 @@ def _run(cfg: PipelineConfig, run_dir: Path, resume: bool, *, rank: int, world_s
 
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size,
-                                timeout=timedelta(minutes=30))
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(minutes=30),
+        )
     dist_ = _Dist(rank, world_size, device)
+    threads = torch.get_num_threads()
     try:
         if prepare and dist_.main:
             _clear_run_dir(run_dir, resume)
         dist_.barrier()
         precision = resolve_precision(cfg.train.precision, device)
+        if device.type == "cpu" and world_size == 1:
+            _share_cpu()
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         _seed_everything(cfg.train.seed)
         num_classes = cfg.model.num_classes
-        if not dist_.main:  # rank 0 burns labels and aligns rasters into cache/ first; the others reuse them
+        if (
+            not dist_.main
+        ):  # rank 0 burns labels and aligns rasters into cache/ first; the others reuse them
             dist_.barrier()
         td = data.build_training_data(
-            cfg.data, patch_size=cfg.train.patch_size, batch_size=cfg.train.batch_size, run_dir=run_dir,
-            num_classes=num_classes, seed=cfg.train.seed, workers=cfg.train.workers, rank=rank,
-            world_size=world_size, patches_per_epoch=cfg.train.patches_per_epoch)
+            cfg.data,
+            patch_size=cfg.train.patch_size,
+            batch_size=cfg.train.batch_size,
+            run_dir=run_dir,
+            num_classes=num_classes,
+            seed=cfg.train.seed,
+            workers=cfg.train.workers,
+            rank=rank,
+            world_size=world_size,
+            patches_per_epoch=cfg.train.patches_per_epoch,
+        )
         if dist_.main:
             dist_.barrier()
         if device.type == "cuda":
@@ -487,6 +648,7 @@ def _run(cfg: PipelineConfig, run_dir: Path, resume: bool, *, rank: int, world_s
                     loader.pin_memory = True  # read when an epoch's iterator starts
         return _Trainer(cfg, run_dir, td, device, precision, dist_).run(resume)
     finally:
+        torch.set_num_threads(threads)
         if init_group and world_size > 1:
             import torch.distributed as dist
 
@@ -497,24 +659,44 @@ def _run(cfg: PipelineConfig, run_dir: Path, resume: bool, *, rank: int, world_s
 class _Trainer:
     """One rank's loop. Rank 0 writes every file; all ranks take the same decisions."""
 
-    def __init__(self, cfg: PipelineConfig, run_dir: Path, td: Any, device: torch.device,
-                 precision: ResolvedPrecision, dist_: _Dist) -> None:
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        run_dir: Path,
+        td: Any,
+        device: torch.device,
+        precision: ResolvedPrecision,
+        dist_: _Dist,
+    ) -> None:
         from geoseg import losses, models
 
         self.cfg, self.run_dir, self.td, self.device, self.precision, self.dist = (
-            cfg, run_dir, td, device, precision, dist_)
+            cfg,
+            run_dir,
+            td,
+            device,
+            precision,
+            dist_,
+        )
         self.class_names = cfg.model.resolved_class_names
         self.num_classes = cfg.model.num_classes
         self.ignore_index = td.ignore_index
         self.monitor, self.mode = monitor_metric(cfg)
-        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        self.memory_format = (
+            torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        )
         kwargs = dict(_model_args(cfg))
         if cfg.model.encoder_weights:
             kwargs["encoder_weights"] = cfg.model.encoder_weights
-        self.model = models.build(cfg.model.name, in_channels=td.in_channels, num_classes=self.num_classes,
-                                  **kwargs).to(device, memory_format=self.memory_format)
-        self.loss_fn = losses.build(cfg.train.loss, num_classes=self.num_classes, ignore_index=self.ignore_index,
-                                    class_weights=cfg.train.class_weights).to(device)
+        self.model = models.build(
+            cfg.model.name, in_channels=td.in_channels, num_classes=self.num_classes, **kwargs
+        ).to(device, memory_format=self.memory_format)
+        self.loss_fn = losses.build(
+            cfg.train.loss,
+            num_classes=self.num_classes,
+            ignore_index=self.ignore_index,
+            class_weights=cfg.train.class_weights,
+        ).to(device)
         self.optimizer = _build_optimizer(cfg, self.model.parameters())
         self.steps_per_epoch = dist_.min(len(td.train))
         self.scheduler = _build_scheduler(cfg, self.optimizer, self.steps_per_epoch, self.mode)
@@ -533,24 +715,45 @@ class _Trainer:
 
         td = self.td
         return checkpoint.ModelCard(
-            geoseg_version=__version__, architecture=self.cfg.model.name, model_args=_model_args(self.cfg),
-            in_channels=td.in_channels, band_names=list(td.band_names), band_indexes=list(td.band_indexes),
-            mean=[float(m) for m in td.mean], std=[float(s) for s in td.std], class_names=self.class_names,
-            class_ids=list(range(self.num_classes)), ignore_index=self.ignore_index,
-            patch_size=self.cfg.train.patch_size, res=float(td.res), crs_wkt=td.crs_wkt, epoch=epoch,
-            metrics=metrics, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            geoseg_version=__version__,
+            architecture=self.cfg.model.name,
+            model_args=_model_args(self.cfg),
+            in_channels=td.in_channels,
+            band_names=list(td.band_names),
+            band_indexes=list(td.band_indexes),
+            mean=[float(m) for m in td.mean],
+            std=[float(s) for s in td.std],
+            class_names=self.class_names,
+            class_ids=list(range(self.num_classes)),
+            ignore_index=self.ignore_index,
+            patch_size=self.cfg.train.patch_size,
+            res=float(td.res),
+            crs_wkt=td.crs_wkt,
+            epoch=epoch,
+            metrics=metrics,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
 
     @property
     def bare_model(self) -> nn.Module:
         return self.model.module if hasattr(self.model, "module") else self.model
 
-    def save(self, name: str, epoch: int, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    def save(
+        self, name: str, epoch: int, metrics: dict[str, Any], extra: dict[str, Any] | None = None
+    ) -> None:
         from geoseg import checkpoint
 
         full = extra is not None
-        checkpoint.save(self.run_dir / name, model=self.bare_model, card=self.card(epoch, metrics),
-                        optimizer=self.optimizer if full else None, scheduler=self.scheduler if full else None,
-                        scaler=self.scaler if full else None, epoch=epoch, extra=extra)
+        checkpoint.save(
+            self.run_dir / name,
+            model=self.bare_model,
+            card=self.card(epoch, metrics),
+            optimizer=self.optimizer if full else None,
+            scheduler=self.scheduler if full else None,
+            scaler=self.scaler if full else None,
+            epoch=epoch,
+            extra=extra,
+        )
 
     def restore(self) -> int:
         """Load last.ckpt into model/optimizer/scheduler/scaler/RNG; return the next epoch."""
@@ -560,11 +763,16 @@ class _Trainer:
         ck = checkpoint.load(path, map_location="cpu")
         card = ck.card
         if (card.architecture, card.in_channels, len(card.class_names)) != (
-                self.cfg.model.name, self.td.in_channels, self.num_classes):
+            self.cfg.model.name,
+            self.td.in_channels,
+            self.num_classes,
+        ):
             raise CheckpointError(
                 f"{path}: was trained as {card.architecture} with {card.in_channels} bands and "
-                f"{len(card.class_names)} classes, not {self.cfg.model.name}/{self.td.in_channels}/{self.num_classes}; "
-                "use the same model settings or --overwrite to start again")
+                f"{len(card.class_names)} classes, not {self.cfg.model.name}/"
+                f"{self.td.in_channels}/{self.num_classes}; "
+                "use the same model settings or --overwrite to start again"
+            )
         self.bare_model.load_state_dict(ck.state_dict)
         if ck.optimizer:
             self.optimizer.load_state_dict(ck.optimizer)
@@ -592,7 +800,8 @@ class _Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         if self.dist.main:
             from geoseg import config as config_mod
 
@@ -600,10 +809,19 @@ class _Trainer:
             resolved.model.classes, resolved.model.class_names = self.num_classes, self.class_names
             _atomic_text(run_dir / "config.yaml", _yaml(resolved, config_mod))
             self._open_writer()
-        log.info("Training %s (%s, %d bands -> %d classes) on %s%s, precision %s, %d batches of %d per epoch",
-                 cfg.model.name, _model_args(cfg) or "", self.td.in_channels, self.num_classes, self.device,
-                 f" x{self.dist.world_size}" if self.dist.world_size > 1 else "", self.precision,
-                 self.steps_per_epoch, cfg.train.batch_size)
+        log.info(
+            "Training %s (%s, %d bands -> %d classes) on %s%s, precision %s, "
+            "%d batches of %d per epoch",
+            cfg.model.name,
+            _model_args(cfg) or "",
+            self.td.in_channels,
+            self.num_classes,
+            self.device,
+            f" x{self.dist.world_size}" if self.dist.world_size > 1 else "",
+            self.precision,
+            self.steps_per_epoch,
+            cfg.train.batch_size,
+        )
         epochs_run = 0
         stopped = False
         for epoch in range(start, cfg.train.epochs + 1):
@@ -620,20 +838,31 @@ class _Trainer:
             self.end_epoch(epoch, row)
             epochs_run += 1
         if stopped or (cfg.train.early_stop and self.bad_epochs >= cfg.train.early_stop):
-            log.info("Early stop: %s did not improve for %d epochs (best %.4f at epoch %d)", self.monitor,
-                     self.bad_epochs, self.best_score or float("nan"), self.best_epoch)
+            log.info(
+                "Early stop: %s did not improve for %d epochs (best %.4f at epoch %d)",
+                self.monitor,
+                self.bad_epochs,
+                self.best_score or float("nan"),
+                self.best_epoch,
+            )
         return self.finish(epochs_run)
 
     def _open_writer(self) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard not installed: the CSV and curves still tell the story
-            log.warning("tensorboard is not installed; no TensorBoard logs (pip install tensorboard)")
+            log.warning(
+                "tensorboard is not installed; no TensorBoard logs (pip install tensorboard)"
+            )
             return
         self.writer = SummaryWriter(str(self.run_dir / "tb"))
 
     def _to_device(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        x = batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        x = (
+            batch["image"]
+            .to(self.device, non_blocking=True)
+            .contiguous(memory_format=self.memory_format)
+        )
         y = batch["mask"].to(self.device, non_blocking=True)
         return x, y
 
@@ -676,26 +905,32 @@ class _Trainer:
                 bar.update(postfix=f"loss {loss_sum / max(counted, 1):.4f}  {rate:.1f} patches/s")
                 bar.advance()
         if skipped:
-            log.warning("epoch %d: %d batch(es) had no usable loss (all pixels ignored?) and were skipped",
-                        epoch, skipped)
+            log.warning(
+                "epoch %d: %d batch(es) had no usable loss (all pixels ignored?) and were skipped",
+                epoch,
+                skipped,
+            )
         total = self.dist.sum(torch.tensor([loss_sum, counted], dtype=torch.float64))
         self.last_rate = seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
+        self.dist.broadcast_buffers(self.bare_model)
         return float(total[0] / max(total[1], 1))
 
     @torch.no_grad()
-    def evaluate(self, loader: Iterable[dict[str, Any]] | None, description: str) -> tuple[float, dict[str, Any]]:
+    def evaluate(
+        self, loader: Iterable[dict[str, Any]] | None, description: str
+    ) -> tuple[float, dict[str, Any]]:
         """Loss and scores over a whole split, from one confusion matrix summed over ranks."""
         from geoseg import metrics, progress
 
         cm = metrics.ConfusionMatrix(self.num_classes, ignore_index=self.ignore_index)
-        self.model.eval()
+        model = self.bare_model.eval()  # no DDP wrapper: ranks may hold different batch counts
         loss_sum, batches = 0.0, 0
         total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
         with progress.bar(total, description, unit="batches") as bar:
             for batch in loader or []:
                 x, y = self._to_device(batch)
                 with _autocast(self.device, self.precision):
-                    logits = self.model(x)
+                    logits = model(x)
                 loss = self.loss_fn(logits.float(), y)
                 if torch.isfinite(loss):
                     loss_sum, batches = loss_sum + float(loss), batches + 1
@@ -705,10 +940,15 @@ class _Trainer:
         sums = self.dist.sum(torch.tensor([loss_sum, batches], dtype=torch.float64))
         return float(sums[0] / max(float(sums[1]), 1.0)), cm.scores(self.class_names)
 
-    def row(self, epoch: int, train_loss: float, val_loss: float, scores: dict[str, Any], seconds: float
-            ) -> dict[str, Any]:
-        row: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
-                               "train_loss": train_loss, "val_loss": val_loss}
+    def row(
+        self, epoch: int, train_loss: float, val_loss: float, scores: dict[str, Any], seconds: float
+    ) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+        }
         for name in self.class_names:
             per = scores["per_class"].get(name, {})
             row[f"iou_{name}"] = _num(per.get("iou"))
@@ -736,7 +976,9 @@ class _Trainer:
             self.best_score, self.best_epoch, self.bad_epochs = value, epoch, 0
         else:
             self.bad_epochs += 1
-        if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+        if self.scheduler is not None and not isinstance(
+            self.scheduler, torch.optim.lr_scheduler.OneCycleLR
+        ):
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step(value if math.isfinite(value) else 0.0)
             else:
@@ -746,8 +988,14 @@ class _Trainer:
             metrics = {k: v for k, v in row.items() if k != "lr"}
             if better:
                 self.save("best.ckpt", epoch, metrics)
-            extra = {"history": self.history, "best_score": self.best_score, "best_epoch": self.best_epoch,
-                     "bad_epochs": self.bad_epochs, "rng": rng, "monitor": self.monitor}
+            extra = {
+                "history": self.history,
+                "best_score": self.best_score,
+                "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs,
+                "rng": rng,
+                "monitor": self.monitor,
+            }
             self.save("last.ckpt", epoch, metrics, extra=extra)
             _write_csv(self.run_dir / "metrics.csv", self.history)
             if self.writer is not None:
@@ -755,13 +1003,20 @@ class _Trainer:
                     if key != "epoch" and isinstance(val, int | float) and math.isfinite(val):
                         self.writer.add_scalar(_tb_tag(key), val, epoch)
                 self.writer.flush()
-            plots.curves(self.history, self.run_dir / "curves.png", monitor=self.monitor,
-                         best_epoch=self.best_epoch)
+            plots.curves(
+                self.history,
+                self.run_dir / "curves.png",
+                monitor=self.monitor,
+                best_epoch=self.best_epoch,
+            )
         self.log_epoch(row, better)
 
     def log_epoch(self, row: dict[str, Any], better: bool) -> None:
-        parts = [f"epoch {row['epoch']}/{self.cfg.train.epochs}", f"train loss {row['train_loss']:.4f}",
-                 f"val loss {row['val_loss']:.4f}"]
+        parts = [
+            f"epoch {row['epoch']}/{self.cfg.train.epochs}",
+            f"train loss {row['train_loss']:.4f}",
+            f"val loss {row['val_loss']:.4f}",
+        ]
         if "building" in self.class_names:
             parts.append(f"building IoU {row['iou_building']:.3f} F1 {row['f1_building']:.3f}")
         parts += [f"mIoU {row['miou']:.3f}", f"{row['seconds']:.0f} s"]
@@ -772,32 +1027,58 @@ class _Trainer:
         from geoseg import checkpoint, plots
 
         best, last = self.run_dir / "best.ckpt", self.run_dir / "last.ckpt"
-        best_row = next((r for r in self.history if r["epoch"] == self.best_epoch), self.history[-1]
-                        if self.history else {})
+        best_row = next(
+            (r for r in self.history if r["epoch"] == self.best_epoch),
+            self.history[-1] if self.history else {},
+        )
+        self._debug_dump()  # the weights every rank ended training with
         self.dist.barrier()  # best.ckpt is complete before any rank reads it
         if best.is_file():
             self.bare_model.load_state_dict(checkpoint.load(best, map_location="cpu").state_dict)
         if self.dist.main:
             images, truths, preds = self.preview_patches()
             if len(images):
-                plots.preview(images, truths, preds, self.run_dir / "preview.png", class_names=self.class_names,
-                              ignore_index=self.ignore_index)
+                plots.preview(
+                    images,
+                    truths,
+                    preds,
+                    self.run_dir / "preview.png",
+                    class_names=self.class_names,
+                    ignore_index=self.ignore_index,
+                )
         test_metrics = None
-        if self.td.test is not None:
+        # a rank whose share of the test windows is empty still joins the all-reduce
+        if -self.dist.min(-int(self.td.test is not None)) > 0:
             test_loss, scores = self.evaluate(self.td.test, "test")
-            test_metrics = {"checkpoint": str(best), "epoch": self.best_epoch, "loss": test_loss, **scores}
+            test_metrics = {
+                "checkpoint": str(best),
+                "epoch": self.best_epoch,
+                "loss": test_loss,
+                **scores,
+            }
             if self.dist.main:
                 _atomic_text(self.run_dir / "test_metrics.json", json.dumps(test_metrics, indent=1))
                 building = scores["per_class"].get("building", {}).get("iou")
-                log.info("Test split: mIoU %.3f%s", scores["miou"],
-                         f", building IoU {building:.3f}" if building is not None else "")
+                log.info(
+                    "Test split: mIoU %.3f%s",
+                    scores["miou"],
+                    f", building IoU {building:.3f}" if building is not None else "",
+                )
         if self.writer is not None:
             self.writer.close()
-        self._debug_dump()
         self.dist.barrier()
-        return TrainResult(best=best, last=last, metrics=best_row, epochs_run=epochs_run, run_dir=self.run_dir,
-                           monitor=self.monitor, test_metrics=test_metrics, precision=self.precision,
-                           device=self.device.type, history=list(self.history))
+        return TrainResult(
+            best=best,
+            last=last,
+            metrics=best_row,
+            epochs_run=epochs_run,
+            run_dir=self.run_dir,
+            monitor=self.monitor,
+            test_metrics=test_metrics,
+            precision=self.precision,
+            device=self.device.type,
+            history=list(self.history),
+        )
 
     @torch.no_grad()
     def preview_patches(self, n: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -822,15 +1103,23 @@ class _Trainer:
         picks = picks[:n]
         if not picks:
             return np.empty(0), np.empty(0), np.empty(0)
-        return (np.stack([p[1] for p in picks]), np.stack([p[2] for p in picks]), np.stack([p[3] for p in picks]))
+        return (
+            np.stack([p[1] for p in picks]),
+            np.stack([p[2] for p in picks]),
+            np.stack([p[3] for p in picks]),
+        )
 
     def _debug_dump(self) -> None:
         folder = os.environ.get(DEBUG_ENV)
         if not folder:
             return
         state = {k: v.detach().cpu() for k, v in self.bare_model.state_dict().items()}
-        info = {"rank": self.dist.rank, "world_size": self.dist.world_size,
-                "first_batch": self.first_batch_hash, "weights": state_hash(state)}
+        info = {
+            "rank": self.dist.rank,
+            "world_size": self.dist.world_size,
+            "first_batch": self.first_batch_hash,
+            "weights": state_hash(state),
+        }
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / f"rank{self.dist.rank}.json").write_text(json.dumps(info))
 
@@ -901,11 +1190,15 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     """``RUN_DIR/metrics.csv`` as a list of rows of floats (``epoch`` as int)."""
     with open(Path(run_dir) / "metrics.csv", newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+        return [
+            {k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()}
+            for r in csv.DictReader(f)
+        ]
 
 
-def configure(config_file: Path | None, settings: dict[str, Any], run_dir: Path, *,
-              resume: bool = False) -> PipelineConfig:
+def configure(
+    config_file: Path | None, settings: dict[str, Any], run_dir: Path, *, resume: bool = False
+) -> PipelineConfig:
     """The config a ``geoseg train`` call stands for.
 
     The base is ``config_file`` (relative paths resolved against its folder), else on ``resume``
@@ -938,7 +1231,12 @@ def configure(config_file: Path | None, settings: dict[str, Any], run_dir: Path,
         data.setdefault(section, {})[name] = value
     cfg = config.parse(data, source=source)
     if not cfg.data.images:
-        raise ConfigError(f"{source}: no images; give IMAGES (a folder, glob or list file) or data.images in --config")
+        raise ConfigError(
+            f"{source}: no images; give IMAGES (a folder, glob or list file) "
+            "or data.images in --config"
+        )
     if not cfg.data.labels:
-        raise ConfigError(f"{source}: no labels; give --labels (a mask folder or a vector file) or data.labels")
+        raise ConfigError(
+            f"{source}: no labels; give --labels (a mask folder or a vector file) or data.labels"
+        )
     return cfg

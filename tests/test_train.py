@@ -21,7 +21,10 @@ from geoseg.cli.main import app
 runner = CliRunner()
 
 # The 256-px demo tiles need split blocks smaller than the default 512 px.
-SMALL_SPLIT = "data:\n  split: {method: blocks, block_size: 128, ratios: [0.6, 0.2, 0.2], seed: 0}\n"
+SMALL_SPLIT = (
+    "data:\n  split: {method: blocks, block_size: 128, ratios: [0.6, 0.2, 0.2], seed: 0}\n"
+    "train:\n  patches_per_epoch: 16\n"
+)
 TINY = ["--width", "8", "--patch-size", "64", "--batch-size", "4", "--seed", "0"]
 
 
@@ -30,6 +33,19 @@ def split_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "small.yaml"
     path.write_text(SMALL_SPLIT)
     return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # One torch thread: as fast as two on a busy 2-core machine (OpenMP threads spin at barriers),
+    # and the same in every run, which the bit-exact resume comparison needs. OMP_NUM_THREADS also
+    # tells fit() not to pick a thread count from the load average.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
+    torch.set_num_threads(threads)
 
 
 def _train(args: list[str]):
@@ -44,8 +60,22 @@ def _ok(result) -> None:
 def raster_run(demo_data, split_yaml, tmp_path_factory) -> Path:
     """An uninterrupted 2-epoch run with raster masks (also the reference for resume)."""
     out = tmp_path_factory.mktemp("runs") / "raster"
-    _ok(_train([str(demo_data.images[0].parent), "--labels", str(demo_data.masks[0].parent), "--out", str(out),
-                "--config", str(split_yaml), "--epochs", "2", *TINY]))
+    _ok(
+        _train(
+            [
+                str(demo_data.images[0].parent),
+                "--labels",
+                str(demo_data.masks[0].parent),
+                "--out",
+                str(out),
+                "--config",
+                str(split_yaml),
+                "--epochs",
+                "2",
+                *TINY,
+            ]
+        )
+    )
     return out
 
 
@@ -55,14 +85,31 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_raster_labels_end_to_end(raster_run: Path, demo_data) -> None:
     out = raster_run
-    for name in ("best.ckpt", "last.ckpt", "metrics.csv", "config.yaml", "curves.png", "preview.png",
-                 "split.gpkg", "test_metrics.json"):
+    for name in (
+        "best.ckpt",
+        "last.ckpt",
+        "metrics.csv",
+        "config.yaml",
+        "curves.png",
+        "preview.png",
+        "split.gpkg",
+        "test_metrics.json",
+    ):
         assert (out / name).is_file(), name
     assert any((out / "tb").iterdir()), "no TensorBoard event file"
     rows = train.read_metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2]
-    for key in ("lr", "train_loss", "val_loss", "iou_building", "f1_building", "iou_background", "miou",
-                "accuracy", "seconds"):
+    for key in (
+        "lr",
+        "train_loss",
+        "val_loss",
+        "iou_building",
+        "f1_building",
+        "iou_background",
+        "miou",
+        "accuracy",
+        "seconds",
+    ):
         assert key in rows[0], key
     assert all(0.0 <= r["miou"] <= 1.0 for r in rows)
     # the resolved config: what was given on the command line and in the file
@@ -102,9 +149,26 @@ def test_checkpoint_card_and_load_model(raster_run: Path, demo_data) -> None:
 
 def test_vector_labels_end_to_end(demo_data, split_yaml, tmp_path) -> None:
     out = tmp_path / "vector"
-    _ok(_train([str(demo_data.images[0].parent), "--labels", str(demo_data.buildings), "--out", str(out),
-                "--config", str(split_yaml), "--epochs", "1", "--loss", "ce+dice", "--scheduler", "onecycle",
-                *TINY]))
+    _ok(
+        _train(
+            [
+                str(demo_data.images[0].parent),
+                "--labels",
+                str(demo_data.buildings),
+                "--out",
+                str(out),
+                "--config",
+                str(split_yaml),
+                "--epochs",
+                "1",
+                "--loss",
+                "ce+dice",
+                "--scheduler",
+                "onecycle",
+                *TINY,
+            ]
+        )
+    )
     assert [r["epoch"] for r in train.read_metrics(out)] == [1]
     assert checkpoint.load(out / "best.ckpt").card.class_names == ["background", "building"]
 
@@ -116,15 +180,40 @@ def test_tile_folder_layout(tmp_path) -> None:
         (root / sub).mkdir(parents=True)
     for k in range(10):
         mask = np.zeros((64, 64), np.uint8)
-        mask[16:40, 8 + k:40 + k] = 1
+        mask[16:40, 8 + k : 40 + k] = 1
         image = (rng.integers(0, 60, (3, 64, 64)) + 150 * mask).astype(np.uint8)
         for sub, arr in (("img", image), ("mask", mask[None])):
-            with rasterio.open(root / sub / f"t{k:02d}.tif", "w", driver="GTiff", width=64, height=64,
-                               count=arr.shape[0], dtype="uint8") as dst:
+            with rasterio.open(
+                root / sub / f"t{k:02d}.tif",
+                "w",
+                driver="GTiff",
+                width=64,
+                height=64,
+                count=arr.shape[0],
+                dtype="uint8",
+            ) as dst:
                 dst.write(arr)
     out = tmp_path / "run"
-    _ok(_train([str(root), "--labels", str(root / "mask"), "--layout", "tiles", "--out", str(out),
-                "--epochs", "1", "--optimizer", "sgd", "--scheduler", "step", *TINY]))
+    _ok(
+        _train(
+            [
+                str(root),
+                "--labels",
+                str(root / "mask"),
+                "--layout",
+                "tiles",
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--optimizer",
+                "sgd",
+                "--scheduler",
+                "step",
+                *TINY,
+            ]
+        )
+    )
     card = checkpoint.load(out / "best.ckpt").card
     assert card.in_channels == 3 and card.patch_size == 64
     assert (out / "metrics.csv").is_file()
@@ -134,11 +223,22 @@ class _Killed(Exception):
     """Stands in for SIGKILL right after epoch 1 has been written."""
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(raster_run, demo_data, split_yaml, tmp_path,
-                                                            monkeypatch) -> None:
+def test_resume_after_interruption_equals_uninterrupted_run(
+    raster_run, demo_data, split_yaml, tmp_path, monkeypatch
+) -> None:
     out = tmp_path / "resumed"
-    args = [str(demo_data.images[0].parent), "--labels", str(demo_data.masks[0].parent), "--out", str(out),
-            "--config", str(split_yaml), "--epochs", "2", *TINY]
+    args = [
+        str(demo_data.images[0].parent),
+        "--labels",
+        str(demo_data.masks[0].parent),
+        "--out",
+        str(out),
+        "--config",
+        str(split_yaml),
+        "--epochs",
+        "2",
+        *TINY,
+    ]
     end_epoch = train._Trainer.end_epoch
 
     def end_then_die(self, epoch, row):
@@ -167,11 +267,31 @@ def test_ddp_two_processes(demo_data, split_yaml, tmp_path, monkeypatch) -> None
     debug = tmp_path / "debug"
     monkeypatch.setenv(train.DEBUG_ENV, str(debug))
     out = tmp_path / "ddp"
-    _ok(_train([str(demo_data.images[0].parent), "--labels", str(demo_data.masks[0].parent), "--out", str(out),
-                "--config", str(split_yaml), "--epochs", "1", "--devices", "2", "--device", "cpu", *TINY]))
+    _ok(
+        _train(
+            [
+                str(demo_data.images[0].parent),
+                "--labels",
+                str(demo_data.masks[0].parent),
+                "--out",
+                str(out),
+                "--config",
+                str(split_yaml),
+                "--epochs",
+                "1",
+                "--devices",
+                "2",
+                "--device",
+                "cpu",
+                *TINY,
+            ]
+        )
+    )
     ranks = [json.loads((debug / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
-    assert ranks[0]["first_batch"] != ranks[1]["first_batch"], "both ranks trained on the same patches"
+    assert ranks[0]["first_batch"] != ranks[1]["first_batch"], (
+        "both ranks trained on the same patches"
+    )
     assert ranks[0]["weights"] == ranks[1]["weights"], "DDP ranks ended with different weights"
     assert train.state_hash(_weights(out / "last.ckpt")) == ranks[1]["weights"]
     assert [r["epoch"] for r in train.read_metrics(out)] == [1]
@@ -202,40 +322,65 @@ def _one_line_error(result, *needles: str) -> str:
 
 
 def _base(demo_data, out: Path) -> list[str]:
-    return [str(demo_data.images[0].parent), "--labels", str(demo_data.masks[0].parent), "--out", str(out)]
+    return [
+        str(demo_data.images[0].parent),
+        "--labels",
+        str(demo_data.masks[0].parent),
+        "--out",
+        str(out),
+    ]
 
 
 def test_error_unknown_model(demo_data, tmp_path) -> None:
-    _one_line_error(_train(_base(demo_data, tmp_path / "r") + ["--model", "resnet-9000"]),
-                    "resnet-9000", "unet-resnet34")
+    _one_line_error(
+        _train(_base(demo_data, tmp_path / "r") + ["--model", "resnet-9000"]),
+        "resnet-9000",
+        "unet-resnet34",
+    )
     assert not (tmp_path / "r").exists()
 
 
 def test_error_unknown_loss(demo_data, tmp_path) -> None:
-    _one_line_error(_train(_base(demo_data, tmp_path / "r") + ["--loss", "hinge"]), "hinge", "ce", "dice", "focal")
+    _one_line_error(
+        _train(_base(demo_data, tmp_path / "r") + ["--loss", "hinge"]),
+        "hinge",
+        "ce",
+        "dice",
+        "focal",
+    )
 
 
 def test_error_unknown_config_key(demo_data, tmp_path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("train:\n  epochz: 3\n")
-    _one_line_error(_train(_base(demo_data, tmp_path / "r") + ["--config", str(cfg)]), "epochz", "epochs")
+    _one_line_error(
+        _train(_base(demo_data, tmp_path / "r") + ["--config", str(cfg)]), "epochz", "epochs"
+    )
 
 
 def test_error_classes_smaller_than_label_value(demo_data, split_yaml, tmp_path) -> None:
-    line = _one_line_error(_train(_base(demo_data, tmp_path / "r") + ["--classes", "1", "--config", str(split_yaml),
-                                                                      *TINY]))
+    line = _one_line_error(
+        _train(
+            _base(demo_data, tmp_path / "r")
+            + ["--classes", "1", "--config", str(split_yaml), *TINY]
+        )
+    )
     assert "1" in line and ("class" in line.lower())
 
 
 def test_error_patch_size_not_divisible(demo_data, tmp_path) -> None:
     line = _one_line_error(_train(_base(demo_data, tmp_path / "r") + ["--patch-size", "500"]))
-    assert line == ("Error: patch_size=500 is not divisible by 16 (the UNet downsamples 4 times); "
-                    "use 512 or 496")
+    assert line == (
+        "Error: patch_size=500 is not divisible by 16 (the UNet downsamples 4 times); "
+        "use 512 or 496"
+    )
 
 
 def test_error_resume_without_last_ckpt(demo_data, tmp_path) -> None:
     (tmp_path / "r").mkdir()
-    _one_line_error(_train(_base(demo_data, tmp_path / "r") + ["--resume"]), "last.ckpt", "--resume")
+    _one_line_error(
+        _train(_base(demo_data, tmp_path / "r") + ["--resume"]), "last.ckpt", "--resume"
+    )
 
 
 def test_error_run_dir_not_empty(demo_data, tmp_path) -> None:
@@ -248,10 +393,16 @@ def test_error_run_dir_not_empty(demo_data, tmp_path) -> None:
 
 def test_config_file_and_options_merge(tmp_path, demo_data) -> None:
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("model: {width: 12, class_names: [background, building]}\n"
-                        "train: {epochs: 7, lr: 0.01}\ndata: {images: [a.tif], labels: m/}\n")
+    cfg_file.write_text(
+        "model: {width: 12, class_names: [background, building]}\n"
+        "train: {epochs: 7, lr: 0.01}\ndata: {images: [a.tif], labels: m/}\n"
+    )
     cfg = train.configure(cfg_file, {"train.epochs": 3}, tmp_path / "r")
-    assert (cfg.train.epochs, cfg.train.lr, cfg.model.width) == (3, 0.01, 12)  # given overrides, rest kept
-    assert cfg.data.images == [str((tmp_path / "a.tif"))] or cfg.data.images[0].endswith("a.tif")
+    assert (cfg.train.epochs, cfg.train.lr, cfg.model.width) == (
+        3,
+        0.01,
+        12,
+    )  # given overrides, rest kept
+    assert cfg.data.images == [str(tmp_path / "a.tif")] or cfg.data.images[0].endswith("a.tif")
     cfg = train.configure(cfg_file, {"model.classes": 3}, tmp_path / "r")
     assert cfg.model.num_classes == 3
