@@ -30,7 +30,7 @@ def main(work: Path, tiny: bool = False) -> None:
 
     # 3. Predict one raster: a mask GeoTIFF on exactly the input's grid.
     mask = infer.predict_raster(demo.images[0], work / "mask.tif", checkpoint=result.best,
-                                overwrite=True)
+                                overlap=16 if tiny else 64, overwrite=True)
 
     # 4. Building footprints as polygons in the raster's CRS, written to a GeoPackage.
     footprints = vectorize.polygons(mask, classes=["building"], min_area_m2=4.0)
