@@ -254,7 +254,10 @@ def measure(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"  measured {kind} {args.get('size')} px workers={args.get('workers')} "
+          f"threads={args.get('threads') or 'default'}: {result}", flush=True)
+    return result
 
 
 # ---------------------------------------------------------------------------- main

@@ -948,8 +948,7 @@ def _check_patch(P: int, overlap: int, architecture: str, ckpt: Path) -> None:
 def _predict_to(src: Path, profile: dict[str, Any], settings: _Settings, P: int, overlap: int,
                 bs: int, dst: Path, probabilities: Path | None, cog: bool, class_names: list[str],
                 class_values: list[int], meta: dict[str, str], workers: int,
-                scheduler: str | None, client: Any, temps: list[Path],
-                source_res: float | None = None) -> None:
+                scheduler: str | None, client: Any, temps: list[Path]) -> None:
     """Predict ``src`` (resampled to ``settings.target_res`` if set) into dst (+ probabilities)."""
     mask_tmp, prob_tmp = _partial(dst), _partial(probabilities) if probabilities else None
     temps += [t for t in (mask_tmp, prob_tmp) if t is not None]
@@ -971,29 +970,42 @@ def _predict_to(src: Path, profile: dict[str, Any], settings: _Settings, P: int,
                         h = probs.shape[1]
                         writer.put(y0, *_finalize(probs, _valid_rows(source, y0, y0 + h), settings))
                 else:
-                    nw = _n_workers(cl)
-                    settings = _with_threads(settings, nw)
+                    settings = _with_threads(settings, cl)
                     _run_dask(cl, src, plan, settings, writer, bar, outputs, temps)
             finally:
                 writer.close()
-    _publish(mask_tmp, dst, cog, "NEAREST", temps)
-    if prob_tmp is not None and probabilities is not None:
-        _publish(prob_tmp, probabilities, cog, "AVERAGE", temps)
+    _publish([(mask_tmp, dst, "NEAREST"), (prob_tmp, probabilities, "AVERAGE")], cog, temps)
 
 
-def _with_threads(settings: _Settings, n_workers: int) -> _Settings:
+def _with_threads(settings: _Settings, client: Any) -> _Settings:
+    """Local workers share this machine's cores: cores / workers torch threads each.
+
+    Workers of a remote cluster keep torch's default (all cores of their machine): start one
+    ``dask worker --nworkers 1`` per machine, or set OMP_NUM_THREADS on the workers.
+    """
     from dataclasses import replace
 
-    return replace(settings, threads=max(1, (os.cpu_count() or 1) // max(1, n_workers)))
+    from distributed import LocalCluster
+
+    if not isinstance(getattr(client, "cluster", None), LocalCluster):
+        return settings
+    n = _n_workers(client)
+    return replace(settings, threads=max(1, (os.cpu_count() or 1) // n))
 
 
-def _publish(tmp: Path, dst: Path, cog: bool, resampling: str, temps: list[Path]) -> None:
-    if cog:
-        cog_tmp = _partial(dst, "cog.")
-        temps.append(cog_tmp)
-        _to_cog(tmp, cog_tmp, resampling=resampling)
-        os.replace(cog_tmp, dst)
-    else:
+def _publish(items: list[tuple[Path | None, Path | None, str]], cog: bool, temps: list[Path]) -> None:
+    """Convert the finished temp files (to COG) and only then rename them all into place."""
+    ready = []
+    for tmp, dst, resampling in items:
+        if tmp is None or dst is None:
+            continue
+        if cog:
+            cog_tmp = _partial(dst, "cog.")
+            temps.append(cog_tmp)
+            _to_cog(tmp, cog_tmp, resampling=resampling)
+            tmp = cog_tmp
+        ready.append((tmp, dst))
+    for tmp, dst in ready:
         os.replace(tmp, dst)
 
 
@@ -1034,9 +1046,7 @@ def _predict_resampled(src: Path, profile: dict[str, Any], settings: _Settings, 
             for ds in (vp, wp):
                 if ds is not None:
                     ds.close()
-    _publish(mask_tmp, dst, cog, "NEAREST", temps)
-    if prob_tmp is not None and probabilities is not None:
-        _publish(prob_tmp, probabilities, cog, "AVERAGE", temps)
+    _publish([(mask_tmp, dst, "NEAREST"), (prob_tmp, probabilities, "AVERAGE")], cog, temps)
 
 
 def output_paths(inputs: list[Path], out: Path) -> list[Path]:
