@@ -61,9 +61,20 @@ def make_tile(path: Path, size: int, block: int = 1024) -> Path:
 
     if path.exists():
         return path
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8",
-                   crs="EPSG:32631", transform=from_origin(500000, 5000000, 0.5, 0.5),
-                   tiled=True, blockxsize=512, blockysize=512, compress="deflate", predictor=2)
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32631",
+        transform=from_origin(500000, 5000000, 0.5, 0.5),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        predictor=2,
+    )
     yy, xx = np.mgrid[0:block, 0:block].astype(np.float32)
     tmp = path.with_suffix(".partial")
     with rasterio.open(tmp, "w", **profile) as dst:
@@ -71,11 +82,13 @@ def make_tile(path: Path, size: int, block: int = 1024) -> Path:
             for c in range(0, size, block):
                 h, w = min(block, size - r), min(block, size - c)
                 phase = (r * 7 + c * 13) % 97
-                img = np.stack([
-                    127 + 60 * np.sin((xx + phase) / 37) * np.cos((yy - phase) / 53),
-                    127 + 60 * np.cos((xx + yy + phase) / 71),
-                    127 + 50 * np.sin((xx - yy) / 29 + phase),
-                ])
+                img = np.stack(
+                    [
+                        127 + 60 * np.sin((xx + phase) / 37) * np.cos((yy - phase) / 53),
+                        127 + 60 * np.cos((xx + yy + phase) / 71),
+                        127 + 50 * np.sin((xx - yy) / 29 + phase),
+                    ]
+                )
                 # "buildings": bright rectangles on a grid, so the content is not trivial
                 img[:, (yy % 96 < 40) & (xx % 128 < 56)] = 220
                 dst.write(img[:, :h, :w].astype(np.uint8), window=Window(c, r, w, h))
@@ -99,16 +112,21 @@ def make_input(work: Path, size: int) -> Path:
             w, h = min(8192, size - j * 8192), min(8192, size - i * 8192)
             sources.append(
                 f'<SimpleSource><SourceFilename relativeToVRT="1">{tile.name}</SourceFilename>'
-                f"<SourceBand>{{b}}</SourceBand><SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{w}\" "
+                f'<SourceBand>{{b}}</SourceBand><SrcRect xOff="0" yOff="0" xSize="{w}" '
                 f'ySize="{h}"/><DstRect xOff="{j * 8192}" yOff="{i * 8192}" xSize="{w}" '
-                f'ySize="{h}"/></SimpleSource>')
+                f'ySize="{h}"/></SimpleSource>'
+            )
     bands = "".join(
-        f'<VRTRasterBand dataType="Byte" band="{b}">' + "".join(s.format(b=b) for s in sources)
-        + "</VRTRasterBand>" for b in (1, 2, 3))
+        f'<VRTRasterBand dataType="Byte" band="{b}">'
+        + "".join(s.format(b=b) for s in sources)
+        + "</VRTRasterBand>"
+        for b in (1, 2, 3)
+    )
     vrt = work / f"scene_{size}.vrt"
     vrt.write_text(
         f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><SRS>EPSG:32631</SRS>'
-        f"<GeoTransform>{a.c}, {a.a}, 0, {a.f}, 0, {a.e}</GeoTransform>{bands}</VRTDataset>")
+        f"<GeoTransform>{a.c}, {a.a}, 0, {a.f}, 0, {a.e}</GeoTransform>{bands}</VRTDataset>"
+    )
     return vrt
 
 
@@ -121,9 +139,18 @@ def make_checkpoint(path: Path, model: str, width: int, patch: int) -> Path:
     kwargs = {"width": width} if model == "unet" else {}
     net = models.build(model, in_channels=3, num_classes=2, **kwargs)
     card = checkpoint.ModelCard(
-        architecture=model, model_args=kwargs, in_channels=3, band_names=["r", "g", "b"],
-        band_indexes=[1, 2, 3], mean=[127.0] * 3, std=[50.0] * 3,
-        class_names=["background", "building"], class_ids=[0, 1], patch_size=patch, res=0.5)
+        architecture=model,
+        model_args=kwargs,
+        in_channels=3,
+        band_names=["r", "g", "b"],
+        band_indexes=[1, 2, 3],
+        mean=[127.0] * 3,
+        std=[50.0] * 3,
+        class_names=["background", "building"],
+        class_ids=[0, 1],
+        patch_size=patch,
+        res=0.5,
+    )
     checkpoint.save(path, model=net, card=card)
     return path
 
@@ -165,9 +192,11 @@ def child_model(a: dict[str, Any]) -> dict[str, Any]:
 
     bf16 = a["precision"] == "bf16"
     seconds = run(bf16, n_batches)
-    out = {"patches_per_s": n_batches * bs / seconds,
-           "mp_per_s": a["size"] ** 2 / 1e6 / (seconds * n_patches / (n_batches * bs)),
-           "vmhwm_mib": vmhwm_mib()}
+    out = {
+        "patches_per_s": n_batches * bs / seconds,
+        "mp_per_s": a["size"] ** 2 / 1e6 / (seconds * n_patches / (n_batches * bs)),
+        "vmhwm_mib": vmhwm_mib(),
+    }
     if a["time_bf16"]:
         k = max(2, min(n_batches, 6))
         out["bf16_speedup"] = run(False, k) / run(True, k)
@@ -185,13 +214,26 @@ def child_geoseg(a: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(a["threads"])
     out = Path(a["out"])
     t0 = time.perf_counter()
-    infer.predict_raster(Path(a["input"]), out, checkpoint=Path(a["checkpoint"]),
-                         patch_size=a["patch"], overlap=a["overlap"], batch_size=a["batch_size"],
-                         precision=a["precision"], device=a["device"], workers=a["workers"],
-                         overwrite=True, cog=not a["no_cog"])
+    infer.predict_raster(
+        Path(a["input"]),
+        out,
+        checkpoint=Path(a["checkpoint"]),
+        patch_size=a["patch"],
+        overlap=a["overlap"],
+        batch_size=a["batch_size"],
+        precision=a["precision"],
+        device=a["device"],
+        workers=a["workers"],
+        overwrite=True,
+        cog=not a["no_cog"],
+    )
     seconds = time.perf_counter() - t0
     out.unlink()
-    return {"seconds": seconds, "mp_per_s": a["size"] ** 2 / 1e6 / seconds, "vmhwm_mib": vmhwm_mib()}
+    return {
+        "seconds": seconds,
+        "mp_per_s": a["size"] ** 2 / 1e6 / seconds,
+        "vmhwm_mib": vmhwm_mib(),
+    }
 
 
 def child_torchgeo(a: dict[str, Any]) -> dict[str, Any]:
@@ -220,8 +262,17 @@ def child_torchgeo(a: dict[str, Any]) -> dict[str, Any]:
     loader = DataLoader(ds, sampler=sampler, batch_size=a["batch_size"], collate_fn=stack_samples)
     with rasterio.open(src_path) as s:
         H, W, left, top, res = s.height, s.width, s.bounds.left, s.bounds.top, s.res[0]
-        profile = dict(driver="GTiff", width=W, height=H, count=1, dtype="uint8",
-                       crs=s.crs, transform=s.transform, tiled=True, compress="deflate")
+        profile = dict(
+            driver="GTiff",
+            width=W,
+            height=H,
+            count=1,
+            dtype="uint8",
+            crs=s.crs,
+            transform=s.transform,
+            tiled=True,
+            compress="deflate",
+        )
     probs = np.zeros((2, H, W), np.float32)  # whole raster in memory
     mean = torch.tensor(card.mean).view(1, -1, 1, 1)
     std = torch.tensor(card.std).view(1, -1, 1, 1)
@@ -237,12 +288,16 @@ def child_torchgeo(a: dict[str, Any]) -> dict[str, Any]:
                 r0, c0 = max(row, 0), max(col, 0)
                 r1, c1 = min(row + P, H), min(col + P, W)
                 if r1 > r0 and c1 > c0:
-                    probs[:, r0:r1, c0:c1] = p[k, :, r0 - row:r1 - row, c0 - col:c1 - col]
+                    probs[:, r0:r1, c0:c1] = p[k, :, r0 - row : r1 - row, c0 - col : c1 - col]
     with rasterio.open(Path(a["out"]), "w", **profile) as dst:
         dst.write(probs.argmax(0).astype(np.uint8), 1)
     seconds = time.perf_counter() - t0
     Path(a["out"]).unlink()
-    return {"seconds": seconds, "mp_per_s": a["size"] ** 2 / 1e6 / seconds, "vmhwm_mib": vmhwm_mib()}
+    return {
+        "seconds": seconds,
+        "mp_per_s": a["size"] ** 2 / 1e6 / seconds,
+        "vmhwm_mib": vmhwm_mib(),
+    }
 
 
 CHILDREN = {"model": child_model, "geoseg": child_geoseg, "torchgeo": child_torchgeo}
@@ -255,8 +310,11 @@ def measure(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     if proc.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"  measured {kind} {args.get('size')} px workers={args.get('workers')} "
-          f"threads={args.get('threads') or 'default'}: {result}", flush=True)
+    print(
+        f"  measured {kind} {args.get('size')} px workers={args.get('workers')} "
+        f"threads={args.get('threads') or 'default'}: {result}",
+        flush=True,
+    )
     return result
 
 
@@ -264,7 +322,9 @@ def measure(kind: str, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--size", type=int, default=8192, help="raster side in pixels (default 8192)")
     p.add_argument("--model", default="unet-resnet18")
     p.add_argument("--width", type=int, default=16, help="width of the plain unet model")
@@ -273,13 +333,18 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--precision", default="32", choices=["32", "bf16", "auto"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--quick", action="store_true",
-                   help="2048 px, plain unet width 8, model-only sampled from 6 batches")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="2048 px, plain unet width 8, model-only sampled from 6 batches",
+    )
     p.add_argument("--rss-32k", action="store_true", help="also run (b) at 32768 px for peak RSS")
     p.add_argument("--rss-only", action="store_true", help="only (a) and (b): the RSS targets")
     p.add_argument("--skip-torchgeo", action="store_true")
     p.add_argument("--skip-dask", action="store_true")
-    p.add_argument("--max-batches", type=int, default=0, help="model-only: sample this many batches")
+    p.add_argument(
+        "--max-batches", type=int, default=0, help="model-only: sample this many batches"
+    )
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-bench")
     p.add_argument("--json", type=Path, help="write the headline ratios here")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -295,13 +360,29 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     src = make_input(work, ns.size)
     ckpt = make_checkpoint(work / f"{ns.model}.ckpt", ns.model, ns.width, ns.patch_size)
-    base = dict(checkpoint=str(ckpt), input=str(src), out=str(work / "out.tif"), size=ns.size,
-                patch=ns.patch_size, overlap=ns.overlap, batch_size=ns.batch_size,
-                precision=ns.precision, device=ns.device, threads=0, workers=1, no_cog=False,
-                max_batches=ns.max_batches, time_bf16=not ns.rss_only)
-    print(f"# {ns.size}x{ns.size} px, {ns.model}{f' width {ns.width}' if ns.model == 'unet' else ''}, "
-          f"patch {ns.patch_size}, overlap {ns.overlap}, batch {ns.batch_size}, "
-          f"precision {ns.precision}, device {ns.device}, {os.cpu_count()} CPU(s)", flush=True)
+    base = dict(
+        checkpoint=str(ckpt),
+        input=str(src),
+        out=str(work / "out.tif"),
+        size=ns.size,
+        patch=ns.patch_size,
+        overlap=ns.overlap,
+        batch_size=ns.batch_size,
+        precision=ns.precision,
+        device=ns.device,
+        threads=0,
+        workers=1,
+        no_cog=False,
+        max_batches=ns.max_batches,
+        time_bf16=not ns.rss_only,
+    )
+    print(
+        f"# {ns.size}x{ns.size} px, {ns.model}"
+        f"{f' width {ns.width}' if ns.model == 'unet' else ''}, "
+        f"patch {ns.patch_size}, overlap {ns.overlap}, batch {ns.batch_size}, "
+        f"precision {ns.precision}, device {ns.device}, {os.cpu_count()} CPU(s)",
+        flush=True,
+    )
     res: dict[str, Any] = {}
     rows = []
     res["a"] = measure("model", base)
@@ -336,9 +417,23 @@ def main() -> None:
     if "d2" in res:
         summary["dask2_vs_1"] = res["d2"]["mp_per_s"] / res["d1"]["mp_per_s"]
     if "bf16_speedup" in res["a"]:
-        summary["cpu_bf16_vs_fp32" if ns.device != "cuda" else "bf16_vs_fp32"] = res["a"]["bf16_speedup"]
-    summary["config"] = {k: getattr(ns, k) for k in ("size", "model", "width", "patch_size", "overlap",
-                                                     "batch_size", "precision", "device", "quick")}
+        summary["cpu_bf16_vs_fp32" if ns.device != "cuda" else "bf16_vs_fp32"] = res["a"][
+            "bf16_speedup"
+        ]
+    summary["config"] = {
+        k: getattr(ns, k)
+        for k in (
+            "size",
+            "model",
+            "width",
+            "patch_size",
+            "overlap",
+            "batch_size",
+            "precision",
+            "device",
+            "quick",
+        )
+    }
     for k, v in summary.items():
         if k != "config":
             print(f"{k:24s} {v:.3f}" if isinstance(v, float) else f"{k:24s} {v}")

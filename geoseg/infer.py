@@ -68,9 +68,19 @@ __all__ = ["predict_raster", "predict", "output_paths", "resolve_device", "resol
 
 # A small palette for QGIS: background transparent-ish grey, then distinct colours.
 _PALETTE = [
-    (0, 0, 0, 0), (230, 25, 75, 255), (60, 180, 75, 255), (255, 225, 25, 255), (0, 130, 200, 255),
-    (245, 130, 48, 255), (145, 30, 180, 255), (70, 240, 240, 255), (240, 50, 230, 255),
-    (210, 245, 60, 255), (250, 190, 212, 255), (0, 128, 128, 255), (170, 110, 40, 255),
+    (0, 0, 0, 0),
+    (230, 25, 75, 255),
+    (60, 180, 75, 255),
+    (255, 225, 25, 255),
+    (0, 130, 200, 255),
+    (245, 130, 48, 255),
+    (145, 30, 180, 255),
+    (70, 240, 240, 255),
+    (240, 50, 230, 255),
+    (210, 245, 60, 255),
+    (250, 190, 212, 255),
+    (0, 128, 128, 255),
+    (170, 110, 40, 255),
 ]
 
 
@@ -93,9 +103,15 @@ class _Plan:
 
     @classmethod
     def make(cls, width: int, height: int, patch_size: int, overlap: int, batch_size: int) -> _Plan:
-        return cls(width, height, patch_size, overlap, batch_size,
-                   tuple(windows.offsets(height, patch_size, overlap)),
-                   tuple(windows.offsets(width, patch_size, overlap)))
+        return cls(
+            width,
+            height,
+            patch_size,
+            overlap,
+            batch_size,
+            tuple(windows.offsets(height, patch_size, overlap)),
+            tuple(windows.offsets(width, patch_size, overlap)),
+        )
 
     @property
     def n_patches(self) -> int:
@@ -162,7 +178,7 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` -> ``bf16`` on CUDA with bf16 support or on a CPU with AMX/AVX512-BF16, else ``32``."""
+    """``auto`` -> ``bf16`` on CUDA with bf16 support or on an AMX/AVX512-BF16 CPU, else ``32``."""
     import torch
 
     if precision == "auto":
@@ -260,6 +276,7 @@ def _tta_ops(tta: str) -> list[tuple[Callable[[Any], Any], Callable[[Any], Any]]
         ops = []
         for k in range(4):
             for f in (False, True):
+
                 def fwd(t: Any, k: int = k, f: bool = f) -> Any:
                     return torch.rot90(torch.flip(t, (3,)) if f else t, k, (2, 3))
 
@@ -272,8 +289,9 @@ def _tta_ops(tta: str) -> list[tuple[Callable[[Any], Any], Callable[[Any], Any]]
     raise ConfigError(f"tta={tta!r} is not one of none, flip, d4")
 
 
-def _make_forward(model: Any, settings: _Settings
-                  ) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
+def _make_forward(
+    model: Any, settings: _Settings
+) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
     """A function: raw batch (B, C, P, P) + nodata mask (B, P, P) -> probabilities (B, K, P, P).
 
     The batch is normalised on the device with the card's mean/std; nodata pixels become 0
@@ -330,8 +348,14 @@ def _open_source(path: str | Path, target_res: float | None) -> Iterator[Any]:
             from rasterio.vrt import WarpedVRT
 
             width, height, transform = _resampled_grid(src, target_res)
-            with WarpedVRT(src, crs=src.crs, transform=transform, width=width, height=height,
-                           resampling=Resampling.bilinear) as vrt:
+            with WarpedVRT(
+                src,
+                crs=src.crs,
+                transform=transform,
+                width=width,
+                height=height,
+                resampling=Resampling.bilinear,
+            ) as vrt:
                 yield vrt
 
 
@@ -370,8 +394,9 @@ def _torch_friendly(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _read_batches(src: Any, plan: _Plan, settings: _Settings, i0: int, i1: int
-                  ) -> Iterator[tuple[np.ndarray, np.ndarray | None, range]]:
+def _read_batches(
+    src: Any, plan: _Plan, settings: _Settings, i0: int, i1: int
+) -> Iterator[tuple[np.ndarray, np.ndarray | None, range]]:
     """Raw batches (B, C, P, P) in the input's dtype, their nodata masks (B, P, P) or None,
     and the global patch indices [i0, i1) they hold.
 
@@ -402,7 +427,7 @@ def _read_batches(src: Any, plan: _Plan, settings: _Settings, i0: int, i1: int
                 batch = np.empty((b1 - b0, len(idx), P, P), data.dtype)
             x0 = plan.cols[c]
             w = min(P, plan.width)
-            patch = data[:, :, x0:x0 + w]
+            patch = data[:, :, x0 : x0 + w]
             pad = ((0, P - patch.shape[1]), (0, P - patch.shape[2]))
             if pad[0][1] or pad[1][1]:
                 patch = np.pad(patch, ((0, 0), *pad), mode="reflect")
@@ -410,7 +435,7 @@ def _read_batches(src: Any, plan: _Plan, settings: _Settings, i0: int, i1: int
             if bad is not None:
                 if invalid is None:
                     invalid = np.zeros((b1 - b0, P, P), bool)
-                m = bad[:, x0:x0 + w]
+                m = bad[:, x0 : x0 + w]
                 invalid[n] = np.pad(m, pad, mode="reflect") if pad[0][1] or pad[1][1] else m
         assert batch is not None  # b1 > b0
         yield batch, invalid, range(b0, b1)
@@ -464,14 +489,21 @@ def _weight_sum(length: int, patch_size: int, overlap: int) -> np.ndarray:
     n = min(patch_size, length)
     for k, o in enumerate(offs):
         w = windows.ramp(patch_size, overlap, start_flat=k == 0, end_flat=k == len(offs) - 1)
-        total[o:o + n] += w[:n]
+        total[o : o + n] += w[:n]
     return total
 
 
-def _stream(src: Any, plan: _Plan, settings: _Settings,
-            forward: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
-            r0: int, r1: int, *, threaded: bool = True, bar: Any = None
-            ) -> Iterator[tuple[int, np.ndarray]]:
+def _stream(
+    src: Any,
+    plan: _Plan,
+    settings: _Settings,
+    forward: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
+    r0: int,
+    r1: int,
+    *,
+    threaded: bool = True,
+    bar: Any = None,
+) -> Iterator[tuple[int, np.ndarray]]:
     """Blended probabilities of the row-block of patch rows [r0, r1), in finished pieces.
 
     Yields ``(y0, probs)`` with probs float32 (K, h, W) for output rows [y0, y0 + h), in order,
@@ -498,9 +530,9 @@ def _stream(src: Any, plan: _Plan, settings: _Settings,
         lo, hi = max(band_top, start), min(y_end, stop)
         if hi > lo:
             denom = np.outer(wsum_rows[lo:hi], wsum_cols)
-            yield lo, acc[:, lo - band_top:hi - band_top] / denom
+            yield lo, acc[:, lo - band_top : hi - band_top] / denom
         acc[:, : ph - n] = acc[:, n:]
-        acc[:, ph - n:] = 0.0
+        acc[:, ph - n :] = 0.0
 
     batches = _read_batches(src, plan, settings, i0, i1)
     if threaded:
@@ -519,15 +551,17 @@ def _stream(src: Any, plan: _Plan, settings: _Settings,
             key = (c == 0, r == 0, c == nc - 1, r == len(plan.rows) - 1)
             if key not in weights:
                 weights[key] = windows.blend_weights(
-                    P, ov, left=key[0], top=key[1], right=key[2], bottom=key[3])[:ph, :pw]
+                    P, ov, left=key[0], top=key[1], right=key[2], bottom=key[3]
+                )[:ph, :pw]
             x0 = plan.cols[c]
-            acc[:, :, x0:x0 + pw] += probs[n, :, :ph, :pw] * weights[key]
+            acc[:, :, x0 : x0 + pw] += probs[n, :, :ph, :pw] * weights[key]
     end = H if r1 >= len(plan.rows) else plan.rows[r1]
     yield from emit(end)
 
 
-def _finalize(probs: np.ndarray, valid: np.ndarray | None, settings: _Settings
-              ) -> tuple[np.ndarray, np.ndarray | None]:
+def _finalize(
+    probs: np.ndarray, valid: np.ndarray | None, settings: _Settings
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Class ids (uint8, 255 = nodata) and optional uint8 probabilities from (K, h, W) floats."""
     arg = probs.argmax(0)
     values = np.asarray(settings.class_values, np.uint8)
@@ -568,14 +602,22 @@ class _Outputs:
     _prob: Any = None
 
     def __enter__(self) -> _Outputs:
-        creation = dict(tiled=True, blockxsize=BLOCKSIZE, blockysize=BLOCKSIZE, compress="deflate",
-                        predictor=2 if self.final else 1, zlevel=6 if self.final else 1,
-                        bigtiff="IF_SAFER")
+        creation = dict(
+            tiled=True,
+            blockxsize=BLOCKSIZE,
+            blockysize=BLOCKSIZE,
+            compress="deflate",
+            predictor=2 if self.final else 1,
+            zlevel=6 if self.final else 1,
+            bigtiff="IF_SAFER",
+        )
         base = dict(self.profile, driver="GTiff", dtype="uint8", nodata=NODATA, **creation)
         self._mask = rasterio.open(self.mask_tmp, "w", **dict(base, count=1))
         self._mask.set_band_description(1, "class")
         self._mask.update_tags(**self.meta)
-        self._mask.update_tags(1, **{f"CLASS_{v}": n for v, n in zip(self.class_values, self.class_names)})
+        self._mask.update_tags(
+            1, **{f"CLASS_{v}": n for v, n in zip(self.class_values, self.class_names, strict=True)}
+        )
         cmap = {v: _PALETTE[k % len(_PALETTE)] for k, v in enumerate(self.class_values)}
         cmap[NODATA] = (0, 0, 0, 0)
         self._mask.write_colormap(1, cmap)
@@ -585,8 +627,10 @@ class _Outputs:
             for b, name in enumerate(self.class_names, 1):
                 self._prob.set_band_description(b, f"p({name})")
             self._prob.scales = [1.0 / PROB_SCALE] * k
-            self._prob.update_tags(**self.meta, encoding=f"uint8 round(p*{PROB_SCALE}); p = value/"
-                                   f"{PROB_SCALE}; {NODATA} = nodata")
+            self._prob.update_tags(
+                **self.meta,
+                encoding=f"uint8 round(p*{PROB_SCALE}); p = value/{PROB_SCALE}; {NODATA} = nodata",
+            )
         return self
 
     def write(self, y0: int, classes: np.ndarray, probs: np.ndarray | None) -> None:
@@ -609,8 +653,11 @@ class _Outputs:
         self._mask.write(cls[None, :n], window=win)
         if prb is not None:
             self._prob.write(prb[:, :n], window=win)
-        self._buf = [] if n == cls.shape[0] else [
-            (boundary, cls[n:], prb[:, n:] if prb is not None else None)]
+        self._buf = (
+            []
+            if n == cls.shape[0]
+            else [(boundary, cls[n:], prb[:, n:] if prb is not None else None)]
+        )
 
     def __exit__(self, *exc: Any) -> None:
         for ds in (self._mask, self._prob):
@@ -654,8 +701,17 @@ class _Writer:
 def _to_cog(tmp: Path, dst: Path, *, resampling: str) -> None:
     from rasterio.shutil import copy
 
-    copy(tmp, dst, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=BLOCKSIZE,
-         OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
+    copy(
+        tmp,
+        dst,
+        driver="COG",
+        COMPRESS="DEFLATE",
+        PREDICTOR="YES",
+        BLOCKSIZE=BLOCKSIZE,
+        OVERVIEW_RESAMPLING=resampling,
+        BIGTIFF="IF_SAFER",
+        NUM_THREADS="ALL_CPUS",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,9 +719,16 @@ def _to_cog(tmp: Path, dst: Path, *, resampling: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _block_task(src_path: str, plan: _Plan, settings: _Settings, r0: int, r1: int,
-                mask_path: str, prob_path: str | None, class_names: list[str]
-                ) -> tuple[int, int, str, str | None]:
+def _block_task(
+    src_path: str,
+    plan: _Plan,
+    settings: _Settings,
+    r0: int,
+    r1: int,
+    mask_path: str,
+    prob_path: str | None,
+    class_names: list[str],
+) -> tuple[int, int, str, str | None]:
     """Worker side: stream the row-block of patch rows [r0, r1) into its own block GeoTIFF(s).
 
     The worker recomputes the halo patch rows the block needs and writes only the rows it owns,
@@ -677,9 +740,19 @@ def _block_task(src_path: str, plan: _Plan, settings: _Settings, r0: int, r1: in
     profile = dict(width=plan.width, height=stop - start)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.Env(**GDAL_ENV), _open_source(src_path, settings.target_res) as src, \
-                _Outputs(profile, Path(mask_path), Path(prob_path) if prob_path else None,
-                         class_names, list(settings.class_values), {}, final=False) as outputs:
+        with (
+            rasterio.Env(**GDAL_ENV),
+            _open_source(src_path, settings.target_res) as src,
+            _Outputs(
+                profile,
+                Path(mask_path),
+                Path(prob_path) if prob_path else None,
+                class_names,
+                list(settings.class_values),
+                {},
+                final=False,
+            ) as outputs,
+        ):
             writer = _Writer(outputs)
             try:
                 for y0, probs in _stream(src, plan, settings, forward, r0, r1):
@@ -729,9 +802,16 @@ def client_for(workers: int = 1, scheduler: str | None = None) -> Iterator[Any]:
         return
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -742,8 +822,16 @@ def _n_workers(client: Any) -> int:
         return 1
 
 
-def _run_dask(client: Any, src_path: Path, plan: _Plan, settings: _Settings, writer: Any,
-              bar: Any, outputs: _Outputs, temps: list[Path]) -> None:
+def _run_dask(
+    client: Any,
+    src_path: Path,
+    plan: _Plan,
+    settings: _Settings,
+    writer: Any,
+    bar: Any,
+    outputs: _Outputs,
+    temps: list[Path],
+) -> None:
     """Predict the row-blocks on the cluster; copy each block file into the output, in order.
 
     Block files are written next to the output (workers on other machines must see that folder,
@@ -755,18 +843,34 @@ def _run_dask(client: Any, src_path: Path, plan: _Plan, settings: _Settings, wri
         mask_path = _partial(outputs.mask_tmp, f"block{k}.")
         prob_path = _partial(outputs.prob_tmp, f"block{k}.") if outputs.prob_tmp else None
         temps += [p for p in (mask_path, prob_path) if p is not None]
-        futures.append(client.submit(
-            _block_task, str(src_path), plan, settings, r0, r1, str(mask_path),
-            str(prob_path) if prob_path else None, outputs.class_names, pure=False))
+        futures.append(
+            client.submit(
+                _block_task,
+                str(src_path),
+                plan,
+                settings,
+                r0,
+                r1,
+                str(mask_path),
+                str(prob_path) if prob_path else None,
+                outputs.class_names,
+                pure=False,
+            )
+        )
     nc = len(plan.cols)
-    for (r0, r1), fut in zip(blocks, futures):
+    for (r0, r1), fut in zip(blocks, futures, strict=True):
         start, stop, mask_path, prob_path = fut.result()
-        with rasterio.open(mask_path) as m, \
-                (rasterio.open(prob_path) if prob_path else nullcontext()) as pr:
+        with (
+            rasterio.open(mask_path) as m,
+            rasterio.open(prob_path) if prob_path else nullcontext() as pr,
+        ):
             for y in range(0, stop - start, BLOCKSIZE):
                 win = Window(0, y, plan.width, min(BLOCKSIZE, stop - start - y))
-                writer.put(start + y, m.read(1, window=win),
-                           pr.read(window=win) if pr is not None else None)
+                writer.put(
+                    start + y,
+                    m.read(1, window=win),
+                    pr.read(window=win) if pr is not None else None,
+                )
         for p in (mask_path, prob_path):
             if p:
                 Path(p).unlink(missing_ok=True)
@@ -800,12 +904,19 @@ def _resolution_target(src: Any, path: Path, card: Any, resample: bool) -> float
     res = abs(src.res[0])
     diff = abs(res - card.res) / card.res
     if resample and diff > 0.01:
-        log.info("%s: resampling %.4g -> %.4g CRS units per pixel for the model", path, res, card.res)
+        log.info(
+            "%s: resampling %.4g -> %.4g CRS units per pixel for the model", path, res, card.res
+        )
         return float(card.res)
     if diff > RES_TOLERANCE:
         log.warning(
             "%s: pixel size %.4g differs from the training pixel size %.4g by %.0f%%; results may "
-            "be poor: pass --resample to resample on the fly", path, res, card.res, 100 * diff)
+            "be poor: pass --resample to resample on the fly",
+            path,
+            res,
+            card.res,
+            100 * diff,
+        )
     return None
 
 
@@ -843,7 +954,8 @@ def predict_raster(
         batch_size: Patches per forward pass (default: 8 at 512 px on CPU; by free memory on CUDA).
         tta: ``none``, ``flip`` (4 flips) or ``d4`` (8 dihedral transforms), averaged as
             probabilities after undoing each transform.
-        precision: ``auto`` (bf16 on CUDA with bf16 and on AMX/AVX512-BF16 CPUs, else fp32), ``32`` or ``bf16``.
+        precision: ``auto`` (bf16 on CUDA with bf16 and on AMX/AVX512-BF16 CPUs, else fp32),
+            ``32`` or ``bf16``.
         device: ``auto``, ``cpu`` or ``cuda``.
         probabilities: Also write a probability GeoTIFF here: one uint8 band per class,
             ``round(p * 254)`` (p = value / 254), 255 = nodata.
@@ -868,7 +980,9 @@ def predict_raster(
     src, dst, ckpt = Path(src), Path(dst), Path(checkpoint)
     for out in (dst, probabilities):
         if out is not None and out.exists() and not overwrite:
-            raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or choose another --out")
+            raise OutputExistsError(
+                f"{out} exists; pass --overwrite to replace it or choose another --out"
+            )
     if not src.is_file():
         raise InputNotFoundError(f"{src}: input raster not found; check the path")
     dev = resolve_device(device)
@@ -895,31 +1009,74 @@ def predict_raster(
     class_names = list(card.class_names)
     class_values = list(getattr(card, "class_ids", None) or range(len(class_names)))
     settings = _Settings(
-        checkpoint=str(ckpt.resolve()), device=dev, precision=prec, tta=tta,
+        checkpoint=str(ckpt.resolve()),
+        device=dev,
+        precision=prec,
+        tta=tta,
         channels_last=dev == "cuda" or prec == "bf16",
         band_indexes=tuple(card.band_indexes or range(1, card.in_channels + 1)),
-        mean=tuple(float(m) for m in card.mean), std=tuple(float(s) or 1.0 for s in card.std),
-        num_classes=len(class_names), class_values=tuple(class_values), target_res=target_res,
+        mean=tuple(float(m) for m in card.mean),
+        std=tuple(float(s) or 1.0 for s in card.std),
+        num_classes=len(class_names),
+        class_values=tuple(class_values),
+        target_res=target_res,
         with_probabilities=probabilities is not None,
     )
     _tta_ops(tta)  # validate early
     meta = {
-        "class_names": json.dumps(class_names), "class_ids": json.dumps(class_values),
-        "nodata_meaning": "255 = no data in the input", "checkpoint": ckpt.name,
-        "architecture": str(card.architecture), "patch_size": str(P), "overlap": str(overlap),
-        "tta": tta, "precision": prec, "software": "geoseg",
+        "class_names": json.dumps(class_names),
+        "class_ids": json.dumps(class_values),
+        "nodata_meaning": "255 = no data in the input",
+        "checkpoint": ckpt.name,
+        "architecture": str(card.architecture),
+        "patch_size": str(P),
+        "overlap": str(overlap),
+        "tta": tta,
+        "precision": prec,
+        "software": "geoseg",
     }
     t0 = time.perf_counter()
     temps: list[Path] = []
     try:
         with rasterio.Env(**GDAL_ENV):
             if target_res is None:
-                _predict_to(src, profile, settings, P, overlap, bs, dst, probabilities, cog,
-                            class_names, class_values, meta, workers, scheduler, client, temps)
+                _predict_to(
+                    src,
+                    profile,
+                    settings,
+                    P,
+                    overlap,
+                    bs,
+                    dst,
+                    probabilities,
+                    cog,
+                    class_names,
+                    class_values,
+                    meta,
+                    workers,
+                    scheduler,
+                    client,
+                    temps,
+                )
             else:
-                _predict_resampled(src, profile, settings, P, overlap, bs, dst, probabilities,
-                                   cog, class_names, class_values, meta, workers, scheduler,
-                                   client, temps)
+                _predict_resampled(
+                    src,
+                    profile,
+                    settings,
+                    P,
+                    overlap,
+                    bs,
+                    dst,
+                    probabilities,
+                    cog,
+                    class_names,
+                    class_values,
+                    meta,
+                    workers,
+                    scheduler,
+                    client,
+                    temps,
+                )
     finally:
         for t in temps:
             t.unlink(missing_ok=True)
@@ -945,28 +1102,47 @@ def _check_patch(P: int, overlap: int, architecture: str, ckpt: Path) -> None:
         raise ConfigError(f"overlap={overlap} must be >= 0 and < patch_size={P}; e.g. {P // 8}")
 
 
-def _predict_to(src: Path, profile: dict[str, Any], settings: _Settings, P: int, overlap: int,
-                bs: int, dst: Path, probabilities: Path | None, cog: bool, class_names: list[str],
-                class_values: list[int], meta: dict[str, str], workers: int,
-                scheduler: str | None, client: Any, temps: list[Path]) -> None:
+def _predict_to(
+    src: Path,
+    profile: dict[str, Any],
+    settings: _Settings,
+    P: int,
+    overlap: int,
+    bs: int,
+    dst: Path,
+    probabilities: Path | None,
+    cog: bool,
+    class_names: list[str],
+    class_values: list[int],
+    meta: dict[str, str],
+    workers: int,
+    scheduler: str | None,
+    client: Any,
+    temps: list[Path],
+) -> None:
     """Predict ``src`` (resampled to ``settings.target_res`` if set) into dst (+ probabilities)."""
     mask_tmp, prob_tmp = _partial(dst), _partial(probabilities) if probabilities else None
     temps += [t for t in (mask_tmp, prob_tmp) if t is not None]
     with _open_source(src, settings.target_res) as source:
         plan = _Plan.make(source.width, source.height, P, overlap, bs)
-        grid_profile = dict(profile, width=source.width, height=source.height,
-                            transform=source.transform)
-        with client_for(workers, scheduler) if client is None else nullcontext(client) as cl, \
-                _Outputs(grid_profile, mask_tmp, prob_tmp, class_names, class_values, meta,
-                         final=not cog) as outputs, \
-                progress.bar(plan.n_patches, f"infer {src.name}", unit="patches") as bar:
+        grid_profile = dict(
+            profile, width=source.width, height=source.height, transform=source.transform
+        )
+        with (
+            client_for(workers, scheduler) if client is None else nullcontext(client) as cl,
+            _Outputs(
+                grid_profile, mask_tmp, prob_tmp, class_names, class_values, meta, final=not cog
+            ) as outputs,
+            progress.bar(plan.n_patches, f"infer {src.name}", unit="patches") as bar,
+        ):
             writer = _Writer(outputs)
             try:
                 if cl is None:
                     model = _cached_model(settings)
                     forward = _make_forward(model, settings)
-                    for y0, probs in _stream(source, plan, settings, forward, 0, len(plan.rows),
-                                             bar=bar):
+                    for y0, probs in _stream(
+                        source, plan, settings, forward, 0, len(plan.rows), bar=bar
+                    ):
                         h = probs.shape[1]
                         writer.put(y0, *_finalize(probs, _valid_rows(source, y0, y0 + h), settings))
                 else:
@@ -993,7 +1169,9 @@ def _with_threads(settings: _Settings, client: Any) -> _Settings:
     return replace(settings, threads=max(1, (os.cpu_count() or 1) // n))
 
 
-def _publish(items: list[tuple[Path | None, Path | None, str]], cog: bool, temps: list[Path]) -> None:
+def _publish(
+    items: list[tuple[Path | None, Path | None, str]], cog: bool, temps: list[Path]
+) -> None:
     """Convert the finished temp files (to COG) and only then rename them all into place."""
     ready = []
     for tmp, dst, resampling in items:
@@ -1009,26 +1187,72 @@ def _publish(items: list[tuple[Path | None, Path | None, str]], cog: bool, temps
         os.replace(tmp, dst)
 
 
-def _predict_resampled(src: Path, profile: dict[str, Any], settings: _Settings, P: int,
-                       overlap: int, bs: int, dst: Path, probabilities: Path | None, cog: bool,
-                       class_names: list[str], class_values: list[int], meta: dict[str, str],
-                       workers: int, scheduler: str | None, client: Any, temps: list[Path]) -> None:
+def _predict_resampled(
+    src: Path,
+    profile: dict[str, Any],
+    settings: _Settings,
+    P: int,
+    overlap: int,
+    bs: int,
+    dst: Path,
+    probabilities: Path | None,
+    cog: bool,
+    class_names: list[str],
+    class_values: list[int],
+    meta: dict[str, str],
+    workers: int,
+    scheduler: str | None,
+    client: Any,
+    temps: list[Path],
+) -> None:
     """Predict at the training pixel size, then bring the result back to the input grid."""
     from rasterio.vrt import WarpedVRT
 
     work = _partial(dst, "work.").with_suffix(".tif")
     work_prob = _partial(dst, "workprob.").with_suffix(".tif") if probabilities else None
     temps += [t for t in (work, work_prob) if t is not None]
-    _predict_to(src, profile, settings, P, overlap, bs, work, work_prob, False, class_names,
-                class_values, meta, workers, scheduler, client, temps)
+    _predict_to(
+        src,
+        profile,
+        settings,
+        P,
+        overlap,
+        bs,
+        work,
+        work_prob,
+        False,
+        class_names,
+        class_values,
+        meta,
+        workers,
+        scheduler,
+        client,
+        temps,
+    )
     mask_tmp, prob_tmp = _partial(dst), _partial(probabilities) if probabilities else None
     temps += [t for t in (mask_tmp, prob_tmp) if t is not None]
     W, H = profile["width"], profile["height"]
-    grid = dict(crs=profile["crs"], transform=profile["transform"], width=W, height=H,
-                resampling=Resampling.nearest)
-    with rasterio.open(src) as orig, rasterio.open(work) as wm, WarpedVRT(wm, **grid) as vm, \
-            _Outputs(profile, mask_tmp, prob_tmp, class_names, class_values,
-                     dict(meta, resampled_from=str(settings.target_res)), final=not cog) as outputs:
+    grid = dict(
+        crs=profile["crs"],
+        transform=profile["transform"],
+        width=W,
+        height=H,
+        resampling=Resampling.nearest,
+    )
+    with (
+        rasterio.open(src) as orig,
+        rasterio.open(work) as wm,
+        WarpedVRT(wm, **grid) as vm,
+        _Outputs(
+            profile,
+            mask_tmp,
+            prob_tmp,
+            class_names,
+            class_values,
+            dict(meta, resampled_from=str(settings.target_res)),
+            final=not cog,
+        ) as outputs,
+    ):
         wp = rasterio.open(work_prob) if work_prob else None
         vp = WarpedVRT(wp, **grid) if wp is not None else None
         try:
@@ -1080,7 +1304,9 @@ def _expand(inputs: list[Path] | list[str]) -> list[Path]:
 
             hits = sorted(Path(h) for h in glob.glob(str(item), recursive=True))
             if not hits:
-                raise InputNotFoundError(f"{item}: no such file, folder or glob match; check the path")
+                raise InputNotFoundError(
+                    f"{item}: no such file, folder or glob match; check the path"
+                )
             found += hits
     if not found:
         raise InputNotFoundError(f"{inputs}: no GeoTIFFs (*.tif, *.tiff) found; check the paths")
@@ -1111,30 +1337,49 @@ def predict(
     paths = _expand(inputs)
     masks = output_paths(paths, out)
     if len(set(masks)) != len(masks):
-        raise ConfigError(f"two inputs share a base name, so their masks would collide in {out}; "
-                          "predict them into different --out folders")
+        raise ConfigError(
+            f"two inputs share a base name, so their masks would collide in {out}; "
+            "predict them into different --out folders"
+        )
     gpkgs: list[Path | None] = [None] * len(masks)
     if vectorize is not None:
         vectorize = Path(vectorize)
-        gpkgs = [vectorize] if len(masks) == 1 and vectorize.suffix else [
-            vectorize / f"{m.stem}.gpkg" for m in masks]
+        gpkgs = (
+            [vectorize]
+            if len(masks) == 1 and vectorize.suffix
+            else [vectorize / f"{m.stem}.gpkg" for m in masks]
+        )
         try:
             from geoseg import vectorize as _vec  # noqa: F401
         except ImportError:
-            raise ConfigError("--vectorize needs geoseg.vectorize, which is not installed in this "
-                              "build; run `geoseg vectorize MASK` later instead") from None
-    for m, g in zip(masks, gpkgs):
+            raise ConfigError(
+                "--vectorize needs geoseg.vectorize, which is not installed in this "
+                "build; run `geoseg vectorize MASK` later instead"
+            ) from None
+    for m, g in zip(masks, gpkgs, strict=True):
         for p in (m, probability_path(m) if probabilities else None, g):
             if p is not None and p.exists() and not overwrite:
-                raise OutputExistsError(f"{p} exists; pass --overwrite to replace it or choose another --out")
+                raise OutputExistsError(
+                    f"{p} exists; pass --overwrite to replace it or choose another --out"
+                )
     for m in masks:
         m.parent.mkdir(parents=True, exist_ok=True)
-    with client_for(workers, scheduler) if kwargs.get("client") is None else nullcontext(
-            kwargs.pop("client")) as client:
-        for src, m, g in zip(paths, masks, gpkgs):
+    with (
+        client_for(workers, scheduler)
+        if kwargs.get("client") is None
+        else nullcontext(kwargs.pop("client")) as client
+    ):
+        for src, m, g in zip(paths, masks, gpkgs, strict=True):
             prob = probability_path(m) if probabilities else None
-            predict_raster(src, m, checkpoint=Path(checkpoint), probabilities=prob,
-                           overwrite=overwrite, client=client, **kwargs)
+            predict_raster(
+                src,
+                m,
+                checkpoint=Path(checkpoint),
+                probabilities=prob,
+                overwrite=overwrite,
+                client=client,
+                **kwargs,
+            )
             if g is not None:
                 from geoseg import vectorize as vec
 

@@ -66,7 +66,7 @@ def _ramp(patch_size: int, overlap: int, start_flat: bool, end_flat: bool) -> np
         if not start_flat:
             w[:overlap] = rise
         if not end_flat:
-            w[patch_size - overlap:] = rise[::-1]
+            w[patch_size - overlap :] = rise[::-1]
     w.setflags(write=False)
     return w
 

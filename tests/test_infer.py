@@ -17,19 +17,34 @@ from geoseg.cli.main import app
 runner = CliRunner()
 
 
-def make_checkpoint(path: Path, *, in_channels: int = 3, band_indexes: list[int] | None = None,
-                    mean: float = 100.0, std: float = 50.0, res: float | None = 0.5,
-                    patch_size: int = 32, classes: int = 2, seed: int = 0) -> Path:
+def make_checkpoint(
+    path: Path,
+    *,
+    in_channels: int = 3,
+    band_indexes: list[int] | None = None,
+    mean: float = 100.0,
+    std: float = 50.0,
+    res: float | None = 0.5,
+    patch_size: int = 32,
+    classes: int = 2,
+    seed: int = 0,
+) -> Path:
     """A tiny plain-UNet checkpoint (width 2) with a card that matches the given bands."""
     torch.manual_seed(seed)
     model = models.build("unet", in_channels=in_channels, num_classes=classes, width=2)
     names = ["background", "building", "road", "water"][:classes]
     card = checkpoint.ModelCard(
-        architecture="unet", model_args={"width": 2}, in_channels=in_channels,
+        architecture="unet",
+        model_args={"width": 2},
+        in_channels=in_channels,
         band_names=[f"b{i}" for i in range(in_channels)],
         band_indexes=band_indexes or list(range(1, in_channels + 1)),
-        mean=[mean] * in_channels, std=[std] * in_channels, class_names=names,
-        class_ids=list(range(classes)), patch_size=patch_size, res=res,
+        mean=[mean] * in_channels,
+        std=[std] * in_channels,
+        class_names=names,
+        class_ids=list(range(classes)),
+        patch_size=patch_size,
+        res=res,
     )
     checkpoint.save(path, model=model, card=card)
     return path
@@ -125,7 +140,9 @@ def test_cog_has_overviews_on_a_bigger_raster(tmp_path: Path, make_geotiff, ckpt
     _same_grid(out, src)
 
 
-def test_nodata_propagates_and_border_is_never_blank(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
+def test_nodata_propagates_and_border_is_never_blank(
+    tmp_path: Path, make_geotiff, ckpt3: Path
+) -> None:
     data = np.random.default_rng(0).integers(1, 255, (3, 90, 70)).astype("uint8")
     data[:, 30:40, 20:50] = 0  # all bands nodata: output 255
     data[0, 60:70, 10:20] = 0  # one band only: still data
@@ -147,8 +164,9 @@ def test_smaller_than_one_patch(tmp_path: Path, make_geotiff, ckpt3: Path) -> No
     _same_grid(out, src)
 
 
-def test_no_final_file_when_a_run_fails(tmp_path: Path, make_geotiff, ckpt3: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_final_file_when_a_run_fails(
+    tmp_path: Path, make_geotiff, ckpt3: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = make_geotiff("img.tif", size=(200, 200))
     out = tmp_path / "out" / "mask.tif"
     out.parent.mkdir()
@@ -163,8 +181,14 @@ def test_no_final_file_when_a_run_fails(tmp_path: Path, make_geotiff, ckpt3: Pat
 
     monkeypatch.setattr(infer, "_finalize", failing)
     with pytest.raises(RuntimeError, match="killed"):
-        infer.predict_raster(src, out, checkpoint=ckpt3, overlap=8, batch_size=2,
-                             probabilities=out.with_name("p.tif"))
+        infer.predict_raster(
+            src,
+            out,
+            checkpoint=ckpt3,
+            overlap=8,
+            batch_size=2,
+            probabilities=out.with_name("p.tif"),
+        )
     assert list(out.parent.iterdir()) == []  # no mask, no probabilities, no temp files
 
 
@@ -181,15 +205,23 @@ class _Pointwise(torch.nn.Module):
 
 
 @pytest.mark.parametrize("tta", ["flip", "d4"])
-def test_tta_of_an_equivariant_model_changes_nothing(tmp_path: Path, make_geotiff, ckpt3: Path,
-                                                     monkeypatch: pytest.MonkeyPatch, tta: str) -> None:
+def test_tta_of_an_equivariant_model_changes_nothing(
+    tmp_path: Path, make_geotiff, ckpt3: Path, monkeypatch: pytest.MonkeyPatch, tta: str
+) -> None:
     monkeypatch.setattr(infer, "_cached_model", lambda s: _Pointwise().eval())
     src = make_geotiff("img.tif", size=(80, 75), seed=5)
     outs = {}
     for mode in ("none", tta):
         out = tmp_path / f"{mode}.tif"
-        infer.predict_raster(src, out, checkpoint=ckpt3, overlap=8, tta=mode, cog=False,
-                             probabilities=tmp_path / f"{mode}_p.tif")
+        infer.predict_raster(
+            src,
+            out,
+            checkpoint=ckpt3,
+            overlap=8,
+            tta=mode,
+            cog=False,
+            probabilities=tmp_path / f"{mode}_p.tif",
+        )
         with rasterio.open(out) as d, rasterio.open(tmp_path / f"{mode}_p.tif") as p:
             outs[mode] = (d.read(1), p.read().astype(int))
     assert (outs["none"][0] == outs[tta][0]).all()
@@ -229,8 +261,9 @@ def test_resolution_mismatch_warns_or_resamples(tmp_path: Path, make_geotiff, ca
         infer.predict_raster(src, tmp_path / "a.tif", checkpoint=ck, overlap=8)
     assert "--resample" in caplog.text
     out = tmp_path / "b.tif"
-    infer.predict_raster(src, out, checkpoint=ck, overlap=8, resample=True,
-                         probabilities=tmp_path / "b_p.tif")
+    infer.predict_raster(
+        src, out, checkpoint=ck, overlap=8, resample=True, probabilities=tmp_path / "b_p.tif"
+    )
     _same_grid(out, src)
     with rasterio.open(out) as d:
         assert d.tags()["resampled_from"] == "1.0"
@@ -283,7 +316,9 @@ def test_output_exists(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
 
 
 def test_unreachable_scheduler(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
-    res = _run(ckpt3, make_geotiff(), "--out", tmp_path / "m.tif", "--scheduler", "tcp://127.0.0.1:9")
+    res = _run(
+        ckpt3, make_geotiff(), "--out", tmp_path / "m.tif", "--scheduler", "tcp://127.0.0.1:9"
+    )
     assert res.exit_code == 1
     assert res.stderr.count("\n") == 1 and "tcp://127.0.0.1:9" in res.stderr
     assert not (tmp_path / "m.tif").exists()
@@ -293,7 +328,9 @@ def test_unreachable_scheduler(tmp_path: Path, make_geotiff, ckpt3: Path) -> Non
 
 
 @pytest.mark.slow
-def test_two_dask_workers_write_byte_identical_files(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
+def test_two_dask_workers_write_byte_identical_files(
+    tmp_path: Path, make_geotiff, ckpt3: Path
+) -> None:
     src = make_geotiff("img.tif", size=(300, 130), seed=7, nodata=0)
     one, two = tmp_path / "one.tif", tmp_path / "two.tif"
     kw = dict(checkpoint=ckpt3, overlap=8, batch_size=3, precision="32")
@@ -312,8 +349,9 @@ class _Threshold(torch.nn.Module):
         return torch.cat([torch.zeros_like(x[:, :1]), 4 * x[:, :1]], 1)
 
 
-def test_vectorize_writes_footprints_on_the_mask_grid(tmp_path: Path, make_geotiff, ckpt3: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_vectorize_writes_footprints_on_the_mask_grid(
+    tmp_path: Path, make_geotiff, ckpt3: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import geopandas as gpd
 
     monkeypatch.setattr(infer, "_cached_model", lambda s: _Threshold().eval())

@@ -1,4 +1,4 @@
-"""The window grid, the blending weights, and stitching: stitched == direct for a pointwise model."""
+"""The window grid, the blending weights, and stitching: stitched == direct (pointwise model)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,20 @@ def _coverage(width: int, height: int, patch: int, overlap: int) -> np.ndarray:
     for w in windows.grid(width, height, patch, overlap):
         assert w.col_off >= 0 and w.row_off >= 0
         assert w.col_off + w.width <= width and w.row_off + w.height <= height  # never outside
-        hits[w.row_off:w.row_off + w.height, w.col_off:w.col_off + w.width] += 1
+        hits[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width] += 1
     return hits
 
 
-@pytest.mark.parametrize("width,height,patch,overlap", [
-    (100, 70, 32, 8), (64, 64, 64, 0), (65, 200, 64, 16), (10, 7, 32, 8), (1, 1, 16, 4),
-])
+@pytest.mark.parametrize(
+    "width,height,patch,overlap",
+    [
+        (100, 70, 32, 8),
+        (64, 64, 64, 0),
+        (65, 200, 64, 16),
+        (10, 7, 32, 8),
+        (1, 1, 16, 4),
+    ],
+)
 def test_grid_covers_the_raster_exactly(width: int, height: int, patch: int, overlap: int) -> None:
     assert (_coverage(width, height, patch, overlap) >= 1).all()
 
@@ -62,63 +69,96 @@ def _pointwise(batch: np.ndarray) -> np.ndarray:
 
 
 def _normalized(raw: np.ndarray, invalid: np.ndarray | None, s: infer._Settings) -> np.ndarray:
-    x = (raw.astype(np.float32) - np.array(s.mean, np.float32)[:, None, None]) \
-        * (1 / np.array(s.std, np.float32))[:, None, None]
+    x = (raw.astype(np.float32) - np.array(s.mean, np.float32)[:, None, None]) * (
+        1 / np.array(s.std, np.float32)
+    )[:, None, None]
     if invalid is not None:
         x[np.broadcast_to(invalid[:, None], x.shape)] = 0
     return x
 
 
 def _settings(**kw: object) -> infer._Settings:
-    base = dict(checkpoint="", device="cpu", precision="32", tta="none", channels_last=False,
-                band_indexes=(1, 2, 3), mean=(10.0, 20.0, 30.0), std=(5.0, 10.0, 20.0),
-                num_classes=3, class_values=(0, 1, 2))
+    base = dict(
+        checkpoint="",
+        device="cpu",
+        precision="32",
+        tta="none",
+        channels_last=False,
+        band_indexes=(1, 2, 3),
+        mean=(10.0, 20.0, 30.0),
+        std=(5.0, 10.0, 20.0),
+        num_classes=3,
+        class_values=(0, 1, 2),
+    )
     base.update(kw)
     return infer._Settings(**base)  # type: ignore[arg-type]
 
 
-def _stitch(data: np.ndarray, patch: int, overlap: int, batch: int,
-            blocks: list[tuple[int, int]] | None = None) -> np.ndarray:
+def _stitch(
+    data: np.ndarray,
+    patch: int,
+    overlap: int,
+    batch: int,
+    blocks: list[tuple[int, int]] | None = None,
+) -> np.ndarray:
     _, h, w = data.shape
     s = _settings()
     plan = infer._Plan.make(w, h, patch, overlap, batch)
     out = np.full((3, h, w), np.nan, np.float32)
     with MemoryFile() as mem:
-        with mem.open(driver="GTiff", width=w, height=h, count=3, dtype="float32",
-                          transform=from_origin(0, 1000, 1, 1)) as dst:
+        with mem.open(
+            driver="GTiff",
+            width=w,
+            height=h,
+            count=3,
+            dtype="float32",
+            transform=from_origin(0, 1000, 1, 1),
+        ) as dst:
             dst.write(data)
         with mem.open() as src:
             for r0, r1 in blocks or [(0, len(plan.rows))]:
                 forward = lambda raw, invalid: _pointwise(_normalized(raw, invalid, s))  # noqa: E731
-                for y0, probs in infer._stream(src, plan, s, forward, r0, r1,
-                                               threaded=r0 % 2 == 0):
-                    assert np.isnan(out[:, y0:y0 + probs.shape[1]]).all()  # each row once
-                    out[:, y0:y0 + probs.shape[1]] = probs
+                for y0, probs in infer._stream(src, plan, s, forward, r0, r1, threaded=r0 % 2 == 0):
+                    assert np.isnan(out[:, y0 : y0 + probs.shape[1]]).all()  # each row once
+                    out[:, y0 : y0 + probs.shape[1]] = probs
     return out
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    height=st.integers(1, 90), width=st.integers(1, 90), patch=st.integers(4, 40),
-    overlap_frac=st.floats(0, 0.9), batch=st.integers(1, 5), seed=st.integers(0, 2**16),
+    height=st.integers(1, 90),
+    width=st.integers(1, 90),
+    patch=st.integers(4, 40),
+    overlap_frac=st.floats(0, 0.9),
+    batch=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
 )
-def test_stitched_equals_direct(height: int, width: int, patch: int, overlap_frac: float,
-                                batch: int, seed: int) -> None:
+def test_stitched_equals_direct(
+    height: int, width: int, patch: int, overlap_frac: float, batch: int, seed: int
+) -> None:
     """Blending never alters a pointwise model's output: no seams, no blanked borders."""
     overlap = min(patch - 1, int(patch * overlap_frac))
     data = np.random.default_rng(seed).normal(20, 15, (3, height, width)).astype(np.float32)
     stitched = _stitch(data, patch, overlap, batch)
     s = _settings()
-    norm = (data - np.array(s.mean, np.float32)[:, None, None]) / np.array(s.std, np.float32)[:, None, None]
+    norm = (data - np.array(s.mean, np.float32)[:, None, None]) / np.array(s.std, np.float32)[
+        :, None, None
+    ]
     direct = _pointwise(norm[None])[0]
     np.testing.assert_allclose(stitched, direct, rtol=1e-5, atol=1e-6)
 
 
 @settings(max_examples=25, deadline=None)
-@given(height=st.integers(1, 120), patch=st.integers(4, 24), overlap_frac=st.floats(0, 0.7),
-       batch=st.integers(1, 7), per=st.integers(1, 4))
-def test_row_blocks_are_byte_identical_to_one_pass(height: int, patch: int, overlap_frac: float,
-                                                   batch: int, per: int) -> None:
+@given(
+    height=st.integers(1, 120),
+    patch=st.integers(4, 24),
+    overlap_frac=st.floats(0, 0.7),
+    batch=st.integers(1, 7),
+    per=st.integers(1, 4),
+)
+def test_row_blocks_are_byte_identical_to_one_pass(
+    height: int, patch: int, overlap_frac: float, batch: int, per: int
+) -> None:
     """What a dask block computes (halo patch rows + the same batches) is bit for bit the same."""
     overlap = min(patch - 1, int(patch * overlap_frac))
     data = np.random.default_rng(height).normal(20, 15, (3, height, 37)).astype(np.float32)

@@ -14,12 +14,20 @@ Opt = typer.Option
 
 def infer(
     checkpoint: Annotated[Path, typer.Argument(help="A geoseg checkpoint (best.ckpt).")],
-    inputs: Annotated[list[str], typer.Argument(help="GeoTIFFs, folders or globs.", metavar="INPUT...")],
+    inputs: Annotated[
+        list[str], typer.Argument(help="GeoTIFFs, folders or globs.", metavar="INPUT...")
+    ],
     out: Annotated[Path, Opt("--out", "-o", help="Mask .tif (one input) or a folder.")],
-    patch_size: Annotated[int | None, Opt(help="Patch side in pixels (default: the checkpoint's).", min=1)] = None,
+    patch_size: Annotated[
+        int | None, Opt(help="Patch side in pixels (default: the checkpoint's).", min=1)
+    ] = None,
     overlap: Annotated[int, Opt(help="Pixels shared by neighbouring patches.", min=0)] = 64,
-    batch_size: Annotated[int | None, Opt(help="Patches per forward pass (default: by device).", min=1)] = None,
-    probabilities: Annotated[bool, Opt("--probabilities", help="Also write <out>_prob.tif (uint8, p*254).")] = False,
+    batch_size: Annotated[
+        int | None, Opt(help="Patches per forward pass (default: by device).", min=1)
+    ] = None,
+    probabilities: Annotated[
+        bool, Opt("--probabilities", help="Also write <out>_prob.tif (uint8, p*254).")
+    ] = False,
     tta: Annotated[Literal["none", "flip", "d4"], Opt(help="Test-time augmentation.")] = "none",
     precision: Annotated[Literal["auto", "32", "bf16"], Opt(help="Compute precision.")] = "auto",
     device: Annotated[Literal["auto", "cpu", "cuda"], Opt(help="Where the model runs.")] = "auto",
@@ -40,10 +48,23 @@ def infer(
     from geoseg import infer as lib
 
     masks = lib.predict(
-        checkpoint, inputs, out, patch_size=patch_size, overlap=overlap, batch_size=batch_size,
-        probabilities=probabilities, tta=tta, precision=precision, device=device, workers=workers,
-        scheduler=scheduler, cog=cog, overwrite=overwrite, vectorize=vectorize,
-        allow_ungeoreferenced=allow_ungeoreferenced, resample=resample,
+        checkpoint,
+        inputs,
+        out,
+        patch_size=patch_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        probabilities=probabilities,
+        tta=tta,
+        precision=precision,
+        device=device,
+        workers=workers,
+        scheduler=scheduler,
+        cog=cog,
+        overwrite=overwrite,
+        vectorize=vectorize,
+        allow_ungeoreferenced=allow_ungeoreferenced,
+        resample=resample,
     )
     for mask in masks:
         echo(str(mask))
