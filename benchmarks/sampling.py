@@ -1,7 +1,9 @@
 """Training-patch sampling speed: plain torchgeo vs geoseg vs raw rasterio vs an in-memory array.
 
 Builds a SIZE×SIZE 3-band uint8 tiled GeoTIFF plus its mask (and the same area as 16 files),
-then measures samples/s for 256×256 training patches in batches of 16, side by side in one run:
+then measures samples/s for 256×256 training patches in batches of 16, side by side in one run
+(with 0 workers the loaders are timed batch by batch in round-robin, so that a shared machine's
+changing load weighs on all of them alike):
 
   (a) torchgeo: RasterDataset & RasterDataset(is_image=False) + RandomGeoSampler + stack_samples
   (b) geoseg:   data.build_training_data(...).train (RAM mode when it fits, and streamed)
@@ -153,6 +155,28 @@ def rate(loader, n_batches: int, warmup: int = 2) -> float:
     return count / (time.perf_counter() - t0)
 
 
+def interleaved(
+    loaders: dict, n_rounds: int, every: dict[str, int], warmup: int = 2
+) -> dict[str, float]:
+    """Samples/s of each loader, timed batch by batch in round-robin, so that the load of a
+    shared machine, which changes by the minute, weighs on every loader alike."""
+    its = {k: iter(v) for k, v in loaders.items()}
+    for it in its.values():
+        for _ in range(warmup):
+            next(it)
+    spent = dict.fromkeys(its, 0.0)
+    count = dict.fromkeys(its, 0)
+    for r in range(n_rounds):
+        for k, it in its.items():
+            if r % every[k]:
+                continue
+            t0 = time.perf_counter()
+            b = next(it)
+            spent[k] += time.perf_counter() - t0
+            count[k] += b["image"].shape[0]
+    return {k: count[k] / spent[k] for k in its}
+
+
 def torchgeo_loader(img_dir: Path, msk_dir: Path, workers: int, n_batches: int):
     from torchgeo.datasets import RasterDataset, stack_samples
     from torchgeo.samplers import RandomGeoSampler
@@ -275,17 +299,22 @@ def main(argv: list[str] | None = None) -> dict:
             ),
         }
         for workers in (0, args.workers):
+            loaders = {}
             for name, make in cases.items():
                 made = make(workers)
-                loader = made[0] if isinstance(made, tuple) else made
+                loaders[name] = made[0] if isinstance(made, tuple) else made
                 if isinstance(made, tuple):
                     setup[f"{name}_w{workers}"] = round(made[1], 2)
-                # torchgeo is ~20x slower: fewer batches keep the run short
-                n = max(5, nb // 4) if name.startswith("a_") else nb
-                r = rate(loader, n)
+            # torchgeo is ~20-50x slower: one batch in every 4 rounds keeps the run short
+            every = {name: 4 if name.startswith("a_") else 1 for name in loaders}
+            if workers == 0:
+                rates = interleaved(loaders, nb, every)
+            else:  # workers prefetch in the background: time each loader on its own
+                rates = {k: rate(v, nb // every[k]) for k, v in loaders.items()}
+            for name, r in rates.items():
                 results.setdefault(name, {})[f"workers_{workers}"] = round(r, 1)
                 print(f"  {name:26s} workers={workers}: {r:8.1f} samples/s", flush=True)
-                del loader, made
+            del loaders
         w0, wn = "workers_0", f"workers_{args.workers}"
         out = {
             "size": args.size,

@@ -287,10 +287,10 @@ class _Split:
         self, s: int, r: np.ndarray, c: np.ndarray, h: int, w: int
     ) -> tuple[np.ndarray, np.ndarray]:
         nr, nc = self.occ.shape[1:]
-        a = np.clip((r - self.r0) // self.cell, 0, nr)
-        b = np.clip((c - self.c0) // self.cell, 0, nc)
-        e = np.clip(-(-(r + h - self.r0) // self.cell), 0, nr)
-        f = np.clip(-(-(c + w - self.c0) // self.cell), 0, nc)
+        a = np.minimum(np.maximum((r - self.r0) // self.cell, 0), nr)
+        b = np.minimum(np.maximum((c - self.c0) // self.cell, 0), nc)
+        e = np.minimum(np.maximum(-(-(r + h - self.r0) // self.cell), 0), nr)
+        f = np.minimum(np.maximum(-(-(c + w - self.c0) // self.cell), 0), nc)
         sat = self._sat[s]
         n = sat[e, f] - sat[a, f] - sat[e, b] + sat[a, b]
         return n, (e - a) * (f - b)
@@ -539,13 +539,13 @@ class _Batches:
         imgs: np.ndarray,
         masks: np.ndarray,
         origins: Sequence[tuple[int, int, int]],
-        centred: bool = False,
+        normalised: bool = False,
     ) -> dict:
         import torch
 
-        if not centred:
+        if not normalised:
             imgs -= self.shift
-        imgs *= self.scale
+            imgs *= self.scale
         return {
             "image": torch.from_numpy(imgs),
             "mask": torch.from_numpy(masks.astype(np.int64, copy=False)),
@@ -598,6 +598,13 @@ class TrainBatches(_Batches):
         self.wmax = np.array([tiles[i].width - patch + 1 for i in ok], np.int64)
         self.row0 = np.array([tiles[i].row0 for i in ok], np.int64)
         self.col0 = np.array([tiles[i].col0 for i in ok], np.int64)
+        self.acceptance = 1.0
+        if len(ok):  # share of random origins that are valid: sizes the candidate draws
+            rng = np.random.default_rng(0)
+            k = rng.choice(len(ok), size=4096, p=self.p)
+            r = self.row0[k] + (rng.random(4096) * self.hmax[k]).astype(np.int64)
+            c = self.col0[k] + (rng.random(4096) * self.wmax[k]).astype(np.int64)
+            self.acceptance = max(float(split.valid(0, r, c, patch, gap).mean()), 1e-3)
 
     def __len__(self) -> int:
         return self.n_batches
@@ -606,7 +613,8 @@ class TrainBatches(_Batches):
         """``n`` random valid patch origins (tile, row, col), by rejection, vectorised."""
         out: list[tuple[int, int, int]] = []
         for _ in range(1000):
-            m = max(4 * (n - len(out)), 64)
+            # Candidates for the missing ones at the (fixed, so reproducible) acceptance rate.
+            m = int(min(max(1.5 * (n - len(out)) / self.acceptance + 8, 16), 4_000_000))
             k = rng.choice(len(self.tile_ids), size=m, p=self.p)
             r = (rng.random(m) * self.hmax[k]).astype(np.int64)
             c = (rng.random(m) * self.wmax[k]).astype(np.int64)
@@ -661,9 +669,11 @@ class TrainBatches(_Batches):
                     )
                 img = np.take(img, rev, axis=2, out=ibuf)
                 mask = np.take(mask, rev, axis=1, out=mbuf)
-            np.subtract(img, self.shift, out=imgs[k], casting="unsafe")  # cast + centre, one pass
+            # cast + centre + scale while the patch is in cache (a batch-wide pass would not be)
+            np.subtract(img, self.shift, out=imgs[k], casting="unsafe")
+            np.multiply(imgs[k], self.scale, out=imgs[k])
             masks[k] = mask
-        batch = self._finish(imgs, masks, origins, centred=True)
+        batch = self._finish(imgs, masks, origins, normalised=True)
         if self.jitter > 0:
             import torch
 
