@@ -506,6 +506,9 @@ def _stream(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Blended probabilities of the row-block of patch rows [r0, r1), in finished pieces.
 
+    With ``threaded`` a reader thread reads ``src``: the caller must not use that handle
+    meanwhile (GDAL datasets are not thread-safe; open a second one for other reads).
+
     Yields ``(y0, probs)`` with probs float32 (K, h, W) for output rows [y0, y0 + h), in order,
     covering exactly ``plan.owned(r0, r1)``. Only ``patch_size`` accumulator rows are held.
     """
@@ -743,6 +746,7 @@ def _block_task(
         with (
             rasterio.Env(**GDAL_ENV),
             _open_source(src_path, settings.target_res) as src,
+            _open_source(src_path, settings.target_res) as mask_src,  # the reader thread has src
             _Outputs(
                 profile,
                 Path(mask_path),
@@ -757,7 +761,7 @@ def _block_task(
             try:
                 for y0, probs in _stream(src, plan, settings, forward, r0, r1):
                     h = probs.shape[1]
-                    cls, prb = _finalize(probs, _valid_rows(src, y0, y0 + h), settings)
+                    cls, prb = _finalize(probs, _valid_rows(mask_src, y0, y0 + h), settings)
                     writer.put(y0 - start, cls, prb)
             finally:
                 writer.close()
@@ -1130,6 +1134,8 @@ def _predict_to(
         )
         with (
             client_for(workers, scheduler) if client is None else nullcontext(client) as cl,
+            # GDAL handles are not thread-safe: the reader thread reads `source`, this one masks.
+            _open_source(src, settings.target_res) as mask_src,
             _Outputs(
                 grid_profile, mask_tmp, prob_tmp, class_names, class_values, meta, final=not cog
             ) as outputs,
@@ -1144,7 +1150,8 @@ def _predict_to(
                         source, plan, settings, forward, 0, len(plan.rows), bar=bar
                     ):
                         h = probs.shape[1]
-                        writer.put(y0, *_finalize(probs, _valid_rows(source, y0, y0 + h), settings))
+                        valid = _valid_rows(mask_src, y0, y0 + h)
+                        writer.put(y0, *_finalize(probs, valid, settings))
                 else:
                     settings = _with_threads(settings, cl)
                     _run_dask(cl, src, plan, settings, writer, bar, outputs, temps)
