@@ -204,12 +204,21 @@ def _read_vector(source: Path | str | Any) -> tuple[str, Any]:
     if not path.exists():
         raise InputNotFoundError(f"{path}: no such file; check the path")
     try:
-        return str(path), gpd.read_file(path, engine="pyogrio")
+        gdf = gpd.read_file(path, engine="pyogrio")
     except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, ... per driver
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise LabelError(
             f"{path}: cannot read polygons ({msg}); pass a GeoPackage, GeoJSON or Shapefile"
         ) from None
+    if gdf.crs is not None and gdf.crs.is_geographic and len(gdf):
+        # A common mistake: projected coordinates in a file that declares longitude/latitude.
+        b = gdf.total_bounds
+        if np.isfinite(b).all() and (b[0] < -180.5 or b[2] > 360.5 or b[1] < -90.5 or b[3] > 90.5):
+            raise LabelError(
+                f"{path}: coordinates {_fmt(b)} are not longitude/latitude, but the file declares "
+                f"{gdf.crs.to_string()}; fix its CRS (e.g. ogr2ogr -a_srs EPSG:XXXX)"
+            )
+    return str(path), gdf
 
 
 def _common_projected_crs(
@@ -249,7 +258,7 @@ def _check_overlap(p: np.ndarray, t: np.ndarray, pred_name: str, truth_name: str
 
 
 def _fmt(b: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:.6g}" for v in b) + ")"
+    return "(" + ", ".join(f"{v:.10g}" for v in b) + ")"
 
 
 # ----------------------------------------------------------------------------- pixels
@@ -400,6 +409,11 @@ def _pixels_with_vector(
             else polygons.geometry.values.to_numpy()
         )
         geoms, _ = _polygonal(geoms)
+        if len(polygons) and not len(geoms):
+            raise LabelError(
+                f"{vector_name}: no polygon lands on {raster}'s CRS ({src.crs}); check that both "
+                "declare the right CRS"
+            )
         if len(geoms):
             box = shapely.box(*src.bounds)
             if not shapely.intersects(box, shapely.box(*shapely.total_bounds(geoms))):

@@ -313,7 +313,9 @@ def test_cli_no_overlap_is_an_error_naming_both_extents(tmp_path):
     frame([box(0, 0, 5, 5)]).to_file(tmp_path / "a.gpkg")
     frame([box(1000, 1000, 1005, 1005)]).to_file(tmp_path / "b.gpkg")
     r = runner.invoke(app, ["evaluate", str(tmp_path / "a.gpkg"), str(tmp_path / "b.gpkg")])
-    _one_line_error(r, "do not overlap", "a.gpkg", "b.gpkg", "(500000, 5e+06, 500005", "501000")
+    _one_line_error(
+        r, "do not overlap", "a.gpkg", "b.gpkg", "(500000, 5000000, 500005, 5000005)", "501000"
+    )
 
 
 def test_cli_raster_and_vector_without_overlap_is_an_error(tmp_path):
@@ -363,3 +365,15 @@ def test_evaluate_scales_to_thousands_of_buildings():
         r = evaluate.objects(props, truth)
     # overlapping random boxes can steal each other's matches, but nearly all should match
     assert r["tp"] >= 2900 and r["tp"] + r["fp"] == 3000 and r["tp"] + r["fn"] == 3000
+
+
+def test_cli_labels_declaring_the_wrong_crs_are_an_error(tmp_path, real_data):
+    """The real Albers labels whose file declares EPSG:4326: a clear error, not a zero score."""
+    with rasterio.open(real_data / "albers_custom_crs_30m.tif") as src:
+        grid = dict(crs=src.crs, transform=src.transform)
+    mask = np.zeros((512, 512), np.uint8)
+    mask[100:110, 100:120] = 1
+    pred = write_mask(tmp_path / "pred.tif", mask, **grid)
+    labels = real_data / "albers_custom_crs_labels.geojson"
+    r = runner.invoke(app, ["evaluate", str(pred), str(labels), "-q"])
+    _one_line_error(r, "albers_custom_crs_labels.geojson", "not longitude/latitude", "EPSG:4326")
