@@ -930,7 +930,7 @@ def predict_raster(
     *,
     checkpoint: Path,
     patch_size: int | None = None,
-    overlap: int = 64,
+    overlap: int | None = 64,
     batch_size: int | None = None,
     tta: Tta = "none",
     precision: Precision = "auto",
@@ -954,7 +954,8 @@ def predict_raster(
             normalisation, class names, patch size and training pixel size).
         patch_size: Model input window in pixels (default: the card's); divisible by the
             model's downsampling factor.
-        overlap: Pixels shared by neighbouring patches, blended with a cosine window.
+        overlap: Pixels shared by neighbouring patches, blended with a cosine window;
+            None = min(64, patch_size // 4).
         batch_size: Patches per forward pass (default: 8 at 512 px on CPU; by free memory on CUDA).
         tta: ``none``, ``flip`` (4 flips) or ``d4`` (8 dihedral transforms), averaged as
             probabilities after undoing each transform.
@@ -1005,6 +1006,7 @@ def predict_raster(
         if handle.crs is not None:
             profile["crs"] = handle.crs
     P = int(patch_size or card.patch_size)
+    overlap = min(64, P // 4) if overlap is None else int(overlap)
     _check_patch(P, overlap, card.architecture, ckpt)
     bs = int(batch_size or _default_batch_size(dev, P))
     if bs < 1:

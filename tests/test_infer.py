@@ -248,7 +248,7 @@ def test_d4_runs_with_a_real_model(tmp_path: Path, make_geotiff, ckpt3: Path) ->
 def test_several_inputs_go_to_a_folder(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
     a = make_geotiff("in/a.tif", size=(40, 50))
     b = make_geotiff("in/sub/b.tiff", size=(30, 20), seed=2)
-    res = _run(ckpt3, tmp_path / "in", "--out", tmp_path / "masks", "--overlap", 8, "--no-cog")
+    res = _run(ckpt3, tmp_path / "in", "--out", tmp_path / "masks", "--no-cog")  # overlap 32/4
     assert res.exit_code == 0, res.stderr
     _same_grid(tmp_path / "masks" / "a.tif", a)
     _same_grid(tmp_path / "masks" / "b.tif", b)

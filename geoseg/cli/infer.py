@@ -21,7 +21,9 @@ def infer(
     patch_size: Annotated[
         int | None, Opt(help="Patch side in pixels (default: the checkpoint's).", min=1)
     ] = None,
-    overlap: Annotated[int, Opt(help="Pixels shared by neighbouring patches.", min=0)] = 64,
+    overlap: Annotated[
+        int | None, Opt(help="Pixels shared by patches (default: min(64, patch/4)).", min=0)
+    ] = None,
     batch_size: Annotated[
         int | None, Opt(help="Patches per forward pass (default: by device).", min=1)
     ] = None,
