@@ -1422,10 +1422,16 @@ def build_training_data(
         rank=rank,
     )
     loaders = []
-    for si in (1, 2):
-        wins = _split_windows(split, tiles, si, patch_size, reader)
-        if world_size > 1:
-            wins = wins[rank::world_size]
+    all_wins = [_split_windows(split, tiles, si, patch_size, reader) for si in (1, 2)]
+    if not all_wins[0]:
+        raise ConfigError(
+            "the validation split has no usable patch (all nodata or too small); "
+            "change split.ratios, split.block_size or patch_size"
+        )
+    test_images = sorted({tiles[i].source for i, _, _ in all_wins[1]})
+    for wins in all_wins:
+        # ranks share the grid patches (their metrics are summed over ranks by the trainer)
+        wins = wins[rank::world_size] if world_size > 1 else wins
         loaders.append(
             GridBatches(
                 reader,
@@ -1437,18 +1443,10 @@ def build_training_data(
                 std=s,
                 ignore_index=ignore,
             )
-            if wins
-            else None
         )
     val_b, test_b = loaders
-    if val_b is None:
-        raise ConfigError(
-            "the validation split has no usable patch (all nodata or too small); "
-            "change split.ratios, split.block_size or patch_size"
-        )
-    test_images = (
-        sorted({tiles[i].source for i, _, _ in test_b.windows}) if test_b is not None else []
-    )
+    if not all_wins[1]:
+        test_b = None
     return TrainingData(
         train=Loader(train, workers),
         val=Loader(val_b, workers),
