@@ -83,13 +83,8 @@ def curves(
     iou_keys = [k for k in (history[0] if history else {}) if k.startswith("iou_")] + ["miou"]
     for i, key in enumerate(iou_keys):
         label = "mean IoU" if key == "miou" else f"IoU {key[4:]}"
-        colour = (
-            "#333333"
-            if key == "miou"
-            else PALETTE[(i % (len(PALETTE) - 1)) + 1]
-            if key != "iou_background"
-            else "#999999"
-        )
+        # class i in its preview colour; class 0 (background) in grey, the mean in black
+        colour = "#333333" if key == "miou" else PALETTE[i % len(PALETTE)] if i else "#999999"
         ax_iou.plot(
             epochs,
             [_nan(r.get(key)) for r in history],
@@ -191,7 +186,10 @@ def preview(
         panels = [
             (stretch(images[i]), "image"),
             (colorize(truth, k, ignore_index), "truth"),
-            (colorize(pred, k, ignore_index), f"prediction ({class_names[fg]} IoU {iou})"),
+            (
+                colorize(np.where(valid, pred, ignore_index), k, ignore_index),
+                f"prediction ({class_names[fg]} IoU {iou})",
+            ),
             (errors, "errors"),
         ]
         for ax, (picture, title) in zip(axes[i], panels, strict=True):

@@ -364,6 +364,10 @@ def _spawn(cfg: PipelineConfig, run_dir: Path, resume: bool) -> TrainResult:
     port = _free_port()
     level = logging.getLogger("geoseg").getEffectiveLevel()
     log.info("Starting %d training processes (DDP on 127.0.0.1:%d)", n, port)
+    # torch logs "Terminating process ..." when one rank fails; the error line says it all
+    spawn_log = logging.getLogger("torch.multiprocessing.spawn")
+    spawn_level = spawn_log.level
+    spawn_log.setLevel(logging.ERROR)
     try:
         mp.spawn(
             _spawned,
@@ -379,6 +383,8 @@ def _spawn(cfg: PipelineConfig, run_dir: Path, resume: bool) -> TrainResult:
                 cls = getattr(errors, cls_name, errors.GeosegError)
                 raise cls(message) from None
         raise
+    finally:
+        spawn_log.setLevel(spawn_level)
     while not queue.empty():
         kind, payload = queue.get()
         if kind == "result":
@@ -624,9 +630,8 @@ def _run(
             torch.backends.cudnn.benchmark = True
         _seed_everything(cfg.train.seed)
         num_classes = cfg.model.num_classes
-        if (
-            not dist_.main
-        ):  # rank 0 burns labels and aligns rasters into cache/ first; the others reuse them
+        # rank 0 burns labels and aligns rasters into cache/ first; the others reuse them
+        if not dist_.main:
             dist_.barrier()
         td = data.build_training_data(
             cfg.data,
@@ -642,10 +647,6 @@ def _run(
         )
         if dist_.main:
             dist_.barrier()
-        if device.type == "cuda":
-            for loader in (td.train, td.val, td.test):
-                if isinstance(loader, torch.utils.data.DataLoader):
-                    loader.pin_memory = True  # read when an epoch's iterator starts
         return _Trainer(cfg, run_dir, td, device, precision, dist_).run(resume)
     finally:
         torch.set_num_threads(threads)
@@ -731,7 +732,6 @@ class _Trainer:
             crs_wkt=td.crs_wkt,
             epoch=epoch,
             metrics=metrics,
-            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
 
     @property
@@ -778,6 +778,13 @@ class _Trainer:
             self.optimizer.load_state_dict(ck.optimizer)
         if ck.scheduler and self.scheduler is not None:
             self.scheduler.load_state_dict(ck.scheduler)
+            # a resumed run may ask for more epochs: stretch the schedule to the new end
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+                self.scheduler.total_steps = max(
+                    self.scheduler.total_steps, self.cfg.train.epochs * self.steps_per_epoch
+                )
+            elif isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+                self.scheduler.T_max = self.cfg.train.epochs
         if ck.scaler:
             self.scaler.load_state_dict(ck.scaler)
         extra = ck.extra or {}
@@ -803,11 +810,9 @@ class _Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         if self.dist.main:
-            from geoseg import config as config_mod
-
             resolved = cfg.model_copy(deep=True)
             resolved.model.classes, resolved.model.class_names = self.num_classes, self.class_names
-            _atomic_text(run_dir / "config.yaml", _yaml(resolved, config_mod))
+            _atomic_text(run_dir / "config.yaml", _yaml(resolved))
             self._open_writer()
         log.info(
             "Training %s (%s, %d bands -> %d classes) on %s%s, precision %s, "
@@ -837,7 +842,7 @@ class _Trainer:
             row = self.row(epoch, train_loss, val_loss, scores, time.perf_counter() - t0)
             self.end_epoch(epoch, row)
             epochs_run += 1
-        if stopped or (cfg.train.early_stop and self.bad_epochs >= cfg.train.early_stop):
+        if stopped:
             log.info(
                 "Early stop: %s did not improve for %d epochs (best %.4f at epoch %d)",
                 self.monitor,
@@ -1169,7 +1174,7 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _yaml(cfg: PipelineConfig, config_mod: Any) -> str:
+def _yaml(cfg: PipelineConfig) -> str:
     import yaml
 
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

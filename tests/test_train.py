@@ -173,50 +173,53 @@ def test_vector_labels_end_to_end(demo_data, split_yaml, tmp_path) -> None:
     assert checkpoint.load(out / "best.ckpt").card.class_names == ["background", "building"]
 
 
-def test_tile_folder_layout(tmp_path) -> None:
+def _tile_folder(root: Path, n: int = 10) -> Path:
+    """``root/img`` + ``root/mask``: n plain 64-px GeoTIFF tiles (no CRS) with one bright box each."""
     rng = np.random.default_rng(0)
-    root = tmp_path / "tiles"
     for sub in ("img", "mask"):
         (root / sub).mkdir(parents=True)
-    for k in range(10):
+    for k in range(n):
         mask = np.zeros((64, 64), np.uint8)
         mask[16:40, 8 + k : 40 + k] = 1
         image = (rng.integers(0, 60, (3, 64, 64)) + 150 * mask).astype(np.uint8)
         for sub, arr in (("img", image), ("mask", mask[None])):
-            with rasterio.open(
-                root / sub / f"t{k:02d}.tif",
-                "w",
-                driver="GTiff",
-                width=64,
-                height=64,
-                count=arr.shape[0],
-                dtype="uint8",
-            ) as dst:
+            profile = dict(driver="GTiff", width=64, height=64, count=arr.shape[0], dtype="uint8")
+            with rasterio.open(root / sub / f"t{k:02d}.tif", "w", **profile) as dst:
                 dst.write(arr)
+    return root
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_tile_folder_layout(tmp_path) -> None:
+    root = _tile_folder(tmp_path / "tiles")
     out = tmp_path / "run"
-    _ok(
-        _train(
-            [
-                str(root),
-                "--labels",
-                str(root / "mask"),
-                "--layout",
-                "tiles",
-                "--out",
-                str(out),
-                "--epochs",
-                "1",
-                "--optimizer",
-                "sgd",
-                "--scheduler",
-                "step",
-                *TINY,
-            ]
-        )
-    )
+    args = [str(root), "--labels", str(root / "mask"), "--layout", "tiles", "--out", str(out)]
+    _ok(_train(args + ["--epochs", "1", "--optimizer", "sgd", "--scheduler", "step", *TINY]))
     card = checkpoint.load(out / "best.ckpt").card
     assert card.in_channels == 3 and card.patch_size == 64
     assert (out / "metrics.csv").is_file()
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_early_stop_and_fp16_with_grad_scaler(tmp_path, monkeypatch) -> None:
+    """A metric that never improves stops the run after ``early_stop`` epochs; fp16 + scaler run."""
+    root = _tile_folder(tmp_path / "tiles")
+    evaluate = train._Trainer.evaluate
+
+    def flat_scores(self, loader, description):
+        loss, scores = evaluate(self, loader, description)
+        for per in scores["per_class"].values():
+            per["iou"] = 0.5
+        return loss, scores
+
+    monkeypatch.setattr(train._Trainer, "evaluate", flat_scores)
+    out = tmp_path / "run"
+    args = [str(root), "--labels", str(root / "mask"), "--layout", "tiles", "--out", str(out)]
+    _ok(_train(args + ["--epochs", "5", "--early-stop", "2", "--precision", "16", *TINY]))
+    assert [r["epoch"] for r in train.read_metrics(out)] == [1, 2, 3]
+    last = checkpoint.load(out / "last.ckpt")
+    assert last.scaler and last.scaler.get("scale", 0) > 0  # the GradScaler state is saved
+    assert last.extra["bad_epochs"] == 2 and last.extra["best_epoch"] == 1
 
 
 class _Killed(Exception):
