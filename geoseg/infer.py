@@ -61,6 +61,7 @@ Device = Literal["auto", "cpu", "cuda"]
 NODATA = 255
 PROB_SCALE = 254  # probability p is stored as round(p * 254); 255 is nodata
 BLOCKSIZE = 512
+EMIT_ROWS = 64  # finished rows are divided, argmax-ed and queued for writing in pieces this tall
 RES_TOLERANCE = 0.25
 GDAL_ENV = {"GDAL_CACHEMAX": 64, "GDAL_NUM_THREADS": "ALL_CPUS"}  # MB; keeps RSS bounded
 
@@ -420,7 +421,7 @@ def _read_batches(
                 h = min(P, plan.height)
                 data = _torch_friendly(src.read(idx, window=Window(0, y0, plan.width, h)))
                 valid = _valid_rows(src, y0, y0 + h)
-                strips = {k: v for k, v in strips.items() if k >= r - 1}
+                strips.clear()  # patches come in row-major order: an old strip is never needed
                 strips[r] = (data, None if valid is None else ~valid)
             data, bad = strips[r]
             if batch is None:
@@ -531,9 +532,11 @@ def _stream(
         # Rows [band_top, y_end) are final: divide by the weight sum, hand out the owned part.
         n = y_end - band_top
         lo, hi = max(band_top, start), min(y_end, stop)
-        if hi > lo:
-            denom = np.outer(wsum_rows[lo:hi], wsum_cols)
-            yield lo, acc[:, lo - band_top : hi - band_top] / denom
+        # In pieces of EMIT_ROWS rows: the float temporaries stay small on wide rasters.
+        for a in range(lo, hi, EMIT_ROWS):
+            b = min(hi, a + EMIT_ROWS)
+            denom = np.outer(wsum_rows[a:b], wsum_cols)
+            yield a, acc[:, a - band_top : b - band_top] / denom
         acc[:, : ph - n] = acc[:, n:]
         acc[:, ph - n :] = 0.0
 
