@@ -135,10 +135,12 @@ def resolve_precision(precision: str, device: torch.device) -> ResolvedPrecision
     """The precision ``auto`` stands for on ``device``, and a check of explicit choices.
 
     ``auto``: bf16 on CUDA GPUs that support it (Ampere and later), else fp16 with a GradScaler;
-    on the CPU bf16 when the CPU has native bf16, else fp32. On the 2-core AMD EPYC (AVX512-BF16)
-    this was built on, ``benchmarks/train_step.py`` measured a plain UNet (width 16, 128 px,
-    batch 8) at 24.6 img/s fp32, 49 img/s bf16 and 74 img/s bf16 + channels_last: 3x faster,
-    so ``auto`` picks bf16 there. CPUs without native bf16 emulate it slowly, so they get fp32.
+    on the CPU bf16 when the CPU has native bf16 (AVX512-BF16/AMX, as oneDNN reports it), else
+    fp32. The check behind this: on the 2-core AMD EPYC (AVX512-BF16) this was built on, a plain
+    UNet training step (width 16, 128 px, batch 8) ran at 24.6 img/s fp32, 49 bf16 and 74 bf16 +
+    channels_last (quiet machine); ``benchmarks/train_step.py`` on the shared, loaded machine gave
+    3.3 / 7.9 / 28.6 img/s. bf16 wins by 2-3x (with channels_last, the default, 3-8x), so
+    ``auto`` picks it. CPUs without native bf16 emulate it slowly, so they get fp32.
     """
     if precision == "auto":
         if device.type == "cuda":
@@ -847,7 +849,7 @@ class _Trainer:
                 "Early stop: %s did not improve for %d epochs (best %.4f at epoch %d)",
                 self.monitor,
                 self.bad_epochs,
-                self.best_score or float("nan"),
+                float("nan") if self.best_score is None else self.best_score,
                 self.best_epoch,
             )
         return self.finish(epochs_run)
@@ -900,8 +902,8 @@ class _Trainer:
                     loss_sum, counted = loss_sum + value, counted + 1
                 else:  # e.g. a patch with every pixel ignored; DDP ranks must still all step
                     skipped += 1
-                    if self.dist.world_size > 1:
-                        (logits.sum() * 0.0).backward()
+                    if self.dist.world_size > 1:  # zero gradients, so the all-reduce still runs
+                        sum((p * 0.0).sum() for p in self.model.parameters()).backward()
                         self.optimizer.step()
                 if onecycle:
                     self.scheduler.step()
@@ -965,10 +967,10 @@ class _Trainer:
         return row
 
     def improved(self, value: float) -> bool:
+        if self.best_score is None:  # also a NaN score, so that best.ckpt always exists
+            return True
         if not math.isfinite(value):
             return False
-        if self.best_score is None:
-            return True
         return value > self.best_score if self.mode == "max" else value < self.best_score
 
     def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
@@ -978,7 +980,15 @@ class _Trainer:
         value = float(row[self.monitor])
         better = self.improved(value)
         if better:
-            self.best_score, self.best_epoch, self.bad_epochs = value, epoch, 0
+            self.best_epoch, self.bad_epochs = epoch, 0
+            self.best_score = value if math.isfinite(value) else None
+            if not math.isfinite(value):
+                log.warning(
+                    "%s is undefined at epoch %d (no such pixels in the validation split?); "
+                    "best.ckpt is the latest epoch until it is defined",
+                    self.monitor,
+                    epoch,
+                )
         else:
             self.bad_epochs += 1
         if self.scheduler is not None and not isinstance(
@@ -1062,7 +1072,9 @@ class _Trainer:
                 **scores,
             }
             if self.dist.main:
-                _atomic_text(self.run_dir / "test_metrics.json", json.dumps(test_metrics, indent=1))
+                _atomic_text(
+                    self.run_dir / "test_metrics.json", json.dumps(_no_nan(test_metrics), indent=1)
+                )
                 building = scores["per_class"].get("building", {}).get("iou")
                 log.info(
                     "Test split: mIoU %.3f%s",
@@ -1139,6 +1151,17 @@ def _take(loader: Iterable[Any], n: int) -> Iterator[Any]:
         if i >= n:
             break
         yield item
+
+
+def _no_nan(obj: Any) -> Any:
+    """NaN (an undefined score) as JSON null, so strict JSON readers accept the file."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_no_nan(v) for v in obj]
+    return obj
 
 
 def _num(value: Any) -> float:
