@@ -102,6 +102,8 @@ class TrainResult:
     precision: str = "32"
     device: str = "cpu"
     history: list[dict[str, Any]] = field(default_factory=list)
+    rank: int = 0
+    """This process's rank in a distributed job (only rank 0 wrote files)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,6 +313,11 @@ def fit(
                 f"{cfg.train.devices} x {cfg.train.num_nodes} = {expected}; make them agree "
                 "or leave devices and num_nodes at 1 under torchrun"
             )
+        if rank != 0:  # one rank speaks for the job
+            from geoseg import progress
+
+            progress.set_enabled(False)
+            logging.getLogger("geoseg").setLevel(logging.WARNING)
         return _run(
             cfg,
             run_dir,
@@ -1094,6 +1101,7 @@ class _Trainer:
             test_metrics=test_metrics,
             precision=self.precision,
             device=self.device.type,
+            rank=self.dist.rank,
             history=list(self.history),
         )
 

@@ -7,6 +7,9 @@ so the whole file stays around a minute on 2 cores.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -174,7 +177,7 @@ def test_vector_labels_end_to_end(demo_data, split_yaml, tmp_path) -> None:
 
 
 def _tile_folder(root: Path, n: int = 10) -> Path:
-    """``root/img`` + ``root/mask``: n plain 64-px GeoTIFF tiles (no CRS) with one bright box each."""
+    """``root/img`` + ``root/mask``: n plain 64-px GeoTIFFs (no CRS), one bright box each."""
     rng = np.random.default_rng(0)
     for sub in ("img", "mask"):
         (root / sub).mkdir(parents=True)
@@ -299,6 +302,25 @@ def test_ddp_two_processes(demo_data, split_yaml, tmp_path, monkeypatch) -> None
     assert train.state_hash(_weights(out / "last.ckpt")) == ranks[1]["weights"]
     assert [r["epoch"] for r in train.read_metrics(out)] == [1]
     assert not (debug / "rank2.json").exists()
+
+
+def test_torchrun_two_ranks_join_one_job(demo_data, split_yaml, tmp_path) -> None:
+    """Under torchrun (RANK/WORLD_SIZE set) fit joins the group; rank 0 alone writes and reports."""
+    script = tmp_path / "geoseg_main.py"
+    script.write_text("from geoseg.cli.main import run\n\nrun()\n")
+    debug, out = tmp_path / "debug", tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", train.DEBUG_ENV: str(debug)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", str(train._free_port()), str(script), "-q", "train",
+           str(demo_data.images[0].parent), "--labels", str(demo_data.masks[0].parent),
+           "--out", str(out), "--config", str(split_yaml), "--epochs", "1", *TINY]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Checkpoint:") == 1, proc.stdout
+    ranks = [json.loads((debug / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["first_batch"] != ranks[1]["first_batch"]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    assert train.state_hash(_weights(out / "last.ckpt")) == ranks[0]["weights"]
 
 
 def test_precision_auto_on_cpu_is_valid() -> None:

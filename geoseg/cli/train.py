@@ -158,6 +158,8 @@ def train(
         config_file, {k: v for k, v in given.items() if v is not None}, out, resume=resume
     )
     result = train_lib.fit(cfg, out, resume=resume, overwrite=overwrite)
+    if result.rank:  # under torchrun, rank 0 reports
+        return
     m = result.metrics
     echo(
         f"Best epoch {m.get('epoch')}: {result.monitor} {m.get(result.monitor, float('nan')):.4f}, "
