@@ -1,16 +1,20 @@
 """Sliding-window prediction of georeferenced rasters into mask GeoTIFFs.
 
 :func:`predict_raster` streams one raster through a checkpoint's model: a reader thread reads one
-strip of patch rows at a time with rasterio and builds normalised batches, the model runs on them
-(bf16 autocast and channels_last where that is faster), the patches' probabilities are blended
+strip of patch rows at a time with rasterio and builds batches in the input's dtype, which are
+normalised on the model's device (bf16 autocast and channels_last where that is faster), the
+patches' probabilities are blended
 with :func:`geoseg.windows.blend_weights` into a band of ``patch_size`` accumulator rows, and each
 row-block is written by a writer thread as soon as no later patch can touch it. Memory therefore
 depends on the raster's *width* and the patch size, never on its height: about
 ``num_classes * patch_size * width * 4`` bytes for the accumulator plus one strip of input.
 
-With ``workers > 1`` or a ``scheduler`` address the patch rows are split into row-blocks that dask
-workers predict (each recomputing the halo patch rows the block needs); the block boundaries and
-the batches are those of the single-process run, so both paths write byte-identical files.
+With ``workers > 1`` or a ``scheduler`` address the patch rows are split into a few tall
+row-blocks that dask workers stream into block files next to the output (each recomputing the one
+halo patch row the block needs); the client copies them into the output in order. The blocks'
+windows, batches and blending arithmetic are those of the single-process run, so both paths write
+byte-identical files. On a multi-machine cluster the checkpoint, the input and the output folder
+must be on storage every worker sees at the same path.
 
 Outputs: a uint8 mask (class ids; 255 = nodata, wherever the input is nodata), with exactly the
 input's CRS (as WKT), transform, width and height, class names in the tags and a colour table; a
