@@ -431,3 +431,16 @@ def test_config_file_and_options_merge(tmp_path, demo_data) -> None:
     assert cfg.data.images == [str(tmp_path / "a.tif")] or cfg.data.images[0].endswith("a.tif")
     cfg = train.configure(cfg_file, {"model.classes": 3}, tmp_path / "r")
     assert cfg.model.num_classes == 3
+
+
+def test_pipeline_preview_draws_image_truth_prediction_and_footprints(demo_data, tmp_path) -> None:
+    from geoseg import config, plots
+
+    cfg = config.parse({"data": {"images": [str(demo_data.images[0].parent)]}})
+    masks = [Path(p) for p in demo_data.masks]
+    out = plots.pipeline_preview(cfg, masks, masks, demo_data.buildings, None, tmp_path / "p.png",
+                                 size=128)  # fmt: skip
+    assert out == tmp_path / "p.png"
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert plots.pipeline_preview(cfg, [], [], None, None, tmp_path / "none.png") is None
