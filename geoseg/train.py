@@ -1263,6 +1263,10 @@ def configure(
     if "model.class_names" in settings and "model.classes" not in settings:
         data["model"]["classes"] = None
     for key, value in settings.items():
+        if key == "data.images":  # absolute, so config.yaml works from any folder (--resume)
+            value = [str(Path(v).resolve()) if Path(v).exists() else v for v in value]
+        elif key == "data.labels" and Path(value).exists():
+            value = str(Path(value).resolve())
         section, name = key.split(".", 1)
         data.setdefault(section, {})[name] = value
     cfg = config.parse(data, source=source)

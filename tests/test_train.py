@@ -258,7 +258,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(
     assert [r["epoch"] for r in train.read_metrics(out)] == [1]
     monkeypatch.setattr(train._Trainer, "end_epoch", end_epoch)
 
-    _ok(_train(args + ["--resume"]))
+    _ok(_train(["--out", str(out), "--resume"]))  # the settings come from RUN_DIR/config.yaml
     rows = train.read_metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2]
     resumed, straight = _weights(out / "last.ckpt"), _weights(raster_run / "last.ckpt")
