@@ -139,10 +139,10 @@ def resolve_precision(precision: str, device: torch.device) -> ResolvedPrecision
     ``auto``: bf16 on CUDA GPUs that support it (Ampere and later), else fp16 with a GradScaler;
     on the CPU bf16 when the CPU has native bf16 (AVX512-BF16/AMX, as oneDNN reports it), else
     fp32. The check behind this: on the 2-core AMD EPYC (AVX512-BF16) this was built on, a plain
-    UNet training step (width 16, 128 px, batch 8) ran at 24.6 img/s fp32, 49 bf16 and 74 bf16 +
-    channels_last (quiet machine); ``benchmarks/train_step.py`` on the shared, loaded machine gave
-    3.3 / 7.9 / 28.6 img/s. bf16 wins by 2-3x (with channels_last, the default, 3-8x), so
-    ``auto`` picks it. CPUs without native bf16 emulate it slowly, so they get fp32.
+    UNet training step (width 16, 128 px, batch 8) ran at 39.7 img/s fp32, 73.5 bf16 and 96.2
+    bf16 + channels_last (``python benchmarks/train_step.py --steps 16 --repeats 3``, best of 3,
+    machine shared with other jobs). bf16 wins by ~1.9x (2.4x with channels_last, the default),
+    so ``auto`` picks it. CPUs without native bf16 emulate it slowly, so they get fp32.
     """
     if precision == "auto":
         if device.type == "cuda":
