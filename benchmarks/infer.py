@@ -50,6 +50,14 @@ def vmhwm_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_s() -> float:
+    """CPU seconds (user + system, all threads) this process has used."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 # ---------------------------------------------------------------------------- inputs
 
 
@@ -183,18 +191,22 @@ def child_model(a: dict[str, Any]) -> dict[str, Any]:
             net(xx)  # warm-up
             if device == "cuda":
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_s()
             for _ in range(batches):
                 net(xx)
             if device == "cuda":
                 torch.cuda.synchronize()
+        cpu["s"] = cpu_s() - c0
         return time.perf_counter() - t0
 
+    cpu: dict[str, float] = {}
     bf16 = a["precision"] == "bf16"
     seconds = run(bf16, n_batches)
+    scale = n_patches / (n_batches * bs)  # sampled batches -> the whole grid
     out = {
         "patches_per_s": n_batches * bs / seconds,
-        "mp_per_s": a["size"] ** 2 / 1e6 / (seconds * n_patches / (n_batches * bs)),
+        "mp_per_s": a["size"] ** 2 / 1e6 / (seconds * scale),
+        "cpu_s_per_mp": cpu["s"] * scale / (a["size"] ** 2 / 1e6),
         "vmhwm_mib": vmhwm_mib(),
     }
     if a["time_bf16"]:
@@ -213,7 +225,7 @@ def child_geoseg(a: dict[str, Any]) -> dict[str, Any]:
     if a["threads"]:
         torch.set_num_threads(a["threads"])
     out = Path(a["out"])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_s()
     infer.predict_raster(
         Path(a["input"]),
         out,
@@ -232,6 +244,7 @@ def child_geoseg(a: dict[str, Any]) -> dict[str, Any]:
     return {
         "seconds": seconds,
         "mp_per_s": a["size"] ** 2 / 1e6 / seconds,
+        "cpu_s_per_mp": (cpu_s() - c0) / (a["size"] ** 2 / 1e6),
         "vmhwm_mib": vmhwm_mib(),
     }
 
@@ -255,7 +268,7 @@ def child_torchgeo(a: dict[str, Any]) -> dict[str, Any]:
     class Scene(RasterDataset):
         filename_glob = src_path.name
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_s()
     ds = Scene(paths=str(src_path.parent))
     P, ov = a["patch"], a["overlap"]
     sampler = GridGeoSampler(ds, size=P, stride=P - ov)
@@ -296,6 +309,7 @@ def child_torchgeo(a: dict[str, Any]) -> dict[str, Any]:
     return {
         "seconds": seconds,
         "mp_per_s": a["size"] ** 2 / 1e6 / seconds,
+        "cpu_s_per_mp": (cpu_s() - cpu0) / (a["size"] ** 2 / 1e6),
         "vmhwm_mib": vmhwm_mib(),
     }
 
@@ -340,6 +354,7 @@ def main() -> None:
     )
     p.add_argument("--rss-32k", action="store_true", help="also run (b) at 32768 px for peak RSS")
     p.add_argument("--rss-only", action="store_true", help="only (a) and (b): the RSS targets")
+    p.add_argument("--repeat", type=int, default=1, help="alternate (a)/(b)/(c) N times; best")
     p.add_argument("--skip-torchgeo", action="store_true")
     p.add_argument("--skip-dask", action="store_true")
     p.add_argument(
@@ -385,12 +400,23 @@ def main() -> None:
     )
     res: dict[str, Any] = {}
     rows = []
-    res["a"] = measure("model", base)
-    rows.append(("(a) model only (ceiling)", res["a"]))
-    res["b"] = measure("geoseg", base)
-    rows.append(("(b) geoseg infer", res["b"]))
+    # (a), (b), (c) alternate, --repeat times, and each keeps its best run: on a shared machine
+    # the load changes between runs, and the best run is the least disturbed one.
+    kinds = [("a", "model"), ("b", "geoseg")]
     if not ns.skip_torchgeo and not ns.rss_only:
-        res["c"] = measure("torchgeo", base)
+        kinds.append(("c", "torchgeo"))
+    for _ in range(max(1, ns.repeat)):
+        for key, kind in kinds:
+            r = measure(kind, base)
+            best = res.get(key)
+            if best is None or r["mp_per_s"] > best["mp_per_s"]:
+                r["vmhwm_mib"] = max(r["vmhwm_mib"], best["vmhwm_mib"] if best else 0)
+                res[key] = r
+            else:
+                best["vmhwm_mib"] = max(r["vmhwm_mib"], best["vmhwm_mib"])
+    rows.append(("(a) model only (ceiling)", res["a"]))
+    rows.append(("(b) geoseg infer", res["b"]))
+    if "c" in res:
         rows.append(("(c) torchgeo-style loop", res["c"]))
     if ns.rss_32k:
         big = make_input(work, 32768)
@@ -402,15 +428,19 @@ def main() -> None:
         rows.append(("(d) geoseg --workers 1, 1 thread", res["d1"]))
         rows.append(("(d) geoseg --workers 2 (dask)", res["d2"]))
     for name, r in rows:
-        print(f"{name:36s} {r['mp_per_s']:8.3f} MP/s   peak RSS {r['vmhwm_mib']:8.0f} MiB")
+        cpu = f"{r['cpu_s_per_mp']:7.2f} CPU s/MP" if "cpu_s_per_mp" in r else ""
+        print(f"{name:36s} {r['mp_per_s']:8.3f} MP/s   peak RSS {r['vmhwm_mib']:8.0f} MiB   {cpu}")
     summary: dict[str, Any] = {
         "geoseg_vs_model": res["b"]["mp_per_s"] / res["a"]["mp_per_s"],
+        # the same ratio in CPU time, which other users' load on the machine disturbs less
+        "geoseg_vs_model_cpu": res["a"]["cpu_s_per_mp"] / res["b"]["cpu_s_per_mp"],
         "peak_rss_mib_model": res["a"]["vmhwm_mib"],
         f"peak_rss_mib_{ns.size // 1024}k": res["b"]["vmhwm_mib"],
         "rss_over_model_mib": res["b"]["vmhwm_mib"] - res["a"]["vmhwm_mib"],
     }
     if "c" in res:
         summary["geoseg_vs_torchgeo"] = res["b"]["mp_per_s"] / res["c"]["mp_per_s"]
+        summary["geoseg_vs_torchgeo_cpu"] = res["c"]["cpu_s_per_mp"] / res["b"]["cpu_s_per_mp"]
         summary["peak_rss_mib_torchgeo"] = res["c"]["vmhwm_mib"]
     if "b32" in res:
         summary["peak_rss_mib_32k"] = res["b32"]["vmhwm_mib"]
@@ -432,6 +462,7 @@ def main() -> None:
             "precision",
             "device",
             "quick",
+            "repeat",
         )
     }
     for k, v in summary.items():
