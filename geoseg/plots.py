@@ -373,7 +373,7 @@ def _pipeline_preview(
         for geom in gdf.geometry[gdf.intersects(box)]:
             for poly in getattr(geom, "geoms", [geom]):
                 xy = np.asarray(poly.exterior.coords)
-                cols, rows = inv * (xy[:, 0], xy[:, 1])
+                cols, rows = inv @ (xy[:, 0], xy[:, 1])
                 outlines.append((np.asarray(cols) - 0.5, np.asarray(rows) - 0.5))
     fg, k = _foreground(names), len(names)
     panels: list[tuple[np.ndarray, str]] = []
