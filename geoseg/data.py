@@ -772,6 +772,7 @@ class Loader:
                 yield self.batches[key]
             return
         if self._dl is None:
+            import torch
             from torch.utils.data import DataLoader
 
             self._dl = DataLoader(
@@ -780,7 +781,8 @@ class Loader:
                 sampler=self.keys,
                 num_workers=self.workers,
                 persistent_workers=True,
-                pin_memory=False,
+                # Page-locked batches let the trainer's non_blocking copies overlap compute.
+                pin_memory=torch.cuda.is_available(),
             )
         yield from self._dl
 
