@@ -889,13 +889,6 @@ class _Trainer:
         t0 = time.perf_counter()
         clip = self.cfg.train.grad_clip
         onecycle = isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR)
-        # On a GPU a host sync per step (reading the loss) stalls the queue: the CPU cannot
-        # prepare the next batch while kernels run. There the loss is summed on the device and
-        # read every SYNC_EVERY steps; a non-finite loss is zeroed on the device instead of
-        # skipping its step. On a CPU nothing runs ahead, so the loss is read every step.
-        sync_each_step = self.device.type != "cuda"
-        dev_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        dev_count = torch.zeros((), dtype=torch.float64, device=self.device)
         with progress.bar(steps, f"epoch {epoch}/{self.cfg.train.epochs}", unit="batches") as bar:
             for i, batch in enumerate(_take(self.td.train, steps)):
                 x, y = self._to_device(batch)
@@ -904,25 +897,16 @@ class _Trainer:
                 with _autocast(self.device, self.precision):
                     logits = self.model(x)
                 loss = self.loss_fn(logits.float(), y)
-                if sync_each_step:
-                    value = float(loss.detach())  # shows the loss, catches NaN
-                    finite = math.isfinite(value)
-                else:
-                    ok = torch.isfinite(loss.detach())
-                    loss = torch.where(ok, loss, loss.new_zeros(()))
-                    dev_sum += loss.detach().double()
-                    dev_count += ok.double()
-                    finite = True
+                value = float(loss.detach())  # one sync per step: shows the loss, catches NaN
                 self.optimizer.zero_grad(set_to_none=True)
-                if finite:
+                if math.isfinite(value):
                     self.scaler.scale(loss).backward()
                     if clip:
                         self.scaler.unscale_(self.optimizer)
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
-                    if sync_each_step:
-                        loss_sum, counted = loss_sum + value, counted + 1
+                    loss_sum, counted = loss_sum + value, counted + 1
                 else:  # e.g. a patch with every pixel ignored; DDP ranks must still all step
                     skipped += 1
                     if self.dist.world_size > 1:  # zero gradients, so the all-reduce still runs
@@ -931,15 +915,9 @@ class _Trainer:
                 if onecycle:
                     self.scheduler.step()
                 seen += x.shape[0]
-                if not sync_each_step and (i % SYNC_EVERY == SYNC_EVERY - 1 or i == steps - 1):
-                    loss_sum, counted = float(dev_sum), int(dev_count)
-                    skipped = i + 1 - counted
-                if sync_each_step or i % SYNC_EVERY == SYNC_EVERY - 1:
-                    rate = seen / max(time.perf_counter() - t0, 1e-9)
-                    bar.update(postfix=f"loss {loss_sum / max(counted, 1):.4f}  {rate:.1f} patches/s")
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                bar.update(postfix=f"loss {loss_sum / max(counted, 1):.4f}  {rate:.1f} patches/s")
                 bar.advance()
-        if not sync_each_step:
-            loss_sum, counted = float(dev_sum), int(dev_count)
         if skipped:
             log.warning(
                 "epoch %d: %d batch(es) had no usable loss (all pixels ignored?) and were skipped",
@@ -1173,9 +1151,6 @@ class _Trainer:
 
 # --------------------------------------------------------------------------------------------
 # small helpers
-
-
-SYNC_EVERY = 16  # GPU: read the running loss every this many steps (see train_epoch)
 
 
 def _take(loader: Iterable[Any], n: int) -> Iterator[Any]:
