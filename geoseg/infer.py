@@ -629,9 +629,6 @@ class _Outputs:
             1, **{f"CLASS_{v}": n for v, n in zip(self.class_values, self.class_names, strict=True)}
         )
         cmap = {v: _PALETTE[k % len(_PALETTE)] for k, v in enumerate(self.class_values)}
-        for v, name in zip(self.class_values, self.class_names, strict=True):
-            if name.lower() == "background":  # see-through over the imagery in QGIS
-                cmap[v] = (0, 0, 0, 0)
         cmap[NODATA] = (0, 0, 0, 0)
         self._mask.write_colormap(1, cmap)
         if self.prob_tmp is not None:
