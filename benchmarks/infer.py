@@ -240,14 +240,27 @@ def child_geoseg(a: dict[str, Any]) -> dict[str, Any]:
         crop = out.with_name("warmup_in.tif")
         with rasterio.open(a["input"]) as s:
             w = Window(0, 0, min(1024, s.width), min(1024, s.height))
-            prof = s.profile | {"driver": "GTiff", "width": w.width, "height": w.height,
-                                "transform": s.window_transform(w)}
+            prof = s.profile | {
+                "driver": "GTiff",
+                "width": w.width,
+                "height": w.height,
+                "transform": s.window_transform(w),
+            }
             data = s.read(window=w)
         with rasterio.open(crop, "w", **prof) as d:
             d.write(data)
-        infer.predict_raster(crop, out.with_name("warmup_out.tif"), checkpoint=Path(a["checkpoint"]),
-                             patch_size=a["patch"], overlap=a["overlap"], batch_size=a["batch_size"],
-                             precision=a["precision"], device=a["device"], overwrite=True, cog=False)
+        infer.predict_raster(
+            crop,
+            out.with_name("warmup_out.tif"),
+            checkpoint=Path(a["checkpoint"]),
+            patch_size=a["patch"],
+            overlap=a["overlap"],
+            batch_size=a["batch_size"],
+            precision=a["precision"],
+            device=a["device"],
+            overwrite=True,
+            cog=False,
+        )
     t0, c0 = time.perf_counter(), cpu_s()
     infer.predict_raster(
         Path(a["input"]),
@@ -293,7 +306,9 @@ def child_torchgeo(a: dict[str, Any]) -> dict[str, Any]:
 
     bf16 = a["precision"] == "bf16"
     with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-        model(torch.zeros(a["batch_size"], card.in_channels, a["patch"], a["patch"], device=device))  # warm-up
+        model(
+            torch.zeros(a["batch_size"], card.in_channels, a["patch"], a["patch"], device=device)
+        )  # warm-up
     t0, cpu0 = time.perf_counter(), cpu_s()
     ds = Scene(paths=str(src_path.parent))
     P, ov = a["patch"], a["overlap"]

@@ -21,7 +21,9 @@ Device = Literal["auto", "cpu", "cuda"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+    )
 
 
 class SplitConfig(_Section):
@@ -44,7 +46,9 @@ class SplitConfig(_Section):
     @classmethod
     def _ratios_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
         if any(r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
-            raise ValueError(f"split ratios {list(v)} must be >= 0 and sum to 1, e.g. [0.8, 0.1, 0.1]")
+            raise ValueError(
+                f"split ratios {list(v)} must be >= 0 and sum to 1, e.g. [0.8, 0.1, 0.1]"
+            )
         return v
 
 
@@ -275,7 +279,9 @@ def load(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__}); fix the syntax") from None
+        raise ConfigError(
+            f"{path}: not valid YAML ({err.__class__.__name__}); fix the syntax"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, ...)")
     data = apply_overrides(data, overrides or [], source=str(path))
@@ -283,7 +289,9 @@ def load(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig
     return resolve_paths(cfg, path.parent)
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], source: str = "--set"
+) -> dict[str, Any]:
     """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict copy."""
     import copy
 

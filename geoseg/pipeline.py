@@ -108,8 +108,11 @@ class _Records:
         self._path(stage, "started").write_text(json.dumps({"hash": digest}))
 
     def finish(self, stage: str, digest: str, outputs: list[Path]) -> None:
-        rec = {"hash": digest, "outputs": [str(p) for p in outputs],
-               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        rec = {
+            "hash": digest,
+            "outputs": [str(p) for p in outputs],
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         tmp = self._path(stage).with_suffix(".tmp")
         tmp.write_text(json.dumps(rec, indent=1))
         tmp.replace(self._path(stage))
@@ -194,12 +197,21 @@ def _infer(cfg: PipelineConfig, run_dir: Path, checkpoint: Path, inputs: list[Pa
     for src in inputs:
         dst = _prediction_path(run_dir, src)
         infer.predict_raster(
-            src, dst, checkpoint=checkpoint, patch_size=cfg.infer.patch_size,
-            overlap=cfg.infer.overlap, batch_size=cfg.infer.batch_size, tta=cfg.infer.tta,
-            precision=cfg.infer.precision, device=cfg.infer.device,
+            src,
+            dst,
+            checkpoint=checkpoint,
+            patch_size=cfg.infer.patch_size,
+            overlap=cfg.infer.overlap,
+            batch_size=cfg.infer.batch_size,
+            tta=cfg.infer.tta,
+            precision=cfg.infer.precision,
+            device=cfg.infer.device,
             probabilities=_probability_path(dst) if cfg.infer.probabilities else None,
-            cog=cfg.infer.cog, overwrite=True, workers=cfg.infer.workers,
-            scheduler=cfg.infer.scheduler, allow_ungeoreferenced=cfg.data.layout == "tiles",
+            cog=cfg.infer.cog,
+            overwrite=True,
+            workers=cfg.infer.workers,
+            scheduler=cfg.infer.scheduler,
+            allow_ungeoreferenced=cfg.data.layout == "tiles",
         )
         outputs.append(dst)
     return outputs
@@ -216,8 +228,12 @@ def _vectorize(cfg: PipelineConfig, run_dir: Path, predictions: list[Path]) -> l
     for pred in predictions:
         prob = _probability_path(pred)
         gdf = vectorize.polygons(
-            pred, classes=list(v.classes) or None, probabilities=prob if prob.is_file() else None,
-            min_area_m2=v.min_area_m2, simplify_m=v.simplify_m, regularize=v.regularize,
+            pred,
+            classes=list(v.classes) or None,
+            probabilities=prob if prob.is_file() else None,
+            min_area_m2=v.min_area_m2,
+            simplify_m=v.simplify_m,
+            regularize=v.regularize,
             allow_ungeoreferenced=cfg.data.layout == "tiles",
         )
         gdf["source"] = pred.name
@@ -225,8 +241,10 @@ def _vectorize(cfg: PipelineConfig, run_dir: Path, predictions: list[Path]) -> l
     # One GeoPackage layer has one CRS: the first prediction's (the training grid's, normally).
     crs = frames[0].crs
     merged = gpd.GeoDataFrame(
-        pd.concat([f.to_crs(crs) if f.crs is not None and f.crs != crs else f for f in frames],
-                  ignore_index=True),
+        pd.concat(
+            [f.to_crs(crs) if f.crs is not None and f.crs != crs else f for f in frames],
+            ignore_index=True,
+        ),
         crs=crs,
     )
     out = run_dir / "footprints.gpkg"
@@ -234,7 +252,9 @@ def _vectorize(cfg: PipelineConfig, run_dir: Path, predictions: list[Path]) -> l
     return [out]
 
 
-def _truth_rasters(cfg: PipelineConfig, run_dir: Path, predictions: list[Path]) -> list[Path | None]:
+def _truth_rasters(
+    cfg: PipelineConfig, run_dir: Path, predictions: list[Path]
+) -> list[Path | None]:
     """A truth mask on each prediction's grid, in model class ids, with the class names tagged.
 
     Label rasters are remapped with ``data.mask_mapping`` (their nodata becomes the ignore
@@ -269,19 +289,31 @@ def _truth_rasters(cfg: PipelineConfig, run_dir: Path, predictions: list[Path]) 
                     log.warning("%s: not on the grid of %s; left out of the scores", mask, pred)
                     out.append(None)
                     continue
-                lut = labels.mapping_lut(cfg.data.mask_mapping, nodata=msrc.nodata, ignore_index=ignore)
+                lut = labels.mapping_lut(
+                    cfg.data.mask_mapping, nodata=msrc.nodata, ignore_index=ignore
+                )
                 values = lut[msrc.read(1)].astype(np.uint8)
-                profile = psrc.profile | {"driver": "GTiff", "count": 1, "dtype": "uint8",
-                                          "nodata": ignore, "compress": "deflate"}
+                profile = psrc.profile | {
+                    "driver": "GTiff",
+                    "count": 1,
+                    "dtype": "uint8",
+                    "nodata": ignore,
+                    "compress": "deflate",
+                }
             with rasterio.open(dst, "w", **profile) as tdst:
                 tdst.write(values, 1)
                 tdst.update_tags(**tags)
             out.append(dst)
         return out
     for pred in predictions:
-        dst = labels.rasterize(src, like=pred, out=cache / f"{pred.stem}.tif",
-                               attribute=cfg.data.label_attribute,
-                               all_touched=cfg.data.all_touched, overwrite=True)
+        dst = labels.rasterize(
+            src,
+            like=pred,
+            out=cache / f"{pred.stem}.tif",
+            attribute=cfg.data.label_attribute,
+            all_touched=cfg.data.all_touched,
+            overwrite=True,
+        )
         with rasterio.open(dst, "r+") as tdst:
             tdst.update_tags(**tags)
         out.append(dst)
@@ -295,12 +327,18 @@ def _region_mask(regions, like) -> Any:  # np.ndarray[bool] | None
     if regions is None:
         return None
     shapes = regions.to_crs(like.crs).geometry
-    return rasterize(((g, 1) for g in shapes), out_shape=(like.height, like.width),
-                     transform=like.transform, fill=0, dtype="uint8").astype(bool)
+    return rasterize(
+        ((g, 1) for g in shapes),
+        out_shape=(like.height, like.width),
+        transform=like.transform,
+        fill=0,
+        dtype="uint8",
+    ).astype(bool)
 
 
-def _pixel_scores(cfg: PipelineConfig, predictions: list[Path], truths: list[Path | None],
-                  regions) -> dict[str, Any] | None:
+def _pixel_scores(
+    cfg: PipelineConfig, predictions: list[Path], truths: list[Path | None], regions
+) -> dict[str, Any] | None:
     import numpy as np
     import rasterio
 
@@ -309,7 +347,7 @@ def _pixel_scores(cfg: PipelineConfig, predictions: list[Path], truths: list[Pat
     ignore = cfg.data.ignore_index
     cm = ConfusionMatrix(cfg.model.num_classes, ignore_index=ignore)
     used = 0
-    for pred_path, truth_path in zip(predictions, truths):
+    for pred_path, truth_path in zip(predictions, truths, strict=False):
         if truth_path is None:
             continue
         with rasterio.open(pred_path) as pred, rasterio.open(truth_path) as truth:
@@ -337,9 +375,15 @@ def _truth_polygons(cfg: PipelineConfig, truths: list[Path | None]):
     src = cfg.evaluate.truth or cfg.data.labels
     if src and Path(src).is_file() and Path(src).suffix.lower() not in (".tif", ".tiff"):
         return gpd.read_file(src)
-    frames = [vectorize.polygons(t, classes=list(cfg.vectorize.classes) or None,
-                                 allow_ungeoreferenced=cfg.data.layout == "tiles")
-              for t in truths if t is not None]
+    frames = [
+        vectorize.polygons(
+            t,
+            classes=list(cfg.vectorize.classes) or None,
+            allow_ungeoreferenced=cfg.data.layout == "tiles",
+        )
+        for t in truths
+        if t is not None
+    ]
     if not frames:
         return None
     crs = frames[0].crs
@@ -358,8 +402,9 @@ def _inside(gdf, regions):
     return gdf[keep.values]
 
 
-def _evaluate(cfg: PipelineConfig, run_dir: Path, predictions: list[Path],
-              footprints: Path | None) -> list[Path]:
+def _evaluate(
+    cfg: PipelineConfig, run_dir: Path, predictions: list[Path], footprints: Path | None
+) -> list[Path]:
     import geopandas as gpd
 
     from geoseg import evaluate
@@ -367,8 +412,13 @@ def _evaluate(cfg: PipelineConfig, run_dir: Path, predictions: list[Path],
     regions, files = _test_split(run_dir)
     truths = _truth_rasters(cfg, run_dir, predictions)
     report: dict[str, Any] = {
-        "area": ("test split regions" if regions is not None
-                 else "test split files" if files else "whole predicted rasters"),
+        "area": (
+            "test split regions"
+            if regions is not None
+            else "test split files"
+            if files
+            else "whole predicted rasters"
+        ),
         "predictions": [str(p) for p in predictions],
     }
     pixels = _pixel_scores(cfg, predictions, truths, regions)
@@ -378,8 +428,9 @@ def _evaluate(cfg: PipelineConfig, run_dir: Path, predictions: list[Path],
         truth_polys = _inside(_truth_polygons(cfg, truths), regions)
         if truth_polys is not None:
             proposals = _inside(gpd.read_file(footprints), regions)
-            objects = evaluate.objects(proposals, truth_polys,
-                                       iou_threshold=cfg.evaluate.iou_threshold)
+            objects = evaluate.objects(
+                proposals, truth_polys, iou_threshold=cfg.evaluate.iou_threshold
+            )
             objects.pop("matches", None)
             report["objects"] = objects
     report.update(headline(report, cfg.model.resolved_class_names))
@@ -466,7 +517,6 @@ def run(
         A RunResult with the checkpoint, predictions, footprints, report and preview paths.
     """
     from geoseg import config as config_mod
-
     from geoseg.errors import InputNotFoundError
 
     if cfg.evaluate.enabled and cfg.evaluate.truth and not Path(cfg.evaluate.truth).exists():
@@ -481,8 +531,9 @@ def run(
     result = RunResult(run_dir=run_dir, stages=[])
     upstream: list[Path] = []
 
-    def step(stage: Stage, settings: Any, inputs: list[Path], work: Callable[[str], list[Path]]
-             ) -> list[Path]:
+    def step(
+        stage: Stage, settings: Any, inputs: list[Path], work: Callable[[str], list[Path]]
+    ) -> list[Path]:
         digest = _digest([stage, settings, _fingerprint_paths(inputs)])
         done = records.matches(stage, digest)
         t0 = time.perf_counter()
@@ -504,34 +555,55 @@ def run(
 
     last = selected[-1]
     data_inputs = [*cfg.data.images, *([cfg.data.labels] if cfg.data.labels else [])]
-    ckpt = step("train", [cfg.data.model_dump(mode="json"), cfg.model.model_dump(mode="json"),
-                          cfg.train.model_dump(mode="json")], [Path(p) for p in data_inputs],
-                lambda d: _train(cfg, run_dir, records, d))
+    ckpt = step(
+        "train",
+        [
+            cfg.data.model_dump(mode="json"),
+            cfg.model.model_dump(mode="json"),
+            cfg.train.model_dump(mode="json"),
+        ],
+        [Path(p) for p in data_inputs],
+        lambda d: _train(cfg, run_dir, records, d),
+    )
     result.checkpoint = ckpt[0]
     if last == "train":
         return result
 
     inputs = _infer_inputs(cfg, run_dir)
     upstream = [result.checkpoint, *inputs]
-    result.predictions = step("infer", cfg.infer.model_dump(mode="json"), upstream,
-                              lambda d: _infer(cfg, run_dir, result.checkpoint, inputs))
+    result.predictions = step(
+        "infer",
+        cfg.infer.model_dump(mode="json"),
+        upstream,
+        lambda d: _infer(cfg, run_dir, result.checkpoint, inputs),
+    )
     if last == "infer":
         return result
 
     if cfg.vectorize.enabled:
-        fp = step("vectorize", cfg.vectorize.model_dump(mode="json"), result.predictions,
-                  lambda d: _vectorize(cfg, run_dir, result.predictions))
+        fp = step(
+            "vectorize",
+            cfg.vectorize.model_dump(mode="json"),
+            result.predictions,
+            lambda d: _vectorize(cfg, run_dir, result.predictions),
+        )
         result.footprints = fp[0]
     if last == "vectorize":
         return result
 
     if cfg.evaluate.enabled:
-        ev_inputs = [*result.predictions, *([result.footprints] if result.footprints else []),
-                     *([Path(cfg.evaluate.truth)] if cfg.evaluate.truth else []),
-                     *([Path(cfg.data.labels)] if cfg.data.labels else [])]
-        outs = step("evaluate", [cfg.evaluate.model_dump(mode="json"),
-                                 cfg.data.mask_mapping, cfg.vectorize.classes], ev_inputs,
-                    lambda d: _evaluate(cfg, run_dir, result.predictions, result.footprints))
+        ev_inputs = [
+            *result.predictions,
+            *([result.footprints] if result.footprints else []),
+            *([Path(cfg.evaluate.truth)] if cfg.evaluate.truth else []),
+            *([Path(cfg.data.labels)] if cfg.data.labels else []),
+        ]
+        outs = step(
+            "evaluate",
+            [cfg.evaluate.model_dump(mode="json"), cfg.data.mask_mapping, cfg.vectorize.classes],
+            ev_inputs,
+            lambda d: _evaluate(cfg, run_dir, result.predictions, result.footprints),
+        )
         result.report = json.loads(outs[0].read_text())
         result.preview = next((p for p in outs if p.suffix == ".png"), None)
     return result

@@ -45,8 +45,9 @@ class Bar:
         if self._progress is not None and self._task is not None:
             self._progress.advance(self._task, n)
 
-    def update(self, *, description: str | None = None, total: float | None = None,
-               **fields: object) -> None:
+    def update(
+        self, *, description: str | None = None, total: float | None = None, **fields: object
+    ) -> None:
         """Change the description, total or extra fields (e.g. ``postfix='loss 0.31'``)."""
         if self._progress is not None and self._task is not None:
             kwargs: dict[str, object] = dict(fields)

@@ -74,11 +74,17 @@ def make_geotiff(tmp_path: Path) -> MakeGeotiff:
             count=count,
             dtype=data.dtype,
             crs=crs,
-            transform=transform if transform is not None else from_origin(500000, 5000000, 0.5, 0.5),
+            transform=transform
+            if transform is not None
+            else from_origin(500000, 5000000, 0.5, 0.5),
             nodata=nodata,
         )
         if tiled:
-            profile.update(tiled=True, blockxsize=16 * max(1, size[1] // 64), blockysize=16 * max(1, size[0] // 64))
+            profile.update(
+                tiled=True,
+                blockxsize=16 * max(1, size[1] // 64),
+                blockysize=16 * max(1, size[0] // 64),
+            )
         if crs is None:
             profile.pop("crs")
             profile["transform"] = rasterio.Affine.identity() if transform is None else transform

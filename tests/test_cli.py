@@ -75,4 +75,8 @@ def test_errors_inherit_builtins() -> None:
     assert issubclass(errors.InputNotFoundError, FileNotFoundError)
     assert issubclass(errors.CatalogError, ValueError)
     assert issubclass(errors.OutputExistsError, FileExistsError)
-    assert all(issubclass(getattr(errors, n), GeosegError) for n in errors.__dict__ if n.endswith("Error") and n != "GeosegError")
+    assert all(
+        issubclass(getattr(errors, n), GeosegError)
+        for n in errors.__dict__
+        if n.endswith("Error") and n != "GeosegError"
+    )

@@ -25,7 +25,9 @@ def test_unknown_key_names_the_valid_keys() -> None:
 
 
 def test_unknown_section_names_the_sections() -> None:
-    with pytest.raises(ConfigError, match="valid keys here: data, evaluate, infer, model, out, train, vectorize"):
+    with pytest.raises(
+        ConfigError, match="valid keys here: data, evaluate, infer, model, out, train, vectorize"
+    ):
         config.parse({"trian": {}})
 
 
@@ -41,7 +43,9 @@ def test_bad_value_says_what_was_found() -> None:
 def test_load_resolves_paths_against_the_file_and_applies_overrides(tmp_path: Path) -> None:
     (tmp_path / "imgs").mkdir()
     path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump({"out": "run", "data": {"images": "imgs"}, "train": {"epochs": 5}}))
+    path.write_text(
+        yaml.safe_dump({"out": "run", "data": {"images": "imgs"}, "train": {"epochs": 5}})
+    )
     cfg = config.load(path, ["train.epochs=2", "model.class_names=[background, building]"])
     assert cfg.train.epochs == 2
     assert cfg.data.images == [str(tmp_path / "imgs")]

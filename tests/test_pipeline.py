@@ -19,12 +19,24 @@ RECIPES = sorted((REPO / "pipelines").glob("*.yaml"))
 runner = CliRunner()
 
 # A 1-epoch, width-8 run on 64 px patches: enough to exercise every stage, not to learn much.
-TINY = ["train.epochs=1", "model.width=8", "train.patch_size=64", "train.batch_size=4",
-        "infer.overlap=16", "train.workers=0", "model.name=unet"]
+TINY = [
+    "train.epochs=1",
+    "model.width=8",
+    "train.patch_size=64",
+    "train.batch_size=4",
+    "infer.overlap=16",
+    "train.workers=0",
+    "model.name=unet",
+]
 
 
 def test_every_recipe_loads_and_has_a_header_comment() -> None:
-    assert {p.name for p in RECIPES} >= {"demo.yaml", "whu_building.yaml", "loveda.yaml", "atlanta_real.yaml"}
+    assert {p.name for p in RECIPES} >= {
+        "demo.yaml",
+        "whu_building.yaml",
+        "loveda.yaml",
+        "atlanta_real.yaml",
+    }
     for recipe in RECIPES:
         text = recipe.read_text()
         assert text.startswith("#"), f"{recipe.name} has no header comment"
@@ -33,8 +45,18 @@ def test_every_recipe_loads_and_has_a_header_comment() -> None:
 
 def test_seed_recipes_keep_the_seed_settings() -> None:
     whu = config.load(REPO / "pipelines" / "whu_building.yaml")
-    assert (whu.model.name, whu.train.batch_size, whu.train.epochs, whu.train.lr) == ("unet", 8, 100, 1e-3)
-    assert (whu.train.optimizer, whu.train.scheduler, whu.train.loss, whu.train.patch_size) == ("adamw", "cosine", "ce", 512)
+    assert (whu.model.name, whu.train.batch_size, whu.train.epochs, whu.train.lr) == (
+        "unet",
+        8,
+        100,
+        1e-3,
+    )
+    assert (whu.train.optimizer, whu.train.scheduler, whu.train.loss, whu.train.patch_size) == (
+        "adamw",
+        "cosine",
+        "ce",
+        512,
+    )
     assert whu.model.num_classes == 2 and whu.data.mask_mapping == {255: 1}
     love = config.load(REPO / "pipelines" / "loveda.yaml")
     assert (love.train.loss, love.train.patch_size, love.model.num_classes) == ("focal", 256, 7)
@@ -42,8 +64,15 @@ def test_seed_recipes_keep_the_seed_settings() -> None:
 
 
 def _run(recipe: str, *overrides: str) -> tuple[int, str]:
-    result = runner.invoke(app, ["run", str(REPO / "pipelines" / recipe), "--quiet",
-                                 *sum((["--set", o] for o in [*TINY, *overrides]), [])])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(REPO / "pipelines" / recipe),
+            "--quiet",
+            *sum((["--set", o] for o in [*TINY, *overrides]), []),
+        ],
+    )
     return result.exit_code, result.output + (result.stderr or "")
 
 
@@ -65,8 +94,13 @@ def _check_outputs(run_dir: Path, *, georeferenced: bool = True) -> dict:
 def test_demo_recipe_runs_end_to_end_and_resumes(demo_data, tmp_path: Path) -> None:
     out = tmp_path / "run"
     data = Path(demo_data.images[0]).parents[1]
-    sets = [f"out={out}", f"data.images=[{data / 'images'}]", f"data.labels={data / 'masks'}",
-            f"evaluate.truth={data / 'buildings.gpkg'}", "data.split.block_size=128"]
+    sets = [
+        f"out={out}",
+        f"data.images=[{data / 'images'}]",
+        f"data.labels={data / 'masks'}",
+        f"evaluate.truth={data / 'buildings.gpkg'}",
+        "data.split.block_size=128",
+    ]
     code, output = _run("demo.yaml", *sets)
     assert code == 0, output
     report = _check_outputs(out)
@@ -86,10 +120,15 @@ def test_demo_recipe_runs_end_to_end_and_resumes(demo_data, tmp_path: Path) -> N
 
 def test_demo_recipe_with_vector_labels(demo_data, tmp_path: Path) -> None:
     data = Path(demo_data.images[0]).parents[1]
-    code, output = _run("demo.yaml", f"out={tmp_path / 'run'}", f"data.images=[{data / 'images'}]",
-                        f"data.labels={data / 'buildings.gpkg'}", "data.label_attribute=class",
-                        "evaluate.truth=null",
-                        "data.split.block_size=128")
+    code, output = _run(
+        "demo.yaml",
+        f"out={tmp_path / 'run'}",
+        f"data.images=[{data / 'images'}]",
+        f"data.labels={data / 'buildings.gpkg'}",
+        "data.label_attribute=class",
+        "evaluate.truth=null",
+        "data.split.block_size=128",
+    )
     assert code == 0, output
     report = _check_outputs(tmp_path / "run")
     assert "objects" in report
@@ -99,12 +138,18 @@ def _write_png_tiles(folder: Path, masks: Path, n: int, size: int, classes: list
     folder.mkdir(parents=True)
     masks.mkdir(parents=True)
     for i in range(n):
-        mask = rng.choice(classes, size=(size // 16, size // 16)).repeat(16, 0).repeat(16, 1).astype("uint8")
+        mask = (
+            rng.choice(classes, size=(size // 16, size // 16))
+            .repeat(16, 0)
+            .repeat(16, 1)
+            .astype("uint8")
+        )
         image = np.stack([(mask.astype(int) * 29 + 40) % 256] * 3).astype("uint8")
         image = np.clip(image + rng.integers(0, 20, image.shape), 0, 255).astype("uint8")
         for path, arr in ((folder / f"{i:03d}.png", image), (masks / f"{i:03d}.png", mask[None])):
-            with rasterio.open(path, "w", driver="PNG", width=size, height=size, count=arr.shape[0],
-                               dtype="uint8") as dst:
+            with rasterio.open(
+                path, "w", driver="PNG", width=size, height=size, count=arr.shape[0], dtype="uint8"
+            ) as dst:
                 dst.write(arr)
 
 
@@ -112,8 +157,12 @@ def _write_png_tiles(folder: Path, masks: Path, n: int, size: int, classes: list
 def test_whu_recipe_on_a_tiny_tile_folder(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     _write_png_tiles(tmp_path / "whu" / "img", tmp_path / "whu" / "mask", 10, 128, [0, 255], rng)
-    code, output = _run("whu_building.yaml", f"out={tmp_path / 'run'}",
-                        f"data.images={tmp_path / 'whu' / 'img'}", f"data.labels={tmp_path / 'whu' / 'mask'}")
+    code, output = _run(
+        "whu_building.yaml",
+        f"out={tmp_path / 'run'}",
+        f"data.images={tmp_path / 'whu' / 'img'}",
+        f"data.labels={tmp_path / 'whu' / 'mask'}",
+    )
     assert code == 0, output
     _check_outputs(tmp_path / "run", georeferenced=False)
 
@@ -121,11 +170,20 @@ def test_whu_recipe_on_a_tiny_tile_folder(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_loveda_recipe_on_a_tiny_tile_folder(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    _write_png_tiles(tmp_path / "love" / "images_png", tmp_path / "love" / "masks_png", 10, 128,
-                     list(range(8)), rng)
-    code, output = _run("loveda.yaml", f"out={tmp_path / 'run'}",
-                        f"data.images={tmp_path / 'love' / 'images_png'}",
-                        f"data.labels={tmp_path / 'love' / 'masks_png'}")
+    _write_png_tiles(
+        tmp_path / "love" / "images_png",
+        tmp_path / "love" / "masks_png",
+        10,
+        128,
+        list(range(8)),
+        rng,
+    )
+    code, output = _run(
+        "loveda.yaml",
+        f"out={tmp_path / 'run'}",
+        f"data.images={tmp_path / 'love' / 'images_png'}",
+        f"data.labels={tmp_path / 'love' / 'masks_png'}",
+    )
     assert code == 0, output
     report = _check_outputs(tmp_path / "run", georeferenced=False)
     assert len(report["pixels"]["per_class"]) == 7
@@ -135,8 +193,10 @@ def test_atlanta_recipe_on_the_real_sample(real_data: Path, tmp_path: Path) -> N
     code, output = _run("atlanta_real.yaml", f"out={tmp_path / 'run'}")
     assert code == 0, output
     report = _check_outputs(tmp_path / "run")
-    with rasterio.open(real_data / "atlanta_pan_0p5m.tif") as src, \
-         rasterio.open(tmp_path / "run" / "predictions" / "atlanta_pan_0p5m.tif") as pred:
+    with (
+        rasterio.open(real_data / "atlanta_pan_0p5m.tif") as src,
+        rasterio.open(tmp_path / "run" / "predictions" / "atlanta_pan_0p5m.tif") as pred,
+    ):
         assert pred.crs == src.crs and pred.transform == src.transform
         assert (pred.width, pred.height) == (src.width, src.height)
     assert report["objects"]["tp"] + report["objects"]["fn"] > 0

@@ -48,9 +48,15 @@ def test_readme_commands_run_in_order(tmp_path: Path, monkeypatch) -> None:
             args += TINY_TRAIN
         result = runner.invoke(app, ["-q", *args])
         assert result.exit_code == 0, f"{line}\n{result.output}{result.stderr}"
-    with rasterio.open("tile_00_pred.tif") as pred, rasterio.open("demo/data/images/tile_00.tif") as img:
+    with (
+        rasterio.open("tile_00_pred.tif") as pred,
+        rasterio.open("demo/data/images/tile_00.tif") as img,
+    ):
         assert (pred.crs, pred.transform, pred.shape) == (img.crs, img.transform, img.shape)
-    assert Path("tile_00_pred_prob.tif").is_file() and len(list(Path("predictions").glob("*.tif"))) == 4
+    assert (
+        Path("tile_00_pred_prob.tif").is_file()
+        and len(list(Path("predictions").glob("*.tif"))) == 4
+    )
     footprints = gpd.read_file("footprints.gpkg")
     assert {"class_name", "area_m2", "confidence"} <= set(footprints.columns)
     assert Path("objects.json").is_file() and Path("demo/run/report.json").is_file()

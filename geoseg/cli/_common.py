@@ -45,7 +45,9 @@ def cli_errors(func: F) -> F:
 def check_output(path: Path, overwrite: bool) -> None:
     """Refuse to replace an existing output unless ``--overwrite``."""
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it or choose another --out")
+        raise OutputExistsError(
+            f"{path} exists; pass --overwrite to replace it or choose another --out"
+        )
 
 
 def set_quiet(quiet: bool) -> None:

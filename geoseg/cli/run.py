@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,12 +15,18 @@ STAGE_HELP = "train, infer, vectorize or evaluate"
 def run(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML (see pipelines/).")],
     set_: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--set", help="Override a setting: --set train.epochs=2 (repeatable)."),
     ] = None,
-    from_stage: Annotated[Optional[str], typer.Option("--from", help=f"First stage: {STAGE_HELP}.")] = None,
-    until_stage: Annotated[Optional[str], typer.Option("--until", help=f"Last stage: {STAGE_HELP}.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Rerun stages even if already done.")] = False,
+    from_stage: Annotated[
+        str | None, typer.Option("--from", help=f"First stage: {STAGE_HELP}.")
+    ] = None,
+    until_stage: Annotated[
+        str | None, typer.Option("--until", help=f"Last stage: {STAGE_HELP}.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rerun stages even if already done.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run train -> infer -> vectorize -> evaluate into one run folder, resuming where it stopped.
@@ -34,17 +40,31 @@ def run(
     cfg = config.load(pipeline, set_ or [])
 
     def show(stage: pipeline_mod.StageOutcome) -> None:
-        what = "skipped (done, inputs unchanged)" if stage.skipped else f"done in {stage.seconds:.0f} s"
-        echo(f"{stage.name:<9} {what}: {', '.join(str(p) for p in stage.outputs[:3])}"
-             + (" ..." if len(stage.outputs) > 3 else ""))
+        what = (
+            "skipped (done, inputs unchanged)"
+            if stage.skipped
+            else f"done in {stage.seconds:.0f} s"
+        )
+        echo(
+            f"{stage.name:<9} {what}: {', '.join(str(p) for p in stage.outputs[:3])}"
+            + (" ..." if len(stage.outputs) > 3 else "")
+        )
 
-    result = pipeline_mod.run(cfg, from_stage=from_stage, until_stage=until_stage, force=force,  # type: ignore[arg-type]
-                          on_stage=show)
+    result = pipeline_mod.run(
+        cfg,
+        from_stage=from_stage,
+        until_stage=until_stage,
+        force=force,  # type: ignore[arg-type]
+        on_stage=show,
+    )
     echo(f"Run folder: {result.run_dir}")
     if result.report:
         r = result.report
-        for key, label in (("building_iou", "building IoU (pixels)"), ("building_f1", "building F1 (objects)"),
-                           ("miou", "mIoU")):
+        for key, label in (
+            ("building_iou", "building IoU (pixels)"),
+            ("building_f1", "building F1 (objects)"),
+            ("miou", "mIoU"),
+        ):
             if r.get(key) is not None:
                 echo(f"{label:<22} {r[key]:.3f}  [{r['area']}]")
     if result.preview:
