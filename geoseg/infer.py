@@ -1305,7 +1305,16 @@ def _expand(inputs: list[Path] | list[str]) -> list[Path]:
     try:
         from geoseg import catalog
 
-        return list(catalog.find_rasters([str(p) for p in inputs]))
+        found: list[Path] = []
+        for item in inputs:
+            p = Path(item)
+            # A named image file is taken as it is (PNG/JPEG tiles too, with
+            # --allow-ungeoreferenced); folders, globs, lists and STAC go through the catalog.
+            if p.is_file() and p.suffix.lower() in catalog.TILE_SUFFIXES:
+                found.append(p)
+            else:
+                found += catalog.find_rasters([str(item)])
+        return found
     except ImportError:
         pass
     found: list[Path] = []

@@ -181,52 +181,39 @@ def _infer_inputs(cfg: PipelineConfig, run_dir: Path) -> list[Path]:
     return chosen or images
 
 
-def _prediction_path(run_dir: Path, src: Path) -> Path:
-    return run_dir / "predictions" / f"{src.stem}.tif"
-
-
-def _probability_path(prediction: Path) -> Path:
-    return prediction.with_name(f"{prediction.stem}_prob.tif")
-
-
 def _infer(cfg: PipelineConfig, run_dir: Path, checkpoint: Path, inputs: list[Path]) -> list[Path]:
+    """One mask per input under RUN/predictions/ (one dask client for all of them)."""
     from geoseg import infer
 
-    (run_dir / "predictions").mkdir(parents=True, exist_ok=True)
-    outputs = []
-    for src in inputs:
-        dst = _prediction_path(run_dir, src)
-        infer.predict_raster(
-            src,
-            dst,
-            checkpoint=checkpoint,
-            patch_size=cfg.infer.patch_size,
-            overlap=cfg.infer.overlap,
-            batch_size=cfg.infer.batch_size,
-            tta=cfg.infer.tta,
-            precision=cfg.infer.precision,
-            device=cfg.infer.device,
-            probabilities=_probability_path(dst) if cfg.infer.probabilities else None,
-            cog=cfg.infer.cog,
-            overwrite=True,
-            workers=cfg.infer.workers,
-            scheduler=cfg.infer.scheduler,
-            allow_ungeoreferenced=cfg.data.layout == "tiles",
-        )
-        outputs.append(dst)
-    return outputs
+    return infer.predict(
+        checkpoint,
+        inputs,
+        run_dir / "predictions",
+        probabilities=cfg.infer.probabilities,
+        overwrite=True,
+        workers=cfg.infer.workers,
+        scheduler=cfg.infer.scheduler,
+        patch_size=cfg.infer.patch_size,
+        overlap=cfg.infer.overlap,
+        batch_size=cfg.infer.batch_size,
+        tta=cfg.infer.tta,
+        precision=cfg.infer.precision,
+        device=cfg.infer.device,
+        cog=cfg.infer.cog,
+        allow_ungeoreferenced=cfg.data.layout == "tiles",
+    )
 
 
 def _vectorize(cfg: PipelineConfig, run_dir: Path, predictions: list[Path]) -> list[Path]:
     import geopandas as gpd
     import pandas as pd
 
-    from geoseg import vectorize
+    from geoseg import infer, vectorize
 
     v = cfg.vectorize
     frames = []
     for pred in predictions:
-        prob = _probability_path(pred)
+        prob = infer.probability_path(pred)
         gdf = vectorize.polygons(
             pred,
             classes=list(v.classes) or None,
