@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -62,7 +61,3 @@ def set_quiet(quiet: bool) -> None:
 def echo(msg: str) -> None:
     """Print a result line on stdout (results go to stdout, logs and progress to stderr)."""
     typer.echo(msg)
-
-
-def eprint(msg: str) -> None:
-    print(msg, file=sys.stderr)
