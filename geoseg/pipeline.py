@@ -251,26 +251,24 @@ def _truth_rasters(
     import numpy as np
     import rasterio
 
-    from geoseg import labels
+    from geoseg import catalog, labels
 
     label_source = cfg.data.labels or cfg.evaluate.truth
     if not label_source or not Path(label_source).exists():
         return [None] * len(predictions)
     src = Path(label_source)
     cache = run_dir / "evaluate" / "truth"
-    cache.mkdir(parents=True, exist_ok=True)
-    names = cfg.model.resolved_class_names
-    tags = {"class_names": json.dumps(names), "class_ids": json.dumps(list(range(len(names))))}
     ignore = cfg.data.ignore_index
     out: list[Path | None] = []
     if src.is_dir():
-        found = {p.stem: p for p in src.rglob("*") if p.suffix.lower() in (".tif", ".tiff", ".png")}
-        for pred in predictions:
-            mask = found.get(pred.stem)
+        # Predictions keep their image's base name: pair them with masks as training did.
+        masks = catalog.find_rasters([str(src)], suffixes=catalog.TILE_SUFFIXES)
+        for pred, mask in zip(
+            predictions, labels.match_masks(predictions, masks, by_overlap=False), strict=True
+        ):
             if mask is None:
                 out.append(None)
                 continue
-            dst = cache / f"{pred.stem}.tif"
             with rasterio.open(mask) as msrc, rasterio.open(pred) as psrc:
                 if (msrc.width, msrc.height) != (psrc.width, psrc.height):
                     log.warning("%s: not on the grid of %s; left out of the scores", mask, pred)
@@ -279,31 +277,29 @@ def _truth_rasters(
                 lut = labels.mapping_lut(
                     cfg.data.mask_mapping, nodata=msrc.nodata, ignore_index=ignore
                 )
+                grid = dict(
+                    crs=psrc.crs, transform=psrc.transform, width=psrc.width, height=psrc.height
+                )
                 values = lut[msrc.read(1)].astype(np.uint8)
-                profile = psrc.profile | {
-                    "driver": "GTiff",
-                    "count": 1,
-                    "dtype": "uint8",
-                    "nodata": ignore,
-                    "compress": "deflate",
-                }
-            with rasterio.open(dst, "w", **profile) as tdst:
-                tdst.write(values, 1)
+            out.append(labels.write_mask(values, cache / f"{pred.stem}.tif", grid, nodata=ignore))
+    else:
+        out = [
+            labels.rasterize(
+                src,
+                like=pred,
+                out=cache / f"{pred.stem}.tif",
+                attribute=cfg.data.label_attribute,
+                all_touched=cfg.data.all_touched,
+                overwrite=True,
+            )
+            for pred in predictions
+        ]
+    names = cfg.model.resolved_class_names
+    tags = {"class_names": json.dumps(names), "class_ids": json.dumps(list(range(len(names))))}
+    for path in out:
+        if path is not None:
+            with rasterio.open(path, "r+") as tdst:
                 tdst.update_tags(**tags)
-            out.append(dst)
-        return out
-    for pred in predictions:
-        dst = labels.rasterize(
-            src,
-            like=pred,
-            out=cache / f"{pred.stem}.tif",
-            attribute=cfg.data.label_attribute,
-            all_touched=cfg.data.all_touched,
-            overwrite=True,
-        )
-        with rasterio.open(dst, "r+") as tdst:
-            tdst.update_tags(**tags)
-        out.append(dst)
     return out
 
 
