@@ -231,6 +231,16 @@ def child_geoseg(a: dict[str, Any]) -> dict[str, Any]:
     if a["threads"]:
         torch.set_num_threads(a["threads"])
     out = Path(a["out"])
+    same = dict(
+        checkpoint=Path(a["checkpoint"]),
+        patch_size=a["patch"],
+        overlap=a["overlap"],
+        batch_size=a["batch_size"],
+        precision=a["precision"],
+        device=a["device"],
+        overwrite=True,
+        cog=not a["no_cog"],
+    )
     if a["workers"] == 1:
         # Warm up like (a) does: model load, CUDA context and kernel choice happen once per
         # process and are not what this measures. A 1024-px crop of the input, the same settings.
@@ -249,32 +259,9 @@ def child_geoseg(a: dict[str, Any]) -> dict[str, Any]:
             data = s.read(window=w)
         with rasterio.open(crop, "w", **prof) as d:
             d.write(data)
-        infer.predict_raster(
-            crop,
-            out.with_name("warmup_out.tif"),
-            checkpoint=Path(a["checkpoint"]),
-            patch_size=a["patch"],
-            overlap=a["overlap"],
-            batch_size=a["batch_size"],
-            precision=a["precision"],
-            device=a["device"],
-            overwrite=True,
-            cog=False,
-        )
+        infer.predict_raster(crop, out.with_name("warmup_out.tif"), **dict(same, cog=False))
     t0, c0 = time.perf_counter(), cpu_s()
-    infer.predict_raster(
-        Path(a["input"]),
-        out,
-        checkpoint=Path(a["checkpoint"]),
-        patch_size=a["patch"],
-        overlap=a["overlap"],
-        batch_size=a["batch_size"],
-        precision=a["precision"],
-        device=a["device"],
-        workers=a["workers"],
-        overwrite=True,
-        cog=not a["no_cog"],
-    )
+    infer.predict_raster(Path(a["input"]), out, workers=a["workers"], **same)
     seconds = time.perf_counter() - t0
     out.unlink()
     return {
