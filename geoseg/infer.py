@@ -1050,46 +1050,26 @@ def predict_raster(
     }
     t0 = time.perf_counter()
     temps: list[Path] = []
+    job = _Job(
+        profile=profile,
+        settings=settings,
+        patch_size=P,
+        overlap=overlap,
+        batch_size=bs,
+        class_names=class_names,
+        class_values=class_values,
+        meta=meta,
+        workers=workers,
+        scheduler=scheduler,
+        client=client,
+        temps=temps,
+    )
     try:
         with rasterio.Env(**GDAL_ENV):
             if target_res is None:
-                _predict_to(
-                    src,
-                    profile,
-                    settings,
-                    P,
-                    overlap,
-                    bs,
-                    dst,
-                    probabilities,
-                    cog,
-                    class_names,
-                    class_values,
-                    meta,
-                    workers,
-                    scheduler,
-                    client,
-                    temps,
-                )
+                _predict_to(src, job, dst, probabilities, cog)
             else:
-                _predict_resampled(
-                    src,
-                    profile,
-                    settings,
-                    P,
-                    overlap,
-                    bs,
-                    dst,
-                    probabilities,
-                    cog,
-                    class_names,
-                    class_values,
-                    meta,
-                    workers,
-                    scheduler,
-                    client,
-                    temps,
-                )
+                _predict_resampled(src, job, dst, probabilities, cog)
     finally:
         for t in temps:
             t.unlink(missing_ok=True)
@@ -1115,38 +1095,54 @@ def _check_patch(P: int, overlap: int, architecture: str, ckpt: Path) -> None:
         raise ConfigError(f"overlap={overlap} must be >= 0 and < patch_size={P}; e.g. {P // 8}")
 
 
+@dataclass
+class _Job:
+    """What the plain and the resampled path of one raster's prediction share."""
+
+    profile: dict[str, Any]
+    settings: _Settings
+    patch_size: int
+    overlap: int
+    batch_size: int
+    class_names: list[str]
+    class_values: list[int]
+    meta: dict[str, str]
+    workers: int
+    scheduler: str | None
+    client: Any
+    temps: list[Path]  # temporary files to remove whatever happens
+
+
 def _predict_to(
     src: Path,
-    profile: dict[str, Any],
-    settings: _Settings,
-    P: int,
-    overlap: int,
-    bs: int,
+    job: _Job,
     dst: Path,
     probabilities: Path | None,
     cog: bool,
-    class_names: list[str],
-    class_values: list[int],
-    meta: dict[str, str],
-    workers: int,
-    scheduler: str | None,
-    client: Any,
-    temps: list[Path],
 ) -> None:
     """Predict ``src`` (resampled to ``settings.target_res`` if set) into dst (+ probabilities)."""
+    settings, temps = job.settings, job.temps
     mask_tmp, prob_tmp = _partial(dst), _partial(probabilities) if probabilities else None
     temps += [t for t in (mask_tmp, prob_tmp) if t is not None]
     with _open_source(src, settings.target_res) as source:
-        plan = _Plan.make(source.width, source.height, P, overlap, bs)
+        plan = _Plan.make(source.width, source.height, job.patch_size, job.overlap, job.batch_size)
         grid_profile = dict(
-            profile, width=source.width, height=source.height, transform=source.transform
+            job.profile, width=source.width, height=source.height, transform=source.transform
         )
         with (
-            client_for(workers, scheduler) if client is None else nullcontext(client) as cl,
+            client_for(job.workers, job.scheduler)
+            if job.client is None
+            else nullcontext(job.client) as cl,
             # GDAL handles are not thread-safe: the reader thread reads `source`, this one masks.
             _open_source(src, settings.target_res) as mask_src,
             _Outputs(
-                grid_profile, mask_tmp, prob_tmp, class_names, class_values, meta, final=not cog
+                grid_profile,
+                mask_tmp,
+                prob_tmp,
+                job.class_names,
+                job.class_values,
+                job.meta,
+                final=not cog,
             ) as outputs,
             progress.bar(plan.n_patches, f"infer {src.name}", unit="patches") as bar,
         ):
@@ -1205,46 +1201,19 @@ def _publish(
 
 def _predict_resampled(
     src: Path,
-    profile: dict[str, Any],
-    settings: _Settings,
-    P: int,
-    overlap: int,
-    bs: int,
+    job: _Job,
     dst: Path,
     probabilities: Path | None,
     cog: bool,
-    class_names: list[str],
-    class_values: list[int],
-    meta: dict[str, str],
-    workers: int,
-    scheduler: str | None,
-    client: Any,
-    temps: list[Path],
 ) -> None:
     """Predict at the training pixel size, then bring the result back to the input grid."""
     from rasterio.vrt import WarpedVRT
 
+    profile, temps = job.profile, job.temps
     work = _partial(dst, "work.").with_suffix(".tif")
     work_prob = _partial(dst, "workprob.").with_suffix(".tif") if probabilities else None
     temps += [t for t in (work, work_prob) if t is not None]
-    _predict_to(
-        src,
-        profile,
-        settings,
-        P,
-        overlap,
-        bs,
-        work,
-        work_prob,
-        False,
-        class_names,
-        class_values,
-        meta,
-        workers,
-        scheduler,
-        client,
-        temps,
-    )
+    _predict_to(src, job, work, work_prob, False)
     mask_tmp, prob_tmp = _partial(dst), _partial(probabilities) if probabilities else None
     temps += [t for t in (mask_tmp, prob_tmp) if t is not None]
     W, H = profile["width"], profile["height"]
@@ -1263,9 +1232,9 @@ def _predict_resampled(
             profile,
             mask_tmp,
             prob_tmp,
-            class_names,
-            class_values,
-            dict(meta, resampled_from=str(settings.target_res)),
+            job.class_names,
+            job.class_values,
+            dict(job.meta, resampled_from=str(job.settings.target_res)),
             final=not cog,
         ) as outputs,
     ):
