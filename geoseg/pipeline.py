@@ -390,7 +390,7 @@ def _evaluate(
 ) -> list[Path]:
     import geopandas as gpd
 
-    from geoseg import evaluate
+    from geoseg import evaluate, plots
 
     regions, files = _test_split(run_dir)
     truths = _truth_rasters(cfg, run_dir, predictions)
@@ -417,37 +417,14 @@ def _evaluate(
             objects.pop("matches", None)
             report["objects"] = objects
     report.update(headline(report, cfg.model.resolved_class_names))
-    out = run_dir / "report.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False))
-    tmp.replace(out)
-    outputs = [out]
-    try:
-        from geoseg import plots
-
-        preview = plots.pipeline_preview(
-            cfg, predictions, truths, footprints, regions, run_dir / "preview.png"
-        )
-        if preview is not None:
-            outputs.append(preview)
-    except (ImportError, AttributeError):
-        log.info("no prediction preview: geoseg.plots.pipeline_preview is not available")
+    outputs = [evaluate.write_json(report, run_dir / "report.json")]
+    # Never raises: a picture must not fail the stage (None when there is nothing to show).
+    preview = plots.pipeline_preview(
+        cfg, predictions, truths, footprints, regions, run_dir / "preview.png"
+    )
+    if preview is not None:
+        outputs.append(preview)
     return outputs
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN (a class with no truth and no prediction) becomes null: strict JSON for every reader."""
-    import math
-
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, str):  # numpy scalars
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def headline(report: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
