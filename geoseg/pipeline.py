@@ -303,47 +303,51 @@ def _truth_rasters(
     return out
 
 
-def _region_mask(regions, like) -> Any:  # np.ndarray[bool] | None
-    """True inside the test regions, on the grid of the open raster ``like``."""
+def _region_mask(shapes, like, window) -> Any:  # np.ndarray[bool]
+    """True inside ``shapes`` (in ``like``'s CRS) on ``window`` of the open raster ``like``."""
     from rasterio.features import rasterize
 
-    if regions is None:
-        return None
-    shapes = regions.to_crs(like.crs).geometry
     return rasterize(
         ((g, 1) for g in shapes),
-        out_shape=(like.height, like.width),
-        transform=like.transform,
+        out_shape=(int(window.height), int(window.width)),
+        transform=like.window_transform(window),
         fill=0,
         dtype="uint8",
     ).astype(bool)
 
 
+PIXEL_BLOCK_ROWS = 2048  # rows read at a time when scoring: memory stays bounded on big scenes
+
+
 def _pixel_scores(
     cfg: PipelineConfig, predictions: list[Path], truths: list[Path | None], regions
 ) -> dict[str, Any] | None:
+    """One confusion matrix over every prediction's test regions, read in row blocks."""
     import numpy as np
     import rasterio
+    from rasterio.windows import Window
 
     from geoseg.metrics import ConfusionMatrix
 
     ignore = cfg.data.ignore_index
     cm = ConfusionMatrix(cfg.model.num_classes, ignore_index=ignore)
     used = 0
-    for pred_path, truth_path in zip(predictions, truths, strict=False):
+    for pred_path, truth_path in zip(predictions, truths, strict=True):
         if truth_path is None:
             continue
         with rasterio.open(pred_path) as pred, rasterio.open(truth_path) as truth:
             if (pred.width, pred.height) != (truth.width, truth.height):
                 log.warning("%s: truth grid differs from the prediction; skipped", truth_path)
                 continue
-            p = pred.read(1)
-            t = truth.read(1).astype(np.int64)  # already in model ids (see _truth_rasters)
-            t[p == 255] = ignore
-            inside = _region_mask(regions, pred)
-            if inside is not None:
-                t[~inside] = ignore
-            cm.update(p, t)
+            shapes = None if regions is None else list(regions.to_crs(pred.crs).geometry)
+            for y0 in range(0, pred.height, PIXEL_BLOCK_ROWS):
+                win = Window(0, y0, pred.width, min(PIXEL_BLOCK_ROWS, pred.height - y0))
+                p = pred.read(1, window=win)
+                t = truth.read(1, window=win).astype(np.int64)  # model ids (_truth_rasters)
+                t[p == pred.nodata] = ignore
+                if shapes is not None:
+                    t[~_region_mask(shapes, pred, win)] = ignore
+                cm.update(p, t)
             used += 1
     return cm.scores(cfg.model.resolved_class_names) if used else None
 
