@@ -255,7 +255,8 @@ def rasterize(
     return write_mask(mask, out, grid)
 
 
-def _vector_key(path: Path) -> list:
+def vector_key(path: Path) -> list:
+    """Fingerprint of a vector file for cache keys: path, size and mtime of each of its files."""
     # A shapefile is several files: hash the size and mtime of every sibling with its stem.
     files = sorted(path.parent.glob(path.stem + ".*")) if path.suffix.lower() == ".shp" else [path]
     return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
@@ -292,7 +293,7 @@ def burn_cached(
             )
     key = json.dumps(
         {
-            "vector": _vector_key(labels),
+            "vector": vector_key(labels),
             "images": [
                 [str(p.resolve()), crs.to_wkt(), list(t)[:6], w, h] for p, crs, _, t, w, h in grids
             ],
