@@ -435,6 +435,7 @@ def test_cli_unknown_class_is_an_error(tmp_path):
         "m.tif",
         "'road'",
         "building",
+        code=2,  # a bad --class value
     )
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 import click
 import typer
 
-from geoseg.errors import GeosegError
+from geoseg.errors import ConfigError, GeosegError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -19,6 +19,10 @@ state: dict[str, bool] = {"debug": False}
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace outputs that exist.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; warnings only.")]
+
+#: Exit status of a bad setting (an option, --set or a config file value), as click's usage
+#: errors; every other user error (missing file, bad raster, output exists) exits 1.
+BAD_SETTING_EXIT = 2
 
 #: What to do about an OSError, by errno (reading or writing).
 _OS_HINTS = {
@@ -76,10 +80,11 @@ def _first_line(err: BaseException) -> str:
 
 
 def cli_errors(func: F) -> F:
-    """The CLI's one error boundary: a user-caused error becomes ``Error: …`` on stderr, exit 1.
+    """The CLI's one error boundary: a user-caused error becomes ``Error: …`` on stderr.
 
-    See :func:`error_line` for what counts; anything else (a bug) keeps its traceback. With
-    ``--debug`` every error keeps its traceback.
+    Exit 2 for a bad setting (ConfigError, a pydantic ValidationError), 1 for every other user
+    error (see :func:`error_line`); anything else (a bug) keeps its traceback. With ``--debug``
+    every error keeps its traceback.
     """
 
     @functools.wraps(func)
@@ -100,9 +105,19 @@ def cli_errors(func: F) -> F:
             if msg is None:
                 raise
             typer.echo(f"Error: {msg}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(BAD_SETTING_EXIT if _is_bad_setting(err) else 1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _is_bad_setting(err: BaseException) -> bool:
+    if isinstance(err, ConfigError):
+        return True
+    try:
+        from pydantic import ValidationError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(err, ValidationError)
 
 
 def set_quiet(quiet: bool) -> None:
