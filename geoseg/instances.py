@@ -40,8 +40,7 @@ buildings that touch across a seam keep two.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import logging
 import math
 import shutil
@@ -56,8 +55,8 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from geoseg import io, progress
 from geoseg import labels as labels_mod
-from geoseg import progress
 from geoseg.errors import ConfigError, InputNotFoundError, RasterError
 
 log = logging.getLogger(__name__)
@@ -260,34 +259,6 @@ def _valid(src: rasterio.io.DatasetReader, window: Window) -> np.ndarray | None:
     return src.dataset_mask(window=window) > 0
 
 
-def _write_profile(grid: dict, dtype: str, nodata: int | None) -> dict:
-    w, h = grid["width"], grid["height"]
-    profile = dict(driver="GTiff", dtype=dtype, count=1, nodata=nodata, compress="deflate", **grid)
-    if h >= 16 and w >= 16:
-        profile.update(
-            tiled=True, blockxsize=min(256, 16 * (w // 16)), blockysize=min(256, 16 * (h // 16))
-        )
-    return profile
-
-
-def _atomic_raster(out: Path, profile: dict) -> Any:
-    """Open a temp file next to ``out``; ``(dst, commit)``, commit renames it into place."""
-    import os
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.tif")
-    dst = rasterio.open(tmp, "w", **profile)
-
-    def commit(ok: bool) -> None:
-        dst.close()
-        if ok:
-            os.replace(tmp, out)
-        else:
-            tmp.unlink(missing_ok=True)
-
-    return dst, commit
-
-
 def write_targets(
     ids_path: Path,
     out: Path,
@@ -296,57 +267,56 @@ def write_targets(
     contact_distance_m: float = CONTACT_DISTANCE_M,
     valid_from: Path | None = None,
     window: int = TARGET_WINDOW,
+    overwrite: bool = True,
 ) -> Path:
     """Derive the instance classes of an instance-id raster and write them as a mask GeoTIFF.
 
     Args:
         ids_path: integer raster, one id per building (0 background); its nodata is ignored.
-        out: uint8 class mask (:data:`CLASS_NAMES`, nodata 255) on the same grid, written
-            atomically; tagged ``geoseg_target=instances`` and with the class names.
+        out: uint8 class mask in geoseg's mask format (:data:`CLASS_NAMES`, nodata 255) on the
+            same grid, written atomically; tagged ``geoseg_target=instances`` with the widths.
         edge_width_m, contact_distance_m: see :func:`class_targets` (metres; geographic rasters
             are measured on the ellipsoid).
         valid_from: an image on the same grid whose nodata pixels become 255.
         window: side of the windows read at once (memory about 30 bytes per pixel of one window
             grown by the halo).
+        overwrite: replace ``out`` if it exists.
 
     Raises:
         ConfigError: the edge width is smaller than a pixel.
     """
-    with rasterio.open(ids_path) as src:
+    with io.open_raster(ids_path) as src, io.reading(ids_path):
         grid = dict(crs=src.crs, transform=src.transform, width=src.width, height=src.height)
         px = pixel_size_m(src.crs, src.transform, src.width, src.height)
         edge_px, contact_px = band_widths(px, edge_width_m, contact_distance_m, ids_path)
         halo = max(edge_px, contact_px) + 1
-        image = rasterio.open(valid_from) if valid_from is not None else None
-        dst, commit = _atomic_raster(Path(out), _write_profile(grid, "uint8", IGNORE))
-        ok = False
-        try:
-            dst.update_tags(
-                class_names=json.dumps(CLASS_NAMES),
-                class_ids=json.dumps(list(range(len(CLASS_NAMES)))),
-                **{TARGET_TAG: TARGET_INSTANCES},
-                edge_width_m=str(edge_width_m),
-                contact_distance_m=str(contact_distance_m),
-            )
-            for core in _windows(src.width, src.height, window):
-                big, rows, cols = _grown(core, halo, src.width, src.height)
-                ids = src.read(1, window=big)
-                valid = src.read_masks(1, window=big) > 0 if src.nodata is not None else None
-                if valid is not None:
-                    ids = np.where(valid, ids, 0)
-                cls = class_targets(ids, edge_px=edge_px, contact_px=contact_px)[rows, cols]
-                if valid is not None:
-                    cls[~valid[rows, cols]] = IGNORE
-                if image is not None:
-                    ok_px = _valid(image, core)
-                    if ok_px is not None:
-                        cls[~ok_px] = IGNORE
-                dst.write(cls, 1, window=core)
-            ok = True
-        finally:
-            commit(ok)
-            if image is not None:
-                image.close()
+        tags = {
+            TARGET_TAG: TARGET_INSTANCES,
+            "edge_width_m": str(edge_width_m),
+            "contact_distance_m": str(contact_distance_m),
+        }
+        with (
+            io.claim(out, overwrite=overwrite, inputs=[ids_path, valid_from]) as output,
+            contextlib.ExitStack() as stack,
+        ):
+            image = stack.enter_context(io.open_raster(valid_from)) if valid_from else None
+            tmp = output.temp()
+            with io.MaskWriter(tmp, grid, class_names=CLASS_NAMES, **tags) as writer:
+                for core in _windows(src.width, src.height, window):
+                    big, rows, cols = _grown(core, halo, src.width, src.height)
+                    ids = src.read(1, window=big)
+                    valid = src.read_masks(1, window=big) > 0 if src.nodata is not None else None
+                    if valid is not None:
+                        ids = np.where(valid, ids, 0)
+                    cls = class_targets(ids, edge_px=edge_px, contact_px=contact_px)[rows, cols]
+                    if valid is not None:
+                        cls[~valid[rows, cols]] = IGNORE
+                    if image is not None:
+                        ok_px = _valid(image, core)
+                        if ok_px is not None:
+                            cls[~ok_px] = IGNORE
+                    writer.write(cls, core)
+            output.commit(tmp, verify=io.verify_raster)
     return Path(out)
 
 
@@ -357,31 +327,41 @@ def burn_ids_file(
     *,
     all_touched: bool = False,
     window: int = TARGET_WINDOW,
+    overwrite: bool = True,
 ) -> Path:
     """Burn building polygons as an int32 instance-id raster on ``image``'s grid (atomic).
 
     Ids are the polygons' 1-based row numbers in ``gdf`` (the same building has the same id on
-    every image); overlapping polygons: the smaller one on top. nodata is never set (0 is
-    background); the image's nodata is applied when classes are derived.
+    every image); overlapping polygons: the smaller one on top. No nodata (0 is background);
+    the image's nodata is applied when classes are derived. Tiled, deflate-compressed.
     """
     import shapely
 
-    with rasterio.open(image) as src:
+    with io.open_raster(image) as src:
         grid = dict(crs=src.crs, transform=src.transform, width=src.width, height=src.height)
     geoms, ids = _sorted_shapes(gdf, grid["crs"])
     tree = shapely.STRtree(geoms) if len(geoms) else None
-    dst, commit = _atomic_raster(Path(out), _write_profile(grid, "int32", None))
-    ok = False
-    try:
-        for core in _windows(grid["width"], grid["height"], window):
-            wt = rasterio.windows.transform(core, grid["transform"])
-            shape = (int(core.height), int(core.width))
-            dst.write(
-                burn_ids(geoms, ids, wt, shape, all_touched=all_touched, tree=tree), 1, window=core
-            )
-        ok = True
-    finally:
-        commit(ok)
+    profile = dict(
+        driver="GTiff",
+        dtype="int32",
+        count=1,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+        predictor=2,
+        bigtiff="IF_SAFER",
+        **grid,
+    )
+    with io.claim(out, overwrite=overwrite, inputs=[image]) as output:
+        tmp = output.temp()
+        with rasterio.open(tmp, "w", **profile) as dst:
+            for core in _windows(grid["width"], grid["height"], window):
+                wt = rasterio.windows.transform(core, grid["transform"])
+                shape = (int(core.height), int(core.width))
+                block = burn_ids(geoms, ids, wt, shape, all_touched=all_touched, tree=tree)
+                dst.write(block, 1, window=core)
+        output.commit(tmp, verify=io.verify_raster)
     return Path(out)
 
 
@@ -436,7 +416,7 @@ def targets_cached(
                 p,
             )
     base = {
-        "vector": labels_mod.vector_key(labels),
+        "vector": io.fingerprint([labels]),
         "images": [
             [str(p.resolve()), crs.to_wkt(), list(t)[:6], w, h] for p, crs, _, t, w, h in grids
         ],
@@ -444,9 +424,9 @@ def targets_cached(
         "all_touched": all_touched,
         "v": 1,
     }
-    ids_dir = Path(cache_root) / f"instances-{_digest(base)}"
+    ids_dir = Path(cache_root) / f"instances-{io.digest(base)}"
     targets_key = {**base, "edge_width_m": edge_width_m, "contact_distance_m": contact_distance_m}
-    cls_dir = Path(cache_root) / f"targets-{_digest(targets_key)}"
+    cls_dir = Path(cache_root) / f"targets-{io.digest(targets_key)}"
     names = [f"{i:04d}_{p.stem}.tif" for i, p in enumerate(images)]
     outs = [cls_dir / n for n in names]
     if (cls_dir / "done.json").exists() and all(o.exists() for o in outs):
@@ -460,7 +440,7 @@ def targets_cached(
             for (p, *_), out in zip(grids, id_paths, strict=True):
                 burn_ids_file(gdf, p, out, all_touched=all_touched)
                 bar.advance()
-        (ids_dir / "done.json").write_text(json.dumps(base, sort_keys=True))
+        io.write_json(base, ids_dir / "done.json")
     with progress.bar(len(grids), "deriving instance targets") as bar:
         for (p, *_), ids, out in zip(grids, id_paths, outs, strict=True):
             write_targets(
@@ -471,12 +451,8 @@ def targets_cached(
                 valid_from=p,
             )
             bar.advance()
-    (cls_dir / "done.json").write_text(json.dumps(targets_key, sort_keys=True))
+    io.write_json(targets_key, cls_dir / "done.json")
     return outs
-
-
-def _digest(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- separation
