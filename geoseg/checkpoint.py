@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -89,6 +89,10 @@ class ModelCard(BaseModel):
     units). ``class_ids[i]`` is the mask value written for ``class_names[i]``; logits channel i
     is class i. ``patch_size`` is in pixels, ``res`` in CRS units per pixel, ``crs_wkt`` the
     training CRS as WKT. ``nodata`` is the input rasters' nodata value (None when they have none).
+    ``target`` is what the classes mean: ``semantic`` (the classes as named) or ``instances``
+    (background, interior, edge, contact of buildings, see :mod:`geoseg.instances`; the masks
+    ``infer`` writes are then tagged so that ``vectorize`` separates touching buildings), with
+    the ``edge_width_m`` and ``contact_distance_m`` the targets were made with.
     """
 
     model_config = ConfigDict(extra="ignore", validate_assignment=True)
@@ -111,6 +115,9 @@ class ModelCard(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     created: str = Field(default_factory=_now)
     nodata: float | None = None
+    target: Literal["semantic", "instances"] = "semantic"
+    edge_width_m: float | None = None
+    contact_distance_m: float | None = None
 
     @field_validator("model_args", "metrics")
     @classmethod

@@ -65,6 +65,14 @@ class DataConfig(_Section):
     """``geo``: georeferenced rasters; ``tiles``: ``img/`` + ``mask/`` folders of plain tiles."""
     label_attribute: str | None = None
     """Vector labels: the column holding class ids; none = every polygon is class 1."""
+    target: Literal["semantic", "instances"] = "semantic"
+    """What the model learns: ``semantic`` (the mask's classes) or ``instances`` (background,
+    building interior, building edge, contact between buildings: touching buildings come out as
+    separate footprints; needs building polygons or instance-id rasters as labels)."""
+    edge_width_m: float = Field(1.0, gt=0)
+    """``target: instances``: width of the edge band inside each outline, in metres (>= 1 pixel)."""
+    contact_distance_m: float = Field(2.5, ge=0)
+    """``target: instances``: background this close (metres) to two buildings is ``contact``."""
     all_touched: bool = False
     """Vector labels: burn every pixel a polygon touches, not only those whose centre it covers."""
     mask_mapping: dict[int, int] = Field(default_factory=dict)
@@ -256,6 +264,24 @@ class PipelineConfig(_Section):
     infer: InferConfig = Field(default_factory=InferConfig)
     vectorize: VectorizeConfig = Field(default_factory=VectorizeConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _instance_classes(self) -> PipelineConfig:
+        # Instance targets fix the classes; a config written for a building mask still reads.
+        if self.data.target != "instances":
+            return self
+        from geoseg.instances import CLASS_NAMES
+
+        names, count = self.model.class_names, self.model.classes
+        if names in (None, ["background", "building"], CLASS_NAMES) and count in (None, 2, 4):
+            if names != CLASS_NAMES or count is not None:
+                self.model.classes = None
+                self.model.class_names = list(CLASS_NAMES)
+            return self
+        raise ValueError(
+            f"data.target: instances predicts the classes {', '.join(CLASS_NAMES)}; remove "
+            f"model.class_names ({names}) and model.classes ({count}) or use data.target: semantic"
+        )
 
     @model_validator(mode="after")
     def _overlap_fits_the_patch(self) -> PipelineConfig:

@@ -34,7 +34,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from geoseg import catalog, labels, progress
+from geoseg import catalog, instances, labels, progress
 from geoseg.config import DataConfig
 from geoseg.errors import ConfigError, InputNotFoundError, LabelError, RasterError
 
@@ -1022,6 +1022,23 @@ def _attach_geo_masks(tiles: list[Tile], cfg: DataConfig, run_dir: Path) -> None
     lab = Path(cfg.labels)
     if not lab.exists():
         raise InputNotFoundError(f"{lab}: labels not found; check the path")
+    if cfg.target == "instances":  # background/interior/edge/contact from building instances
+        found = instances.training_masks(
+            lab,
+            [t.image for t in tiles],
+            [t.source for t in tiles],
+            run_dir / "cache",
+            edge_width_m=cfg.edge_width_m,
+            contact_distance_m=cfg.contact_distance_m,
+            attribute=cfg.label_attribute,
+            all_touched=cfg.all_touched,
+        )
+        for t, m in zip(tiles, found, strict=True):
+            if m is None:
+                log.warning("%s: no instance ids found in %s; image skipped", t.source, lab)
+            t.mask, t.lut = m, labels.mapping_lut(None)
+        tiles[:] = [t for t in tiles if t.mask is not None]
+        return
     if labels.is_vector(lab):
         masks = labels.burn_cached(
             lab,
@@ -1332,6 +1349,11 @@ def build_training_data(
     if patch_size <= 0 or batch_size <= 0:
         raise ConfigError(f"patch_size={patch_size} and batch_size={batch_size} must be positive")
     if cfg.layout == "tiles":
+        if cfg.target == "instances":
+            raise ConfigError(
+                "data.target: instances needs georeferenced rasters (edge widths are in metres); "
+                "use data.layout: geo with building polygons or instance-id rasters"
+            )
         tiles, grid = _plain_tiles(cfg, patch_size, gap)
         if cfg.split.method == "roi":
             raise ConfigError(

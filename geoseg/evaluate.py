@@ -593,3 +593,28 @@ def tables(report: dict[str, Any]) -> list[Any]:
 
 def _num(v: Any) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def match_labels(
+    prediction: np.ndarray, truth: np.ndarray, *, iou_threshold: float = 0.5
+) -> dict[str, int]:
+    """Objects of two label arrays (one integer per object, 0 = none) matched by pixel IoU.
+
+    The raster twin of :func:`objects` for arrays already in memory (validation patches): a
+    predicted object matches the truth object it overlaps with IoU strictly above
+    ``iou_threshold`` (>= 0.5 makes matches one to one). Returns ``{'tp', 'fp', 'fn'}``.
+    """
+    if iou_threshold < 0.5:
+        raise ValueError(f"iou_threshold={iou_threshold}: one-to-one matching needs >= 0.5")
+    p = np.asarray(prediction).ravel()
+    t = np.asarray(truth).ravel()
+    p_ids, p_area = np.unique(p[p > 0], return_counts=True)
+    t_ids, t_area = np.unique(t[t > 0], return_counts=True)
+    both = (p > 0) & (t > 0)
+    tp = 0
+    if both.any():
+        pairs, inter = np.unique(np.stack([p[both], t[both]]), axis=1, return_counts=True)
+        a = p_area[np.searchsorted(p_ids, pairs[0])]
+        b = t_area[np.searchsorted(t_ids, pairs[1])]
+        tp = int((inter / (a + b - inter) > iou_threshold).sum())
+    return {"tp": tp, "fp": len(p_ids) - tp, "fn": len(t_ids) - tp}

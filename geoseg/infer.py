@@ -44,7 +44,7 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from geoseg import config, io, progress, windows
+from geoseg import config, instances, io, progress, windows
 from geoseg.config import InferConfig
 from geoseg.device import resolve_device, resolve_precision
 from geoseg.errors import (
@@ -981,6 +981,8 @@ def predict_raster(
         "precision": prec,
         "software": "geoseg",
     }
+    if getattr(card, "target", "semantic") == "instances":  # vectorize separates buildings
+        meta[instances.TARGET_TAG] = instances.TARGET_INSTANCES
     t0 = time.perf_counter()
     job = _Job(
         profile=profile,
@@ -1046,8 +1048,7 @@ def check_patch(patch_size: int, overlap: int, architecture: str, source: str) -
         )
     if overlap < 0 or overlap >= patch_size:
         raise ConfigError(
-            f"overlap={overlap} must be >= 0 and < patch_size={patch_size}; "
-            f"e.g. {patch_size // 8}"
+            f"overlap={overlap} must be >= 0 and < patch_size={patch_size}; e.g. {patch_size // 8}"
         )
 
 

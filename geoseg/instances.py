@@ -57,7 +57,7 @@ from rasterio.windows import Window
 
 from geoseg import io, progress
 from geoseg import labels as labels_mod
-from geoseg.errors import ConfigError, InputNotFoundError, RasterError
+from geoseg.errors import ConfigError, InputNotFoundError, LabelError, RasterError
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,7 @@ def write_targets(
     edge_width_m: float = EDGE_WIDTH_M,
     contact_distance_m: float = CONTACT_DISTANCE_M,
     valid_from: Path | None = None,
+    like: Path | None = None,
     window: int = TARGET_WINDOW,
     overwrite: bool = True,
 ) -> Path:
@@ -277,7 +278,9 @@ def write_targets(
             same grid, written atomically; tagged ``geoseg_target=instances`` with the widths.
         edge_width_m, contact_distance_m: see :func:`class_targets` (metres; geographic rasters
             are measured on the ellipsoid).
-        valid_from: an image on the same grid whose nodata pixels become 255.
+        valid_from: an image on the output grid whose nodata pixels become 255.
+        like: write on this raster's grid (ids resampled by nearest neighbour, read through a
+            GDAL warped VRT); default: the ids' own grid.
         window: side of the windows read at once (memory about 30 bytes per pixel of one window
             grown by the halo).
         overwrite: replace ``out`` if it exists.
@@ -285,7 +288,11 @@ def write_targets(
     Raises:
         ConfigError: the edge width is smaller than a pixel.
     """
-    with io.open_raster(ids_path) as src, io.reading(ids_path):
+    with contextlib.ExitStack() as opened:
+        src = opened.enter_context(io.open_raster(ids_path))
+        opened.enter_context(io.reading(ids_path))
+        if like is not None:
+            src = opened.enter_context(_on_grid_of(src, Path(like)))
         grid = dict(crs=src.crs, transform=src.transform, width=src.width, height=src.height)
         px = pixel_size_m(src.crs, src.transform, src.width, src.height)
         edge_px, contact_px = band_widths(px, edge_width_m, contact_distance_m, ids_path)
@@ -318,6 +325,26 @@ def write_targets(
                     writer.write(cls, core)
             output.commit(tmp, verify=io.verify_raster)
     return Path(out)
+
+
+@contextlib.contextmanager
+def _on_grid_of(src: Any, like: Path) -> Iterator[Any]:
+    """``src`` as seen on ``like``'s grid (itself when the grids are equal)."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    with io.open_raster(like) as ref:
+        grid = dict(crs=ref.crs, transform=ref.transform, width=ref.width, height=ref.height)
+    if (src.crs, src.transform, src.width, src.height) == tuple(grid.values()):
+        yield src
+        return
+    if src.crs is None or grid["crs"] is None:
+        raise RasterError(
+            f"{src.name}: instance ids and {like.name} are on different grids and one has no "
+            "CRS; georeference the ids or write them on the image's grid"
+        )
+    with WarpedVRT(src, resampling=Resampling.nearest, **grid) as vrt:
+        yield vrt
 
 
 def burn_ids_file(
@@ -452,6 +479,90 @@ def targets_cached(
             )
             bar.advance()
     io.write_json(targets_key, cls_dir / "done.json")
+    return outs
+
+
+def training_masks(
+    labels: Path,
+    images: Sequence[Path],
+    sources: Sequence[Path],
+    cache_root: Path,
+    *,
+    edge_width_m: float = EDGE_WIDTH_M,
+    contact_distance_m: float = CONTACT_DISTANCE_M,
+    attribute: str | None = None,
+    all_touched: bool = False,
+) -> list[Path | None]:
+    """Instance-class masks for training, from building polygons or instance-id rasters.
+
+    Args:
+        labels: a vector file of building polygons, or a folder (or file) of instance-id
+            rasters (integer types wider than 8 bits, one id per building, 0 background).
+        images: the rasters the masks must lie on (the training grid), one per source.
+        sources: the original image files (their names pair them with the id rasters).
+        cache_root: cache folder (``RUN/cache``).
+
+    Returns:
+        One uint8 class-mask path per image (None where no id raster matches the image).
+
+    Raises:
+        LabelError: class masks given (uint8: they cannot tell touching buildings apart), no id
+            raster matches an image, or the polygons overlap no image.
+        ConfigError: the edge width is smaller than a pixel.
+    """
+    from geoseg import catalog
+
+    labels = Path(labels)
+    if io.is_vector(labels):
+        return list(
+            targets_cached(
+                labels,
+                images,
+                cache_root,
+                edge_width_m=edge_width_m,
+                contact_distance_m=contact_distance_m,
+                attribute=attribute,
+                all_touched=all_touched,
+            )
+        )
+    rasters = catalog.find_rasters([str(labels)])
+    matched = labels_mod.match_masks(list(sources), rasters)
+    if not any(m is not None for m in matched):
+        raise LabelError(
+            f"{labels}: no instance-id raster matches an image by file name or overlaps one "
+            f"(e.g. {Path(sources[0]).name}); give rasters of the same area, named like the images"
+        )
+    for m in {m for m in matched if m is not None}:
+        if not is_instance_raster(m):
+            raise LabelError(
+                f"{m}: data.target: instances needs building polygons or instance ids, but this "
+                "is a class mask (8-bit), which cannot tell touching buildings apart; pass the "
+                "building polygons (a vector file) or rasters of one integer per building "
+                "(UInt16/Int32, 0 = background)"
+            )
+    outs: list[Path | None] = []
+    for image, ids in zip(images, matched, strict=True):
+        if ids is None:
+            outs.append(None)
+            continue
+        key = {
+            "ids": io.fingerprint([ids]),
+            "image": io.fingerprint([image]),
+            "edge_width_m": edge_width_m,
+            "contact_distance_m": contact_distance_m,
+            "v": 1,
+        }
+        out = Path(cache_root) / f"targets-{io.digest(key)}" / f"{Path(image).stem}.tif"
+        if not out.exists():
+            write_targets(
+                ids,
+                out,
+                edge_width_m=edge_width_m,
+                contact_distance_m=contact_distance_m,
+                valid_from=Path(image),
+                like=Path(image),
+            )
+        outs.append(out)
     return outs
 
 
@@ -850,3 +961,73 @@ def _seed_mask(
     if interior_p is not None:
         return _building(cls) & (interior_p >= round(settings.threshold * 254))
     return _erode(cls == INTERIOR, settings.erosion_px)
+
+
+# ----------------------------------------------------------------------------- in memory
+
+
+def label_array(
+    classes: np.ndarray,
+    *,
+    interior_probability: np.ndarray | None = None,
+    seeds: SeedSettings | None = None,
+) -> np.ndarray:
+    """One integer per building of an instance-class array in memory (a validation patch).
+
+    The same rules as :class:`BuildingLabels` on one block: building regions (4-connected
+    interior ∪ edge) with one seed or none are one building; regions with several seeds are
+    split by watershed from them.
+
+    Args:
+        classes: uint8 [H, W] instance classes (other values, e.g. 255, are not building).
+        interior_probability: optional uint8 [H, W] interior probability scaled to 0-254.
+        seeds: seed settings.
+
+    Returns:
+        int32 [H, W], 0 = no building, 1..n buildings.
+    """
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    settings = seeds or SeedSettings()
+    building = _building(classes)
+    region, n = ndi.label(building, _FOUR)
+    if not n:
+        return region
+    seed = _seed_mask(classes, interior_probability, settings) & building
+    seed_label, n_seed = ndi.label(seed, _FOUR)
+    owner = np.zeros(n_seed + 1, dtype=np.int64)
+    owner[seed_label[seed]] = region[seed]
+    several = np.bincount(owner[1:], minlength=n + 1) > 1
+    several[0] = False
+    if several.any():
+        split = several[region]
+        markers = np.where(split & seed, seed_label + n, 0)
+        if interior_probability is not None:
+            landscape = 254 - np.asarray(interior_probability, dtype=np.uint8)
+        else:
+            landscape = np.zeros(classes.shape, dtype=np.uint8)
+        grown = watershed(landscape, markers, mask=split, connectivity=1)
+        region = np.where(split, grown, region)
+    return region.astype(np.int32)
+
+
+def building_scores(matrix: np.ndarray) -> dict[str, float]:
+    """Building IoU/F1/precision/recall of an instance-class confusion matrix.
+
+    Interior and edge count as building, background and contact as not, so the figures compare
+    with a semantic building model's. ``matrix``: [4, 4] (rows = truth).
+    """
+    from geoseg import metrics
+
+    m = np.asarray(matrix, dtype=np.int64)
+    inside = np.zeros(m.shape[0], dtype=bool)
+    inside[list(BUILDING_CLASSES)] = True
+    two = np.array(
+        [
+            [m[~inside][:, ~inside].sum(), m[~inside][:, inside].sum()],
+            [m[inside][:, ~inside].sum(), m[inside][:, inside].sum()],
+        ]
+    )
+    scores = metrics.ConfusionMatrix.from_matrix(two).scores(["other", "building"])
+    return scores["per_class"]["building"]

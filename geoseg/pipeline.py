@@ -226,6 +226,19 @@ def _truth_rasters(
         return [None] * len(predictions)
     src = Path(label_source)
     cache = run_dir / "evaluate" / "truth"
+    if cfg.data.target == "instances":  # the same targets as training, on each prediction
+        from geoseg import instances
+
+        return instances.training_masks(
+            src,
+            predictions,
+            predictions,
+            cache,
+            edge_width_m=cfg.data.edge_width_m,
+            contact_distance_m=cfg.data.contact_distance_m,
+            attribute=cfg.data.label_attribute,
+            all_touched=cfg.data.all_touched,
+        )
     names = cfg.model.resolved_class_names
     ignore = cfg.data.ignore_index
     out: list[Path | None] = []
@@ -322,7 +335,14 @@ def _pixel_scores(
                     t[~_region_mask(shapes, pred, win)] = ignore
                 cm.update(p, t)
             used += 1
-    return cm.scores(cfg.model.resolved_class_names) if used else None
+    if not used:
+        return None
+    scores = cm.scores(cfg.model.resolved_class_names)
+    if cfg.data.target == "instances":  # building = interior + edge, as a semantic model's
+        from geoseg import instances
+
+        scores["per_class"]["building"] = instances.building_scores(cm.matrix)
+    return scores
 
 
 def _truth_polygons(cfg: PipelineConfig, truths: list[Path | None]):
@@ -406,9 +426,9 @@ def _evaluate(
 
 def headline(report: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
     """The figures a person looks for first: building IoU and F1 (pixel and object)."""
-    name = "building" if "building" in class_names else class_names[-1]
-    out: dict[str, Any] = {}
     per_class = report.get("pixels", {}).get("per_class", {})
+    name = "building" if "building" in [*class_names, *per_class] else class_names[-1]
+    out: dict[str, Any] = {}
     if name in per_class:
         out["building_iou"] = per_class[name]["iou"]
         out["building_pixel_f1"] = per_class[name]["f1"]

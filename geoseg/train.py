@@ -121,10 +121,17 @@ def _autocast(
 def monitor_metric(cfg: PipelineConfig) -> tuple[str, Literal["max", "min"]]:
     """The metrics.csv column that picks best.ckpt, and whether higher or lower is better.
 
-    ``train.monitor: auto`` is ``iou_building`` when a class is named ``building``, else ``miou``.
+    ``train.monitor: auto`` is ``iou_building`` when a class is named ``building`` (with
+    ``data.target: instances``: interior ∪ edge), else ``miou``. ``object_f1`` (building F1 of
+    the validation patches, one object per separated building) is an option for building models.
     """
     names = cfg.model.resolved_class_names
+    instances = cfg.data.target == "instances"
+    if instances:  # building = interior + edge, comparable with a semantic model
+        names = [*names, "building"]
     valid = ["miou", "accuracy", "val_loss"] + [f"{m}_{n}" for n in names for m in ("iou", "f1")]
+    if "building" in names:
+        valid += ["object_f1"]
     monitor = cfg.train.monitor
     if monitor == "auto":
         monitor = "iou_building" if "building" in names else "miou"
@@ -134,6 +141,17 @@ def monitor_metric(cfg: PipelineConfig) -> tuple[str, Literal["max", "min"]]:
             f"{', '.join(valid)}"
         )
     return monitor, ("min" if monitor == "val_loss" else "max")
+
+
+def _target_card(cfg: PipelineConfig) -> dict[str, Any]:
+    """The model card's record of what the classes mean (instance targets and their widths)."""
+    if cfg.data.target != "instances":
+        return {}
+    return {
+        "target": "instances",
+        "edge_width_m": cfg.data.edge_width_m,
+        "contact_distance_m": cfg.data.contact_distance_m,
+    }
 
 
 def _model_args(cfg: PipelineConfig) -> dict[str, Any]:
@@ -655,6 +673,12 @@ class _Trainer:
         self.num_classes = cfg.model.num_classes
         self.ignore_index = td.ignore_index
         self.monitor, self.mode = monitor_metric(cfg)
+        # objects of the validation patches: separated buildings (instance targets) or connected
+        # regions of the building class
+        self.instances = cfg.data.target == "instances"
+        self.building_id = (
+            self.class_names.index("building") if "building" in self.class_names else None
+        )
         self.memory_format = (
             torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         )
@@ -704,6 +728,7 @@ class _Trainer:
             crs_wkt=td.crs_wkt,
             epoch=epoch,
             metrics=metrics,
+            **_target_card(self.cfg),
         )
 
     @property
@@ -902,6 +927,7 @@ class _Trainer:
         cm = metrics.ConfusionMatrix(self.num_classes, ignore_index=self.ignore_index)
         model = self.bare_model.eval()  # no DDP wrapper: ranks may hold different batch counts
         loss_sum, batches = 0.0, 0
+        objects = np.zeros(3, dtype=np.int64)  # tp, fp, fn
         total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
         with progress.bar(total, description, unit="batches") as bar:
             for batch in loader or []:
@@ -911,11 +937,58 @@ class _Trainer:
                 loss = self.loss_fn(logits.float(), y)
                 if torch.isfinite(loss):
                     loss_sum, batches = loss_sum + float(loss), batches + 1
-                cm.update(logits.argmax(1), y)  # counted on the device
+                pred = logits.argmax(1)
+                cm.update(pred, y)  # counted on the device
+                if self.instances or self.building_id is not None:
+                    objects += self._objects(pred, y)
                 bar.advance()
         cm.all_reduce()  # no-op in one process
-        sums = self.dist.sum(torch.tensor([loss_sum, batches], dtype=torch.float64))
-        return float(sums[0] / max(float(sums[1]), 1.0)), cm.scores(self.class_names)
+        sums = self.dist.sum(
+            torch.tensor([loss_sum, batches, *objects.tolist()], dtype=torch.float64)
+        )
+        scores = cm.scores(self.class_names)
+        if self.instances:
+            from geoseg import instances
+
+            scores["per_class"]["building"] = instances.building_scores(cm.matrix)
+        if self.instances or self.building_id is not None:
+            tp, fp, fn = (float(v) for v in sums[2:5])
+            scores["objects"] = {
+                "tp": int(tp),
+                "fp": int(fp),
+                "fn": int(fn),
+                "precision": tp / (tp + fp) if tp + fp else float("nan"),
+                "recall": tp / (tp + fn) if tp + fn else float("nan"),
+                "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"),
+            }
+        return float(sums[0] / max(float(sums[1]), 1.0)), scores
+
+    def _objects(self, pred: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
+        """Building objects matched between predicted and true patches: (tp, fp, fn).
+
+        Patches are scored one by one (buildings cut by a patch border count as the pieces in
+        it, in both), with the IoU > 0.5 rule of :func:`geoseg.evaluate.objects`.
+        """
+        from scipy import ndimage as ndi
+
+        from geoseg import evaluate, instances
+
+        p = pred.cpu().numpy().astype(np.uint8)
+        t = truth.cpu().numpy()
+        ignored = t == self.ignore_index
+        t = np.where(ignored, 255, t).astype(np.uint8)
+        p[ignored] = 255
+        four = ndi.generate_binary_structure(2, 1)
+        out = np.zeros(3, dtype=np.int64)
+        for pi, ti in zip(p, t, strict=True):
+            if self.instances:
+                pl, tl = instances.label_array(pi), instances.label_array(ti)
+            else:
+                pl = ndi.label(pi == self.building_id, four)[0]
+                tl = ndi.label(ti == self.building_id, four)[0]
+            m = evaluate.match_labels(pl, tl)
+            out += (m["tp"], m["fp"], m["fn"])
+        return out
 
     def row(
         self, epoch: int, train_loss: float, val_loss: float, scores: dict[str, Any], seconds: float
@@ -926,10 +999,14 @@ class _Trainer:
             "train_loss": train_loss,
             "val_loss": val_loss,
         }
-        for name in self.class_names:
+        for name in [*self.class_names, *(["building"] if self.instances else [])]:
             per = scores["per_class"].get(name, {})
             row[f"iou_{name}"] = _num(per.get("iou"))
             row[f"f1_{name}"] = _num(per.get("f1"))
+        if "objects" in scores:
+            row["object_f1"] = _num(scores["objects"]["f1"])
+            row["object_precision"] = _num(scores["objects"]["precision"])
+            row["object_recall"] = _num(scores["objects"]["recall"])
         row["miou"] = _num(scores.get("miou"))
         row["accuracy"] = _num(scores.get("accuracy"))
         row["seconds"] = round(seconds, 2)
@@ -1002,8 +1079,10 @@ class _Trainer:
             f"train loss {row['train_loss']:.4f}",
             f"val loss {row['val_loss']:.4f}",
         ]
-        if "building" in self.class_names:
+        if "iou_building" in row:
             parts.append(f"building IoU {row['iou_building']:.3f} F1 {row['f1_building']:.3f}")
+        if "object_f1" in row:
+            parts.append(f"object F1 {row['object_f1']:.3f}")
         parts += [f"mIoU {row['miou']:.3f}", f"{row['seconds']:.0f} s"]
         log.info("  ".join(parts) + ("  *best*" if better else ""))
 
