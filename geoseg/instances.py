@@ -113,11 +113,12 @@ def band_widths(
     """Edge band width and contact reach in whole pixels for a pixel of ``pixel_m`` metres.
 
     Raises:
-        ConfigError: the edge width is smaller than a pixel (no band could be drawn), or the
-            contact distance is negative.
+        LabelError: the edge width is smaller than a pixel of this imagery (no band could be
+            drawn; exit 1, as the imagery decides).
+        ConfigError: the contact distance is negative.
     """
     if not edge_width_m >= pixel_m * (1 - 1e-6):
-        raise ConfigError(
+        raise LabelError(
             f"{source}: edge width {edge_width_m:g} m is smaller than a pixel "
             f"({pixel_m:.3g} m); set data.edge_width_m to at least {pixel_m:.3g} "
             f"(e.g. {max(2 * pixel_m, EDGE_WIDTH_M):.2g})"
@@ -286,7 +287,7 @@ def write_targets(
         overwrite: replace ``out`` if it exists.
 
     Raises:
-        ConfigError: the edge width is smaller than a pixel.
+        LabelError: the edge width is smaller than a pixel.
     """
     with contextlib.ExitStack() as opened:
         src = opened.enter_context(io.open_raster(ids_path))
@@ -424,8 +425,8 @@ def targets_cached(
         One uint8 class-mask path per image, in order.
 
     Raises:
-        LabelError: the polygons overlap none of the images, or cannot be read.
-        ConfigError: the edge width is smaller than a pixel of an image.
+        LabelError: the polygons overlap none of the images, or cannot be read, or the edge
+            width is smaller than a pixel of an image.
     """
     labels = Path(labels)
     if not labels.exists():
@@ -507,8 +508,8 @@ def training_masks(
 
     Raises:
         LabelError: class masks given (uint8: they cannot tell touching buildings apart), no id
-            raster matches an image, or the polygons overlap no image.
-        ConfigError: the edge width is smaller than a pixel.
+            raster matches an image, the polygons overlap no image, or the edge width is
+            smaller than a pixel.
     """
     from geoseg import catalog
 
@@ -532,7 +533,7 @@ def training_masks(
             f"{labels}: no instance-id raster matches an image by file name or overlaps one "
             f"(e.g. {Path(sources[0]).name}); give rasters of the same area, named like the images"
         )
-    for m in {m for m in matched if m is not None}:
+    for m in dict.fromkeys(m for m in matched if m is not None):  # in image order
         if not is_instance_raster(m):
             raise LabelError(
                 f"{m}: data.target: instances needs building polygons or instance ids, but this "

@@ -99,7 +99,7 @@ def test_edge_width_is_in_metres_also_on_geographic_grids() -> None:
         rasterio.crs.CRS.from_epsg(4326), from_origin(10.0, 0.001, 1e-5, 1e-5), 100, 100
     )
     assert px == pytest.approx(1.11, abs=0.01)
-    with pytest.raises(ConfigError, match=r"edge width 0.2 m is smaller than a pixel \(0.5 m\)"):
+    with pytest.raises(LabelError, match=r"edge width 0.2 m is smaller than a pixel \(0.5 m\)"):
         instances.band_widths(0.5, 0.2, 2.0, "image.tif")
 
 
@@ -167,7 +167,7 @@ def test_polygons_away_from_the_imagery_are_one_line_errors(tmp_path: Path, make
     with pytest.raises(LabelError, match="no label polygon overlaps"):
         instances.targets_cached(far, [image], tmp_path / "cache")
     near = _polygons_gpkg(tmp_path / "near.gpkg", [shapely.box(500001, 4999980, 500010, 4999990)])
-    with pytest.raises(ConfigError, match="smaller than a pixel"):
+    with pytest.raises(LabelError, match="smaller than a pixel"):
         instances.targets_cached(near, [image], tmp_path / "cache", edge_width_m=0.1)
 
 
