@@ -215,7 +215,10 @@ def _load_model(path: Path, device: str) -> tuple[Any, Any]:
     """Load weights + card, turning any failure into a one-line CheckpointError."""
     if not path.is_file():
         raise InputNotFoundError(f"{path}: checkpoint not found; check the path")
-    from geoseg import checkpoint
+    from geoseg import checkpoint, export
+
+    if export.is_onnx(path):  # an exported model: onnxruntime behind the torch call interface
+        return export.load_onnx(path, device=device)
 
     try:
         return checkpoint.load_model(path, device=device)
@@ -231,7 +234,10 @@ def _load_model(path: Path, device: str) -> tuple[Any, Any]:
 def _load_card(path: Path) -> Any:
     if not path.is_file():
         raise InputNotFoundError(f"{path}: checkpoint not found; check the path")
-    from geoseg import checkpoint
+    from geoseg import checkpoint, export
+
+    if export.is_onnx(path):
+        return export.read_card(path)
 
     try:
         return checkpoint.load(path).card
@@ -1000,6 +1006,8 @@ def predict_raster(
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     card = _load_card(ckpt)
+    if ckpt.suffix.lower() == ".onnx":
+        prec = "32"  # onnxruntime runs the exported graph in float32
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -1015,6 +1023,10 @@ def predict_raster(
     P = int(patch_size or card.patch_size)
     overlap = min(64, P // 4) if overlap is None else int(overlap)
     _check_patch(P, overlap, card.architecture, ckpt)
+    if ckpt.suffix.lower() == ".onnx":
+        from geoseg import export
+
+        export.check_tile_size(ckpt, P)
     bs = int(batch_size or _default_batch_size(dev, P))
     if bs < 1:
         raise ConfigError(f"batch_size={bs} must be >= 1")
