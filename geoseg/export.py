@@ -862,13 +862,18 @@ def footprint_style(
     gpkg = Path(gpkg)
     info = pyogrio.read_info(gpkg, layer=layer)
     geometry_column = info.get("geometry_name") or "geom"
-    names: list[str] = []
-    if column in info["fields"]:
-        values = pyogrio.read_dataframe(gpkg, layer=layer, columns=[column], read_geometry=False)
-        names = sorted({str(v) for v in values[column].dropna()})
     palette = _palette()
-    # Class k of the mask has palette colour k; footprints have no background (class 0).
-    classes = [(name, palette[(k + 1) % len(palette)]) for k, name in enumerate(names)]
+    classes: list[tuple[str, tuple[int, int, int, int]]] = []
+    if column in info["fields"]:
+        # Colour by class id as the mask's colour table does (class k -> palette[k]).
+        ids = [c for c in ("class_id",) if c in info["fields"]]
+        values = pyogrio.read_dataframe(
+            gpkg, layer=layer, columns=[column, *ids], read_geometry=False
+        )
+        pairs = values.drop_duplicates(column).dropna(subset=[column])
+        for k, rec in enumerate(pairs.sort_values(ids or column).itertuples(index=False)):
+            value = getattr(rec, "class_id", k + 1)
+            classes.append((str(getattr(rec, column)), palette[int(value) % len(palette)]))
     row = {
         "f_table_catalog": "",
         "f_table_schema": "",
