@@ -802,43 +802,63 @@ def mask_style(mask: str | Path, *, background: int | None = 0) -> Path:
     return path
 
 
-def _footprint_qml(classes: list[tuple[str, tuple[int, int, int, int]]], column: str) -> str:
-    """A categorized fill style: one outlined, half-transparent colour per class name."""
-    categories, symbols = [], []
-    for k, (name, (r, g, b, _)) in enumerate(classes):
-        categories.append(
+def _fill_symbol(name: str, rgba: tuple[int, int, int, int]) -> str:
+    """A QGIS fill symbol: outlined in the colour, filled with it at 35 % opacity."""
+    r, g, b, _ = rgba
+    props = {
+        "color": f"{r},{g},{b},90",
+        "outline_color": f"{r},{g},{b},255",
+        "outline_style": "solid",
+        "outline_width": "0.4",
+        "outline_width_unit": "MM",
+        "style": "solid",
+    }
+    options = "\n".join(
+        f'            <Option name="{key}" type="QString" value="{value}"/>'
+        for key, value in props.items()
+    )
+    return (
+        f'      <symbol type="fill" name="{name}" alpha="1" clip_to_extent="1" force_rhr="0">\n'
+        '        <layer class="SimpleFill" enabled="1" locked="0" pass="0">\n'
+        '          <Option type="Map">\n'
+        f"{options}\n"
+        "          </Option>\n"
+        "        </layer>\n"
+        "      </symbol>"
+    )
+
+
+def _footprint_qml(
+    classes: list[tuple[str, tuple[int, int, int, int]]],
+    column: str,
+    default: tuple[int, int, int, int],
+) -> str:
+    """A categorized style (one colour per class name), or one symbol when there are none."""
+    if classes:
+        categories = "\n".join(
             f'      <category symbol="{k}" value={quoteattr(name)} label={quoteattr(name)} '
             'render="true"/>'
+            for k, (name, _) in enumerate(classes)
         )
-        props = {
-            "color": f"{r},{g},{b},90",
-            "outline_color": f"{r},{g},{b},255",
-            "outline_style": "solid",
-            "outline_width": "0.4",
-            "outline_width_unit": "MM",
-            "style": "solid",
-        }
-        options = "\n".join(
-            f'            <Option name="{key}" type="QString" value="{value}"/>'
-            for key, value in props.items()
+        symbols = "\n".join(_fill_symbol(str(k), rgba) for k, (_, rgba) in enumerate(classes))
+        renderer = (
+            f'  <renderer-v2 type="categorizedSymbol" attr={quoteattr(column)} forceraster="0" '
+            'symbollevels="0" enableorderby="0">\n'
+            f"    <categories>\n{categories}\n    </categories>\n"
+            f"    <symbols>\n{symbols}\n    </symbols>\n"
+            "  </renderer-v2>\n"
         )
-        symbols.append(
-            f'      <symbol type="fill" name="{k}" alpha="1" clip_to_extent="1" force_rhr="0">\n'
-            '        <layer class="SimpleFill" enabled="1" locked="0" pass="0">\n'
-            '          <Option type="Map">\n'
-            f"{options}\n"
-            "          </Option>\n"
-            "        </layer>\n"
-            "      </symbol>"
+    else:
+        renderer = (
+            '  <renderer-v2 type="singleSymbol" forceraster="0" symbollevels="0" '
+            'enableorderby="0">\n'
+            f"    <symbols>\n{_fill_symbol('0', default)}\n    </symbols>\n"
+            "  </renderer-v2>\n"
         )
     return (
         "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
         '<qgis version="3.28.0" styleCategories="Symbology">\n'
-        f'  <renderer-v2 type="categorizedSymbol" attr={quoteattr(column)} forceraster="0" '
-        'symbollevels="0" enableorderby="0">\n'
-        "    <categories>\n" + "\n".join(categories) + "\n    </categories>\n"
-        "    <symbols>\n" + "\n".join(symbols) + "\n    </symbols>\n"
-        "  </renderer-v2>\n"
+        f"{renderer}"
         "  <blendMode>0</blendMode>\n"
         "</qgis>\n"
     )
@@ -880,7 +900,7 @@ def footprint_style(
         "f_table_name": layer,
         "f_geometry_column": geometry_column,
         "styleName": layer,
-        "styleQML": _footprint_qml(classes, column),
+        "styleQML": _footprint_qml(classes, column, palette[1 % len(palette)]),
         "styleSLD": "",
         "useAsDefault": True,
         "description": "geoseg footprints",

@@ -1085,6 +1085,9 @@ def predict_raster(
     finally:
         for t in temps:
             t.unlink(missing_ok=True)
+    from geoseg import export
+
+    export.mask_style(dst)  # QGIS style sidecar <mask>.qml; the mask itself is not touched
     mp = profile["width"] * profile["height"] / 1e6
     log.info("%s -> %s: %.2f MP in %.1f s", src.name, dst, mp, time.perf_counter() - t0)
     return dst

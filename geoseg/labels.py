@@ -252,7 +252,11 @@ def rasterize(
         valid = _valid_mask(src)
     mask = burn(gdf, grid, all_touched=all_touched, valid=valid)
     log.info("burned %d polygons into %s", len(gdf), out)
-    return write_mask(mask, out, grid)
+    write_mask(mask, out, grid)
+    from geoseg import export
+
+    export.mask_style(out)  # QGIS style sidecar <mask>.qml
+    return out
 
 
 def _vector_key(path: Path) -> list:

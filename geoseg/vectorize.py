@@ -672,6 +672,10 @@ def write(gdf: Any, out: Path | str, *, layer: str = "footprints", overwrite: bo
         if driver == "ESRI Shapefile":  # DBF field names are at most 10 characters
             gdf = gdf.rename(columns=SHAPEFILE_NAMES)
         gdf.to_file(tmp, **kwargs)
+        if driver == "GPKG":
+            from geoseg import export
+
+            export.footprint_style(tmp, layer=layer)  # QGIS applies it when the layer is opened
         if driver == "ESRI Shapefile":
             stem = out.with_suffix("")
             for part in tmp_dir.iterdir():

@@ -163,23 +163,32 @@ def test_the_graph_takes_raw_pixels_and_returns_probabilities(tmp_path: Path) ->
     assert np.abs(got - want).max() < 1e-4
 
 
-@pytest.mark.parametrize("name", ["unet", "unet-resnet18"])
-def test_registered_models_export_with_dynamic_size(tmp_path: Path, name: str) -> None:
+@pytest.fixture(scope="module")
+def resnet18(tmp_path_factory) -> tuple[Path, Path]:
+    """A random unet-resnet18 checkpoint and its ONNX export with dynamic height and width."""
+    work = tmp_path_factory.mktemp("resnet18") / "models"
+    ck = make_checkpoint(work / "m.ckpt", "unet-resnet18")
+    return ck, export.onnx(ck, work / "m.onnx", dynamic_size=True)
+
+
+def _check_dynamic(ck: Path, path: Path) -> None:
     import onnxruntime as ort
 
-    ck = make_checkpoint(tmp_path / f"{name}.ckpt", name)
-    path = export.onnx(ck, tmp_path / f"{name}.onnx", dynamic_size=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
     model, _ = checkpoint.load_model(ck)
+    mean = torch.tensor([100.0, 110.0, 120.0]).view(1, -1, 1, 1)
+    std = torch.tensor([50.0, 40.0, 30.0]).view(1, -1, 1, 1)
     for h, w in ((64, 64), (96, 128)):
         raw = torch.rand(3, 3, h, w) * 255
         got = session.run(None, {"pixels": raw.numpy()})[0]
-        mean = torch.tensor([100.0, 110.0, 120.0]).view(1, -1, 1, 1)
-        std = torch.tensor([50.0, 40.0, 30.0]).view(1, -1, 1, 1)
         with torch.inference_mode():
             want = torch.softmax(model((raw - mean) / std), 1).numpy()
         assert got.shape == (3, 2, h, w) and np.abs(got - want).max() < 1e-3
+
+
+def test_unet_resnet18_exports_with_dynamic_size(resnet18: tuple[Path, Path]) -> None:
+    _check_dynamic(*resnet18)
 
 
 def test_infer_takes_another_patch_size_only_from_a_dynamic_export(
@@ -192,6 +201,7 @@ def test_infer_takes_another_patch_size_only_from_a_dynamic_export(
     assert res.exit_code == 1 and res.stderr.count("\n") == 1
     assert "64 x 64 tiles" in res.stderr and "--dynamic-size" in res.stderr
     dynamic = export.onnx(ck, tmp_path / "dynamic.onnx", dynamic_size=True)
+    _check_dynamic(ck, dynamic)  # the plain UNet, as unet-resnet18 above
     outs = [tmp_path / "ckpt.tif", tmp_path / "dyn.tif"]
     for model, out in zip((ck, dynamic), outs, strict=True):
         infer.predict_raster(src, out, checkpoint=model, patch_size=32, overlap=8, precision="32")
@@ -241,7 +251,7 @@ def test_metadata_reads_as_deepness_and_geodeep_read_it(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------ STAC MLM
 
 
-def test_stac_item_validates_against_the_mlm_extension(tmp_path: Path) -> None:
+def test_stac_item_validates_against_the_mlm_extension(resnet18: tuple[Path, Path]) -> None:
     """The MLM JSON schema ships in no installed package (stac-model 0.7.0 has none), so the item
     is checked with the extension's reference models: stac-model's pydantic MLModelProperties
     (maintained with the schema in stac-extensions/mlm), pystac's MLM extension reader, and
@@ -251,9 +261,9 @@ def test_stac_item_validates_against_the_mlm_extension(tmp_path: Path) -> None:
     from pystac.validation import validate_dict
     from stac_model.schema import MLModelProperties
 
-    ck = make_checkpoint(tmp_path / "models" / "m.ckpt", "unet-resnet18")
-    onnx, path = tmp_path / "models" / "m.onnx", tmp_path / "stac" / "item.json"
-    _ok(_cli("export", ck, "--out", onnx, "--stac", path))
+    ck, onnx = resnet18
+    path = ck.parent.parent / "stac" / "item.json"
+    export.stac(ck, path, onnx=onnx)
     item = json.loads(path.read_text())
 
     assert validate_dict(copy.deepcopy(item), extensions=[])  # STAC core, offline schema
@@ -283,7 +293,7 @@ def test_mask_style_sidecar_parses_back_and_leaves_the_mask_alone(
     exported: Path, demo_data, tmp_path: Path
 ) -> None:
     mask = tmp_path / "mask.tif"
-    infer.predict_raster(demo_data.images[0], mask, checkpoint=exported)
+    infer.predict_raster(demo_data.images[0], mask, checkpoint=exported, overlap=16)
     before = hashlib.sha256(mask.read_bytes()).hexdigest()
     with rasterio.open(mask) as m:
         pixels, profile = m.read(), m.profile
@@ -309,6 +319,16 @@ def test_mask_style_sidecar_parses_back_and_leaves_the_mask_alone(
     nodata = renderer.find("rasterTransparency/singleValuePixelList/pixelListEntry")
     assert nodata is not None and nodata.get("min") == nodata.get("max") == "255"
     assert nodata.get("percentTransparent") == "100"
+
+
+def test_rasterize_writes_a_style_sidecar_from_the_mask_values(demo_data, tmp_path: Path) -> None:
+    out = tmp_path / "truth.tif"
+    _ok(_cli("rasterize", demo_data.buildings, "--like", demo_data.images[0], "--out", out))
+    entries = ET.parse(out.with_suffix(".qml")).getroot().iter("paletteEntry")
+    assert [(e.get("value"), e.get("label"), e.get("alpha")) for e in entries][:2] == [
+        ("0", "background", "0"),
+        ("1", "class 1", "255"),
+    ]
 
 
 def test_footprint_style_is_a_qgis_layer_style(exported: Path, demo_data, tmp_path: Path) -> None:
@@ -379,6 +399,8 @@ def test_existing_output_and_bad_opset_are_one_line(tmp_path: Path) -> None:
     stac.write_text("{}")
     res = _cli("export", ck, "--stac", stac)
     assert res.exit_code == 1 and "--overwrite" in res.stderr and stac.read_text() == "{}"
+    _ok(_cli("export", ck, "--stac", stac, "--overwrite"))
+    assert set(json.loads(stac.read_text())["assets"]) == {"model"}
 
     newest = onnx.defs.onnx_opset_version()
     for opset in (newest + 1, 5):
