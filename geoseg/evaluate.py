@@ -204,7 +204,7 @@ def _read_vector(source: Path | str | Any) -> tuple[str, Any]:
     if not path.exists():
         raise InputNotFoundError(f"{path}: no such file; check the path")
     try:
-        gdf = gpd.read_file(path, engine="pyogrio")
+        gdf = vectorize.read(path)  # a GeoPackage's polygons, not its QGIS style table
     except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, ... per driver
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise LabelError(

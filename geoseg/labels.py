@@ -59,13 +59,13 @@ def read_vector(path: str | Path, attribute: str | None = None):  # type: ignore
         InputNotFoundError: the file does not exist.
         LabelError: unreadable, no CRS, missing attribute, or class values outside 0..254.
     """
-    import geopandas as gpd
+    from geoseg import vectorize
 
     path = Path(path)
     if not path.exists():
         raise InputNotFoundError(f"{path}: labels file not found; check the path")
     try:
-        gdf = gpd.read_file(path)
+        gdf = vectorize.read(path)  # a GeoPackage's polygons, not its QGIS style table
     except Exception as err:  # pyogrio raises DataSourceError and others
         raise LabelError(
             f"{path}: cannot read labels as a vector file ({str(err).splitlines()[0][:120]})"

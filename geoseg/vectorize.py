@@ -688,6 +688,25 @@ def write(gdf: Any, out: Path | str, *, layer: str = "footprints", overwrite: bo
     return out
 
 
+def read(path: Path | str) -> Any:
+    """Polygons of a vector file (GeoPackage, GeoJSON, Shapefile) as a GeoDataFrame.
+
+    A GeoPackage is read from its only layer of geometries: the ``layer_styles`` table that
+    carries the QGIS style (:func:`geoseg.export.footprint_style`) is a table, not a layer of
+    polygons, so it neither gets read nor makes pyogrio warn about several layers. With several
+    spatial layers the first is read, and pyogrio says so.
+    """
+    import geopandas as gpd
+    import pyogrio
+
+    path = Path(path)
+    layer = None
+    if path.suffix.lower() == ".gpkg":
+        spatial = [name for name, geom in pyogrio.list_layers(path) if geom is not None]
+        layer = spatial[0] if len(spatial) == 1 else None
+    return gpd.read_file(path, engine="pyogrio", layer=layer)
+
+
 def vectorize(
     mask: Path | str,
     out: Path | str,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import rasterio
 import torch
 from typer.testing import CliRunner
 
-from geoseg import checkpoint, export, infer, models
+from geoseg import checkpoint, export, infer, models, vectorize
 from geoseg.cli.main import app
 
 runner = CliRunner()
@@ -356,6 +357,9 @@ def test_footprint_style_is_a_qgis_layer_style(exported: Path, demo_data, tmp_pa
     assert [c.get("value") for c in renderer.iter("category")] == ["building"]
     after = pyogrio.read_dataframe(gpkg, layer="footprints")
     assert after.geometry.equals(before.geometry) and len(after) > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the style table is not a second layer to geoseg
+        assert vectorize.read(gpkg).geometry.equals(before.geometry)
 
 
 # ------------------------------------------------------------------------ errors
