@@ -33,7 +33,8 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from geoseg.errors import CheckpointError, ConfigError, InputNotFoundError, OutputExistsError
+from geoseg import io
+from geoseg.errors import CheckpointError, ConfigError, InputNotFoundError
 
 if TYPE_CHECKING:
     import torch
@@ -67,7 +68,6 @@ DEFAULT_OPSET = 17
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
-NODATA = 255  # the mask's nodata value (geoseg.infer.NODATA)
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,27 +78,6 @@ NODATA = 255  # the mask's nodata value (geoseg.infer.NODATA)
 def is_onnx(path: str | Path) -> bool:
     """Whether ``path`` names an ONNX model (by its suffix), i.e. infer should use onnxruntime."""
     return Path(path).suffix.lower() == ".onnx"
-
-
-def _check_output(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it or choose another")
-
-
-def _partial(path: Path) -> Path:
-    # Hidden and without the final suffix: an interrupted export never looks like a finished file.
-    return path.with_name(f".{path.name}.partial-{os.getpid()}")
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temp name in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _load(checkpoint: Path) -> tuple[Any, ModelCard]:
@@ -279,7 +258,7 @@ def onnx(
     from geoseg import models
 
     checkpoint, out = Path(checkpoint), Path(out)
-    _check_output(out, overwrite)
+    io.check_output(out, overwrite=overwrite, inputs=[checkpoint])
     _check_opset(opset)
     if not (isinstance(input_scale, int | float) and np.isfinite(input_scale) and input_scale > 0):
         raise ConfigError(f"input_scale={input_scale!r} must be a positive number, e.g. 1 or 255")
@@ -299,9 +278,8 @@ def onnx(
     graph = _graph_module(model, card, input_scale)
     example = torch.rand(1, card.in_channels, size, size) * 255 / input_scale
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial(out)
-    try:
+    with io.claim(out, overwrite=overwrite, inputs=[checkpoint]) as output:
+        tmp = output.temp()
         with warnings.catch_warnings():
             # The TorchScript exporter's deprecation notice, and the plain UNet's shape check,
             # which tracing freezes (its pad is a no-op for sizes divisible by 16).
@@ -346,9 +324,7 @@ def onnx(
         onnx_lib.checker.check_model(proto)
         onnx_lib.save(proto, str(tmp))
         _verify(tmp, graph, example)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        output.commit(tmp)
     log.info("exported %s to %s (opset %d, tile %s)", checkpoint, out, opset, size)
     return out
 
@@ -583,7 +559,7 @@ def stac_item(
     bands = [{"name": name} for name in card.band_names]
     encoder_weights = card.model_args.get("encoder_weights")
     name = re.sub(r"[^a-zA-Z0-9_.-]+", "-", f"geoseg-{card.architecture}").strip("-.")
-    palette = _palette()
+    palette = io.PALETTE
     properties: dict[str, Any] = {
         "datetime": card.created,
         "title": f"geoseg {card.architecture}: {', '.join(card.class_names)}",
@@ -711,9 +687,9 @@ def stac(
     and not ``overwrite``; CheckpointError for a file that is not a geoseg checkpoint.
     """
     out = Path(out)
-    _check_output(out, overwrite)
-    item = stac_item(checkpoint, onnx_path=onnx, item_path=out, item_id=item_id)
-    _write_text(out, json.dumps(item, indent=2, allow_nan=False) + "\n")
+    with io.claim(out, overwrite=overwrite, inputs=[checkpoint, onnx], option="--stac") as output:
+        item = stac_item(checkpoint, onnx_path=onnx, item_path=out, item_id=item_id)
+        io.write_text(output, json.dumps(item, indent=2, allow_nan=False) + "\n")
     log.info("wrote STAC item %s", out)
     return out
 
@@ -723,12 +699,6 @@ def stac(
 # --------------------------------------------------------------------------------------------
 
 
-def _palette() -> list[tuple[int, int, int, int]]:
-    from geoseg.infer import _PALETTE
-
-    return list(_PALETTE)
-
-
 def style_path(mask: str | Path) -> Path:
     """The QGIS style sidecar of a raster: ``<stem>.qml`` next to it (what QGIS loads itself)."""
     mask = Path(mask)
@@ -736,29 +706,18 @@ def style_path(mask: str | Path) -> Path:
 
 
 def _mask_classes(mask: Path) -> list[tuple[int, str, tuple[int, int, int, int]]]:
-    """(value, name, RGBA) per class of a mask: its tags and colour table, else its values."""
-    import rasterio
-
-    palette = _palette()
-    with rasterio.open(mask) as src:
-        tags = src.tags()
+    """(value, name, RGBA) per class of a mask: its class tags (else its values, with default
+    names) and its colour table (else the mask format's palette)."""
+    with io.open_raster(mask, hint="pass a mask GeoTIFF") as src:
+        table = io.class_table(src)
+        if table is None:
+            table = dict(enumerate(io.mask_class_names(src)))
         try:
             cmap = src.colormap(1)
         except ValueError:  # no colour table
             cmap = {}
-        if "class_names" in tags:
-            names = json.loads(tags["class_names"])
-            values = json.loads(tags.get("class_ids", "null")) or list(range(len(names)))
-        else:
-            found: set[int] = set()
-            for _, window in src.block_windows(1):
-                found.update(np.unique(src.read(1, window=window)).tolist())
-            values = sorted(v for v in found if v != src.nodata)
-            names = ["background" if v == 0 else f"class {v}" for v in values]
-    return [
-        (int(v), str(name), tuple(cmap.get(v, palette[k % len(palette)])))  # type: ignore[misc]
-        for k, (v, name) in enumerate(zip(values, names, strict=True))
-    ]
+    default = io.colormap(list(table))
+    return [(v, name, tuple(cmap.get(v, default[v]))) for v, name in table.items()]  # type: ignore[misc]
 
 
 def mask_style(mask: str | Path, *, background: int | None = 0) -> Path:
@@ -779,6 +738,7 @@ def mask_style(mask: str | Path, *, background: int | None = 0) -> Path:
             f'        <paletteEntry value="{value}" color="#{r:02x}{g:02x}{b:02x}" '
             f'alpha="{alpha}" label={quoteattr(name)}/>'
         )
+    nodata = io.MASK_NODATA
     qml = (
         "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
         '<qgis version="3.28.0" styleCategories="Symbology">\n'
@@ -786,7 +746,7 @@ def mask_style(mask: str | Path, *, background: int | None = 0) -> Path:
         '    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">\n'
         "      <rasterTransparency>\n"
         "        <singleValuePixelList>\n"
-        f'          <pixelListEntry min="{NODATA}" max="{NODATA}" percentTransparent="100"/>\n'
+        f'          <pixelListEntry min="{nodata}" max="{nodata}" percentTransparent="100"/>\n'
         "        </singleValuePixelList>\n"
         "      </rasterTransparency>\n"
         "      <colorPalette>\n" + "\n".join(entries) + "\n"
@@ -797,9 +757,7 @@ def mask_style(mask: str | Path, *, background: int | None = 0) -> Path:
         "  <blendMode>0</blendMode>\n"
         "</qgis>\n"
     )
-    path = style_path(mask)
-    _write_text(path, qml)
-    return path
+    return io.write_text(style_path(mask), qml)
 
 
 def _fill_symbol(name: str, rgba: tuple[int, int, int, int]) -> str:
@@ -882,7 +840,7 @@ def footprint_style(
     gpkg = Path(gpkg)
     info = pyogrio.read_info(gpkg, layer=layer)
     geometry_column = info.get("geometry_name") or "geom"
-    palette = _palette()
+    palette = io.PALETTE
     classes: list[tuple[str, tuple[int, int, int, int]]] = []
     if column in info["fields"]:
         # Colour by class id as the mask's colour table does (class k -> palette[k]).

@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
-from geoseg import checkpoint, export, infer, models, vectorize
+from geoseg import checkpoint, export, infer, io, models
 from geoseg.cli.main import app
 
 runner = CliRunner()
@@ -199,8 +200,7 @@ def test_infer_takes_another_patch_size_only_from_a_dynamic_export(
     src = make_geotiff("img.tif", size=(100, 90))
     fixed = export.onnx(ck, tmp_path / "fixed.onnx")
     res = _cli("infer", fixed, src, "--out", tmp_path / "a.tif", "--patch-size", 32)
-    assert res.exit_code == 1 and res.stderr.count("\n") == 1
-    assert "64 x 64 tiles" in res.stderr and "--dynamic-size" in res.stderr
+    assert_one_line_error(res, "64 x 64 tiles", "--dynamic-size", code=2)  # a bad setting
     dynamic = export.onnx(ck, tmp_path / "dynamic.onnx", dynamic_size=True)
     _check_dynamic(ck, dynamic)  # the plain UNet, as unet-resnet18 above
     outs = [tmp_path / "ckpt.tif", tmp_path / "dyn.tif"]
@@ -322,13 +322,13 @@ def test_mask_style_sidecar_parses_back_and_leaves_the_mask_alone(
     assert nodata.get("percentTransparent") == "100"
 
 
-def test_rasterize_writes_a_style_sidecar_from_the_mask_values(demo_data, tmp_path: Path) -> None:
+def test_rasterize_writes_a_style_sidecar_with_the_class_names(demo_data, tmp_path: Path) -> None:
     out = tmp_path / "truth.tif"
     _ok(_cli("rasterize", demo_data.buildings, "--like", demo_data.images[0], "--out", out))
     entries = ET.parse(out.with_suffix(".qml")).getroot().iter("paletteEntry")
     assert [(e.get("value"), e.get("label"), e.get("alpha")) for e in entries][:2] == [
         ("0", "background", "0"),
-        ("1", "class 1", "255"),
+        ("1", "building", "255"),
     ]
 
 
@@ -359,7 +359,7 @@ def test_footprint_style_is_a_qgis_layer_style(exported: Path, demo_data, tmp_pa
     assert after.geometry.equals(before.geometry) and len(after) > 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the style table is not a second layer to geoseg
-        assert vectorize.read(gpkg).geometry.equals(before.geometry)
+        assert io.read_vector(gpkg).geometry.equals(before.geometry)
 
 
 # ------------------------------------------------------------------------ errors
@@ -373,8 +373,7 @@ def test_not_a_geoseg_checkpoint_is_one_line(tmp_path: Path, content: object) ->
     else:
         bad.write_bytes(content)  # type: ignore[arg-type]
     res = _cli("export", bad, "--out", tmp_path / "m.onnx")
-    assert res.exit_code == 1 and res.stderr.count("\n") == 1
-    assert res.stderr.startswith("Error: ") and "bad.ckpt" in res.stderr
+    assert_one_line_error(res, "bad.ckpt")
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -387,7 +386,7 @@ def test_an_onnx_without_a_geoseg_card_is_refused_by_infer(tmp_path: Path, make_
     del proto.metadata_props[:]
     onnx.save(proto, str(tmp_path / "foreign.onnx"))
     res = _cli("infer", tmp_path / "foreign.onnx", make_geotiff(), "--out", tmp_path / "x.tif")
-    assert res.exit_code == 1 and res.stderr.count("\n") == 1 and "model card" in res.stderr
+    assert_one_line_error(res, "foreign.onnx", "model card")
 
 
 def test_existing_output_and_bad_opset_are_one_line(tmp_path: Path) -> None:
@@ -397,20 +396,20 @@ def test_existing_output_and_bad_opset_are_one_line(tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
     out.write_bytes(b"keep me")
     res = _cli("export", ck, "--out", out)
-    assert res.exit_code == 1 and res.stderr.count("\n") == 1 and "--overwrite" in res.stderr
+    assert_one_line_error(res, "m.onnx", "--overwrite")
     assert out.read_bytes() == b"keep me"
     stac = tmp_path / "m.json"
     stac.write_text("{}")
     res = _cli("export", ck, "--stac", stac)
-    assert res.exit_code == 1 and "--overwrite" in res.stderr and stac.read_text() == "{}"
+    assert_one_line_error(res, "m.json", "--overwrite")
+    assert stac.read_text() == "{}"
     _ok(_cli("export", ck, "--stac", stac, "--overwrite"))
     assert set(json.loads(stac.read_text())["assets"]) == {"model"}
 
     newest = onnx.defs.onnx_opset_version()
     for opset in (newest + 1, 5):
         res = _cli("export", ck, "--out", tmp_path / "new.onnx", "--opset", opset)
-        assert res.exit_code == 1 and res.stderr.count("\n") == 1
-        assert f"opset={opset}" in res.stderr and onnx.__version__ in res.stderr
+        assert_one_line_error(res, f"opset={opset}", onnx.__version__, code=2)  # a bad setting
         assert not (tmp_path / "new.onnx").exists()
     res = _cli("export", ck)
     assert res.exit_code == 2 and "--stac" in res.output

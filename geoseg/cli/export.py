@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from geoseg.cli._common import Overwrite, Quiet, check_output, echo, set_quiet
+from geoseg.cli._common import Overwrite, Quiet, echo, set_quiet
 
 Opt = typer.Option
 
@@ -44,10 +44,11 @@ def export(
     if out is not None and out.suffix.lower() != ".onnx":
         raise typer.BadParameter(f"{out}: the ONNX file name must end in .onnx", param_hint="--out")
     from geoseg import export as lib
+    from geoseg import io
 
-    for path in (out, stac):
-        if path is not None:
-            check_output(path, overwrite)  # both checked before any work starts
+    for path, option in ((out, "--out"), (stac, "--stac")):
+        if path is not None:  # both checked before any work starts
+            io.check_output(path, overwrite=overwrite, inputs=[checkpoint], option=option)
     if out is not None:
         lib.onnx(
             checkpoint,
