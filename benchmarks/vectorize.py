@@ -7,11 +7,15 @@ the 2048-pixel block seams), then runs, each in its own subprocess so peak RSS i
    transform=...)`` (no conversion, no merging, nothing written);
 2. ``geoseg vectorize MASK --out F.gpkg`` end to end (blocks, seam merging, attributes, the
    GeoPackage with its spatial index);
-3. ``geoseg evaluate`` of ~20,000 proposals (the footprints, jittered) against ~20,000 truth
+3. ``geoseg vectorize INSTANCES --out F.gpkg``: the same buildings as an instance-aware model
+   predicts them (background/interior/edge/contact, tagged), so touching buildings are separated
+   (seeds, watershed, raster-wide labels over the blocks);
+4. ``geoseg evaluate`` of ~20,000 proposals (the footprints, jittered) against ~20,000 truth
    polygons (the footprints).
 
 Prints seconds and peak RSS of each and ``geoseg_vs_shapes`` = floor seconds / geoseg seconds
-(the rate of geoseg as a fraction of the bare rate; the target is >= 0.7).
+(the rate of geoseg as a fraction of the bare rate; the target is >= 0.7) and
+``vectorize_instances_vs_semantic`` = instance seconds / semantic seconds (the target is <= 2).
 
 Usage: .venv/bin/python benchmarks/vectorize.py [--size 8192] [--buildings 20000] [--json FILE]
 """
@@ -41,8 +45,8 @@ if kind == "shapes":
         n = sum(1 for _ in shapes(arr, mask=arr == 1, transform=src.transform))
 else:
     # Libraries loaded first (as in any long-lived session): the figure is the work itself.
-    import geopandas, pyogrio, shapely
-    import geoseg.evaluate, geoseg.vectorize
+    import geopandas, pyogrio, shapely, skimage.segmentation, scipy.ndimage
+    import geoseg.evaluate, geoseg.instances, geoseg.vectorize
     from geoseg.cli.main import app
     t0, c0 = time.perf_counter(), time.process_time()
     app([kind, *args], standalone_mode=False)
@@ -53,8 +57,14 @@ print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": rss_mb,
 """
 
 
-def make_mask(path: Path, size: int, buildings: int, seed: int = 0) -> None:
-    """A uint8 building mask (0 background, 1 building) with class tags, tiled and compressed."""
+def make_mask(
+    path: Path, size: int, buildings: int, seed: int = 0, instances_path: Path | None = None
+) -> None:
+    """A uint8 building mask (0 background, 1 building) with class tags, tiled and compressed.
+
+    With ``instances_path``, also the same buildings as an instance mask (background, interior,
+    edge, contact; tagged ``geoseg_target=instances``) derived from their ids.
+    """
     import rasterio
     import shapely
     from rasterio.features import rasterize
@@ -85,6 +95,25 @@ def make_mask(path: Path, size: int, buildings: int, seed: int = 0) -> None:
 
     boxes[rot] = [affinity.rotate(g, a) for g, a in zip(boxes[rot], angle, strict=True)]
     mask = rasterize(((g, 1) for g in boxes), out_shape=(size, size), fill=0, dtype="uint8")
+    if instances_path is not None:  # the same buildings as an instance-aware model predicts them
+        ids = rasterize(
+            zip(boxes, range(1, len(boxes) + 1), strict=True),
+            out_shape=(size, size),
+            fill=0,
+            dtype="int32",
+        )
+        ids_path = instances_path.with_name("ids.tif")
+        with rasterio.open(
+            ids_path, "w", driver="GTiff", width=size, height=size, count=1, dtype="int32",
+            crs="EPSG:32631", transform=from_origin(500000, 5000000, 0.5, 0.5), tiled=True,
+            blockxsize=512, blockysize=512, compress="deflate",
+        ) as dst:  # fmt: skip
+            dst.write(ids, 1)
+        del ids
+        from geoseg import instances
+
+        # edge 1 m = 2 px, contact 2.5 m = 5 px (the defaults)
+        instances.write_targets(ids_path, instances_path)
     with rasterio.open(
         path,
         "w",
@@ -142,23 +171,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         mask = tmp / "mask.tif"
+        inst_mask = tmp / "instances.tif"
         t0 = time.perf_counter()
-        make_mask(mask, a.size, a.buildings)
+        make_mask(mask, a.size, a.buildings, instances_path=inst_mask)
         print(
             f"mask {a.size}x{a.size}, {a.buildings} buildings generated in "
             f"{time.perf_counter() - t0:.1f} s"
         )
-        floor, ours = [], []
-        for _ in range(a.repeat):  # interleaved, so both see the same machine load
+        floor, ours, inst = [], [], []
+        for _ in range(a.repeat):  # interleaved, so all see the same machine load
             floor.append(run("shapes", str(mask)))
             ours.append(
                 run("vectorize", str(mask), "--out", str(tmp / "fp.gpkg"), "--overwrite", "--quiet")
             )
+            inst.append(
+                run(
+                    "vectorize", str(inst_mask), "--out", str(tmp / "fp_inst.gpkg"),
+                    "--overwrite", "--quiet",
+                )  # fmt: skip
+            )
         floor_best = min(floor, key=lambda r: r["seconds"])
         ours_best = min(ours, key=lambda r: r["seconds"])
+        inst_best = min(inst, key=lambda r: r["seconds"])
         import pyogrio
 
         n = pyogrio.read_info(tmp / "fp.gpkg")["features"]
+        n_inst = pyogrio.read_info(tmp / "fp_inst.gpkg")["features"]
         n_props = jitter(tmp / "fp.gpkg", tmp / "proposals.gpkg")
         ev = run(
             "evaluate",
@@ -181,6 +219,17 @@ def main() -> None:
         f"{ours_best['seconds']:.2f} s, {n} polygons, peak RSS {ours_best['peak_rss_mb']:.0f} MB"
     )
     print(f"geoseg_vs_shapes (rate, >= 0.7 wanted): {ratio:.2f} wall, {cpu_ratio:.2f} CPU time")
+    inst_ratio = inst_best["seconds"] / ours_best["seconds"]
+    inst_cpu = min(r["cpu_seconds"] for r in inst) / min(r["cpu_seconds"] for r in ours)
+    print(
+        f"geoseg vectorize of the same buildings as an instance mask (separated): "
+        f"{inst_best['seconds']:.2f} s, {n_inst} polygons, peak RSS "
+        f"{inst_best['peak_rss_mb']:.0f} MB"
+    )
+    print(
+        f"vectorize_instances_vs_semantic (time, <= 2.0 wanted): {inst_ratio:.2f} wall, "
+        f"{inst_cpu:.2f} CPU time"
+    )
     print(
         f"geoseg evaluate {n_props} vs {n} polygons: {ev['seconds']:.2f} s "
         f"(F1 {report['f1']:.3f}), peak RSS {ev['peak_rss_mb']:.0f} MB"
@@ -195,10 +244,15 @@ def main() -> None:
         "geoseg_peak_rss_mb": ours_best["peak_rss_mb"],
         "geoseg_vs_shapes": ratio,
         "geoseg_vs_shapes_cpu": cpu_ratio,
+        "instances_seconds": inst_best["seconds"],
+        "instances_polygons": n_inst,
+        "instances_peak_rss_mb": inst_best["peak_rss_mb"],
+        "vectorize_instances_vs_semantic": inst_ratio,
+        "vectorize_instances_vs_semantic_cpu": inst_cpu,
         "evaluate_seconds_20k": ev["seconds"],
         "evaluate_peak_rss_mb": ev["peak_rss_mb"],
         "evaluate_f1": report["f1"],
-        "runs": {"shapes": floor, "geoseg": ours},
+        "runs": {"shapes": floor, "geoseg": ours, "instances": inst},
     }
     if a.json:
         a.json.write_text(json.dumps(figures, indent=2))

@@ -180,7 +180,9 @@ class TrainConfig(_Section):
     workers: int = 0
     """DataLoader worker processes (0 = read in the training process)."""
     monitor: str = "auto"
-    """Metric that picks best.ckpt: ``auto`` = building IoU when a building class exists, else mIoU."""
+    """Metric that picks best.ckpt: ``auto`` = building IoU when a building class exists (with
+    ``data.target: instances``: interior + edge), else mIoU; or ``object_f1`` (buildings matched in
+    the validation patches), ``miou``, ``val_loss``, ``iou_<class>``, ``f1_<class>``."""
 
 
 class InferConfig(_Section):
@@ -429,7 +431,7 @@ def reference_markdown() -> str:
                 continue
             default = field.get_default(call_default_factory=True)
             shown = "none" if default is None else json.dumps(default)
-            doc = (field.description or "").replace("\n", " ").replace("|", "\\|")
+            doc = " ".join((field.description or "").split()).replace("|", "\\|")
             rows.append(f"| `{key}` | `{shown}` | {doc} |")
 
     walk(PipelineConfig, "")
