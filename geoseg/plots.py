@@ -179,19 +179,21 @@ def _legend(
     ignore_index: int,
     extra: list | None = None,
     ncol: int = 7,
+    fg_name: str | None = None,
 ) -> None:
     from matplotlib.patches import Patch
 
     k, fg = len(class_names), _foreground(class_names)
+    fg_name = fg_name or class_names[fg]
     handles = [
         Patch(facecolor=PALETTE[c % len(PALETTE)], edgecolor="#666666", label=f"{c} {name}")
         for c, name in enumerate(class_names)
     ]
     handles.append(Patch(facecolor=IGNORE_COLOR, label=f"{ignore_index} ignored / nodata"))
     handles += [
-        Patch(facecolor=(0.55, 0.55, 0.55), label=f"found {class_names[fg]}"),
-        Patch(facecolor=(1.0, 0.6, 0.0), label=f"false {class_names[fg]}"),
-        Patch(facecolor=(0.1, 0.4, 0.9), label=f"missed {class_names[fg]}"),
+        Patch(facecolor=(0.55, 0.55, 0.55), label=f"found {fg_name}"),
+        Patch(facecolor=(1.0, 0.6, 0.0), label=f"false {fg_name}"),
+        Patch(facecolor=(0.1, 0.4, 0.9), label=f"missed {fg_name}"),
     ]
     if k > 2:
         handles.append(Patch(facecolor=(0.6, 0.0, 0.6), label="other confusion"))
@@ -387,9 +389,14 @@ def _pipeline_preview(
     if truth is not None:
         panels.append((colorize(truth, k, ignore), "truth"))
         valid_pred = np.where(truth != ignore, pred, ignore)
-        iou = _iou_text(truth, pred, fg, ignore)
-        panels.append((colorize(valid_pred, k, ignore), f"prediction ({names[fg]} IoU {iou})"))
-        panels.append((errors_image(truth, pred, fg, ignore), "errors"))
+        fg_name, t_fg, p_fg, fg_id = names[fg], truth, pred, fg
+        if cfg.data.target == "instances":  # building = interior + edge, as in the scores
+            fg_name, fg_id = "building", 1
+            t_fg = np.where(truth == ignore, ignore, np.isin(truth, (1, 2))).astype(truth.dtype)
+            p_fg = np.where(pred == ignore, ignore, np.isin(pred, (1, 2))).astype(pred.dtype)
+        iou = _iou_text(t_fg, p_fg, fg_id, ignore)
+        panels.append((colorize(valid_pred, k, ignore), f"prediction ({fg_name} IoU {iou})"))
+        panels.append((errors_image(t_fg, p_fg, fg_id, ignore), "errors"))
     else:
         panels.append((colorize(pred, k, ignore), "prediction"))
     aspect = pred.shape[1] / max(pred.shape[0], 1)
@@ -413,7 +420,14 @@ def _pipeline_preview(
         fontsize=10,
     )
     extra = [Line2D([], [], color="#ffdd00", lw=1.5, label="footprint")] if outlines else []
-    _legend(fig, names, ignore, extra, ncol=4)
+    _legend(
+        fig,
+        names,
+        ignore,
+        extra,
+        ncol=4,
+        fg_name="building" if cfg.data.target == "instances" else None,
+    )
     return _save(fig, out)
 
 
