@@ -324,3 +324,18 @@ def test_building_without_interior_is_one_building(tmp_path: Path) -> None:
     gdf = vectorize.polygons(mask, block_size=8)
     assert len(gdf) == 3
     assert sorted(np.round(gdf.area.to_numpy() / 0.25).astype(int)) == [30, 64, 64]
+
+
+def test_targets_on_a_geographic_grid_use_metres(tmp_path: Path, make_geotiff) -> None:
+    # 5e-6 degrees at 45°N: ~0.39 m east-west, ~0.56 m north-south (geometric mean ~0.47 m)
+    t = from_origin(5.0, 45.0, 5e-6, 5e-6)
+    image = make_geotiff("geo.tif", size=(80, 80), crs="EPSG:4326", transform=t)
+    poly = shapely.box(5.0 + 20 * 5e-6, 45.0 - 60 * 5e-6, 5.0 + 60 * 5e-6, 45.0 - 20 * 5e-6)
+    lab = _polygons_gpkg(tmp_path / "b.gpkg", [poly], crs="EPSG:4326")
+    px = instances.pixel_size_m(rasterio.crs.CRS.from_epsg(4326), t, 80, 80)
+    assert px == pytest.approx(0.47, abs=0.01)
+    out = instances.targets_cached(lab, [image], tmp_path / "cache", edge_width_m=1.4)[0]
+    with rasterio.open(out) as src:
+        cls = src.read(1)
+    row = cls[40, 15:45]
+    assert (row[5:8] == EDGE).all() and row[8] == INTERIOR and row[4] == 0  # 3 px = 1.4 m
