@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: install
 	@test -f $(DEMO)/data/buildings.gpkg || $(VENV)/bin/geoseg demo-data $(DEMO)/data
 	$(VENV)/bin/geoseg run pipelines/demo.yaml --set out=$(abspath $(DEMO))/run \
-		--set data.images=[$(abspath $(DEMO))/data/images] --set data.labels=$(abspath $(DEMO))/data/masks \
+		--set data.images=[$(abspath $(DEMO))/data/images] --set data.labels=$(abspath $(DEMO))/data/buildings.gpkg \
 		--set evaluate.truth=$(abspath $(DEMO))/data/buildings.gpkg
 
 test: install

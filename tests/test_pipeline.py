@@ -97,7 +97,7 @@ def test_demo_recipe_runs_end_to_end_and_resumes(demo_data, tmp_path: Path) -> N
     sets = [
         f"out={out}",
         f"data.images=[{data / 'images'}]",
-        f"data.labels={data / 'masks'}",
+        f"data.labels={data / 'buildings.gpkg'}",
         f"evaluate.truth={data / 'buildings.gpkg'}",
         "data.split.block_size=128",
     ]
@@ -105,6 +105,10 @@ def test_demo_recipe_runs_end_to_end_and_resumes(demo_data, tmp_path: Path) -> N
     assert code == 0, output
     report = _check_outputs(out)
     assert "building_iou" in report and "building_f1" in report
+    # instance targets: building scored on interior + edge; the masks are tagged as instances
+    assert "building" in report["pixels"]["per_class"]
+    with rasterio.open(next((out / "predictions").glob("*.tif"))) as src:
+        assert src.tags()["geoseg_target"] == "instances"
     assert "building IoU" in output
     # Nothing changed: every stage is skipped.
     code, output = _run("demo.yaml", *sets)
@@ -132,6 +136,22 @@ def test_demo_recipe_with_vector_labels(demo_data, tmp_path: Path) -> None:
     assert code == 0, output
     report = _check_outputs(tmp_path / "run")
     assert "objects" in report
+
+
+def test_demo_recipe_semantic_with_masks(demo_data, tmp_path: Path) -> None:
+    data = Path(demo_data.images[0]).parents[1]
+    code, output = _run(
+        "demo.yaml",
+        f"out={tmp_path / 'run'}",
+        f"data.images=[{data / 'images'}]",
+        f"data.labels={data / 'masks'}",
+        "data.target=semantic",
+        f"evaluate.truth={data / 'buildings.gpkg'}",
+        "data.split.block_size=128",
+    )
+    assert code == 0, output
+    report = _check_outputs(tmp_path / "run")
+    assert set(report["pixels"]["per_class"]) == {"background", "building"}
 
 
 def _write_png_tiles(folder: Path, masks: Path, n: int, size: int, classes: list[int], rng) -> None:
