@@ -12,6 +12,9 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
+# Servers on 127.0.0.1 for the remote-data tests (S3, HTTP with Range, STAC API).
+from remote_servers import aws_env, bucket, http_root, http_server, s3_server  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "real"
 
