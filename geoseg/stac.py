@@ -162,21 +162,12 @@ def parse_search(source: str) -> Search:
 # --------------------------------------------------------------------------------------------
 
 
-def _stac_io() -> Any:
-    """pystac-client's requests-based StacIO (timeouts, retries) that also reads ``s3://``."""
-    from pystac_client.stac_api_io import StacApiIO
-
-    class _StacIO(StacApiIO):  # type: ignore[misc]
-        def read_text(self, source: Any, *args: Any, **kwargs: Any) -> str:
-            href = str(source) if not hasattr(source, "href") else str(source.href)
-            if href.startswith(("s3://", "/vsis3/")):
-                return _read_s3(href)
-            return super().read_text(source, *args, **kwargs)
+def _http_settings() -> tuple[tuple[float, float], Any]:
+    """(connect, read) timeouts and a urllib3 Retry, from the same settings as GDAL's reads."""
+    from urllib3.util.retry import Retry
 
     options = remote.gdal_options()
     timeout = (float(options["GDAL_HTTP_CONNECTTIMEOUT"]), float(options["GDAL_HTTP_TIMEOUT"]))
-    from urllib3.util.retry import Retry
-
     retries = Retry(
         total=int(options["GDAL_HTTP_MAX_RETRY"]),
         backoff_factor=float(options["GDAL_HTTP_RETRY_DELAY"]),
@@ -184,7 +175,46 @@ def _stac_io() -> Any:
         allowed_methods=None,  # POST searches are read-only: retry them too
         raise_on_status=False,
     )
-    return _StacIO(timeout=timeout, max_retries=retries)
+    return timeout, retries
+
+
+def _api_io() -> Any:
+    """pystac-client's requests-based StacIO with bounded timeouts and retries (searches)."""
+    from pystac_client.stac_api_io import StacApiIO
+
+    timeout, retries = _http_settings()
+    return StacApiIO(timeout=timeout, max_retries=retries)
+
+
+def _static_io() -> Any:
+    """A pystac StacIO for static trees: local files, ``s3://`` through boto3, HTTP through
+    requests with the same timeouts and retries (pystac's default urllib reader has none)."""
+    import requests
+    from pystac.stac_io import DefaultStacIO
+
+    timeout, retries = _http_settings()
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(max_retries=retries)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+
+    class _StaticIO(DefaultStacIO):  # type: ignore[misc]
+        def read_text_from_href(self, href: str) -> str:
+            if href.startswith(("s3://", "/vsis3/")):
+                return _read_s3(href)
+            if href.startswith(("http://", "https://")):
+                try:
+                    response = session.get(href, timeout=timeout)
+                except requests.RequestException as err:
+                    raise _api_error(href, err) from None
+                if response.status_code >= 400:
+                    error = RuntimeError(response.reason)
+                    error.status_code = response.status_code  # type: ignore[attr-defined]
+                    raise _api_error(href, error)
+                return response.text
+            return super().read_text_from_href(href)
+
+    return _StaticIO()
 
 
 def _read_s3(href: str) -> str:
@@ -220,7 +250,7 @@ def _api_error(source: str, err: BaseException) -> GeosegError:
 
 
 def _read_json(href: str) -> dict[str, Any]:
-    io = _stac_io()
+    io = _static_io()
     try:
         text = io.read_text(remote.to_url(href))
     except GeosegError:
@@ -340,7 +370,7 @@ def _pystac_items(url: str) -> list[dict[str, Any]]:
     import pystac
 
     try:
-        obj = pystac.read_file(url, stac_io=_stac_io())
+        obj = pystac.read_file(url, stac_io=_static_io())
         found = [obj] if isinstance(obj, pystac.Item) else list(obj.get_items(recursive=True))
         return [
             {
@@ -390,7 +420,7 @@ def search_items(search: Search) -> list[dict[str, Any]]:
     from pystac_client import Client
 
     try:
-        client = Client.open(search.root, stac_io=_stac_io())
+        client = Client.open(search.root, stac_io=_api_io())
         result = client.search(
             collections=list(search.collections) if search.collections else None,
             bbox=list(search.bbox) if search.bbox else None,

@@ -294,8 +294,18 @@ class StacApi:
                 {"rel": "root", "href": self.base + "/", "type": "application/json"},
                 {"rel": "conformance", "href": self.base + "/conformance"},
                 {"rel": "data", "href": self.base + "/collections"},
-                {"rel": "search", "href": self.base + "/search", "method": "GET"},
-                {"rel": "search", "href": self.base + "/search", "method": "POST"},
+                {
+                    "rel": "search",
+                    "href": self.base + "/search",
+                    "type": "application/geo+json",
+                    "method": "GET",
+                },
+                {
+                    "rel": "search",
+                    "href": self.base + "/search",
+                    "type": "application/geo+json",
+                    "method": "POST",
+                },
             ],
         }
 
