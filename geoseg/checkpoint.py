@@ -372,12 +372,6 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> Check
     )
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_model(
     path: str | Path, *, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, ModelCard]:
@@ -392,6 +386,7 @@ def load_model(
         logits ``[B, card.num_classes, H, W]``.
     """
     from geoseg import models
+    from geoseg.device import resolve_device
     from geoseg.errors import ConfigError
 
     path = Path(path)
@@ -415,5 +410,5 @@ def load_model(
             f"{path}: weights do not fit model {card.architecture} ({detail}); "
             "the checkpoint is inconsistent, re-save it"
         ) from None
-    model.to(_resolve_device(device)).eval()
+    model.to(resolve_device(device)).eval()
     return model, card

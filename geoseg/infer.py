@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -45,7 +45,9 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from geoseg import progress, windows
+from geoseg import config, progress, windows
+from geoseg.config import InferConfig
+from geoseg.device import resolve_device, resolve_precision
 from geoseg.errors import (
     CheckpointError,
     ConfigError,
@@ -58,10 +60,6 @@ from geoseg.errors import (
 
 log = logging.getLogger(__name__)
 
-Tta = Literal["none", "flip", "d4"]
-Precision = Literal["auto", "32", "bf16"]
-Device = Literal["auto", "cpu", "cuda"]
-
 NODATA = 255
 PROB_SCALE = 254  # probability p is stored as round(p * 254); 255 is nodata
 BLOCKSIZE = 512
@@ -69,7 +67,7 @@ EMIT_ROWS = 64  # finished rows are divided, argmax-ed and queued for writing in
 RES_TOLERANCE = 0.25
 GDAL_ENV = {"GDAL_CACHEMAX": 64, "GDAL_NUM_THREADS": "ALL_CPUS"}  # MB; keeps RSS bounded
 
-__all__ = ["predict_raster", "predict", "output_paths", "resolve_device", "resolve_precision"]
+__all__ = ["predict_raster", "predict", "output_paths", "probability_path", "client_for"]
 
 # A small palette for QGIS: background transparent-ish grey, then distinct colours.
 _PALETTE = [
@@ -155,49 +153,13 @@ class _Settings:
 
 
 # --------------------------------------------------------------------------------------------
-# Device, precision, batch size
+# Batch size (device and precision: geoseg.device)
 # --------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a CUDA device is present, else ``cpu``."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is available; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"device={device!r} is not one of auto, cpu, cuda")
-    return device
-
-
-def _cpu_has_fast_bf16() -> bool:
-    # AMX and AVX512-BF16 make bf16 convolutions much faster than fp32 (4.2x for a UNet on an
-    # AVX512-BF16 CPU, measured by benchmarks/infer.py, which times both on the machine at hand).
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` -> ``bf16`` on CUDA with bf16 support or on an AMX/AVX512-BF16 CPU, else ``32``."""
-    import torch
-
-    if precision == "auto":
-        if device == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "32"
-        return "bf16" if _cpu_has_fast_bf16() else "32"
-    if precision not in ("32", "bf16"):
-        raise ConfigError(f"precision={precision!r} is not one of auto, 32, bf16")
-    return precision
 
 
 def _default_batch_size(device: str, patch_size: int) -> int:
     scale = (512 / patch_size) ** 2
-    if device == "cuda":
+    if device.startswith("cuda"):
         import torch
 
         free, _ = torch.cuda.mem_get_info()
@@ -931,27 +893,34 @@ def _resolution_target(src: Any, path: Path, card: Any, resample: bool) -> float
     return None
 
 
+def settings_from(settings: InferConfig | None = None, **overrides: Any) -> InferConfig:
+    """The inference settings a call stands for: ``settings`` (default: the schema's defaults)
+    with ``overrides`` (names of :class:`~geoseg.config.InferConfig` fields) in place.
+
+    Raises:
+        ConfigError: an unknown setting name or a bad value.
+    """
+    return config.override(settings or InferConfig(), overrides, source="infer")
+
+
 def predict_raster(
     src: Path,
     dst: Path,
     *,
     checkpoint: Path,
-    patch_size: int | None = None,
-    overlap: int | None = 64,
-    batch_size: int | None = None,
-    tta: Tta = "none",
-    precision: Precision = "auto",
-    device: Device = "auto",
+    settings: InferConfig | None = None,
     probabilities: Path | None = None,
-    cog: bool = True,
     overwrite: bool = False,
-    workers: int = 1,
-    scheduler: str | None = None,
     allow_ungeoreferenced: bool = False,
-    resample: bool = False,
     client: Any = None,
+    **overrides: Any,
 ) -> Path:
     """Predict one raster with a checkpoint into a georeferenced mask GeoTIFF.
+
+    The settings are one :class:`geoseg.config.InferConfig` (the ``infer`` section of a pipeline
+    file, the options of ``geoseg infer``): pass ``settings=``, or any of its fields as keywords
+    (``predict_raster(src, dst, checkpoint=ckpt, tta="flip", overlap=32)``), or both (keywords
+    win). Fields left unset keep the schema's defaults; ``inputs`` is not used here.
 
     Args:
         src: Input GeoTIFF; the checkpoint's ``band_indexes`` (1-based) are read from it.
@@ -959,27 +928,24 @@ def predict_raster(
             input is nodata; exactly ``src``'s CRS, transform, width and height.
         checkpoint: A geoseg checkpoint (weights + model card; the card supplies bands,
             normalisation, class names, patch size and training pixel size).
-        patch_size: Model input window in pixels (default: the card's); divisible by the
-            model's downsampling factor.
-        overlap: Pixels shared by neighbouring patches, blended with a cosine window;
-            None = min(64, patch_size // 4).
-        batch_size: Patches per forward pass (default: 8 at 512 px on CPU; by free memory on CUDA).
-        tta: ``none``, ``flip`` (4 flips) or ``d4`` (8 dihedral transforms), averaged as
-            probabilities after undoing each transform.
-        precision: ``auto`` (bf16 on CUDA with bf16 and on AMX/AVX512-BF16 CPUs, else fp32),
-            ``32`` or ``bf16``.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        settings: The inference settings: ``patch_size`` (default: the card's; divisible by
+            the model's downsampling), ``overlap`` (pixels shared by neighbouring patches,
+            blended with a cosine window; default min(64, patch_size // 4)), ``batch_size``
+            (default: 8 at 512 px on CPU, by free memory on CUDA), ``tta`` (``none``, ``flip``:
+            4 flips, ``d4``: 8 dihedral transforms, averaged as probabilities), ``precision``
+            (``auto``: bf16 on CUDA with bf16 and on CPUs with native bf16, else fp32),
+            ``device``, ``cog`` (tiled 512, deflate, overviews), ``workers`` (local dask
+            processes; 1 = in process, streaming), ``scheduler`` (``tcp://host:port`` of an
+            existing dask cluster whose workers see the same paths), ``resample`` (predict at
+            the training pixel size, WarpedVRT bilinear, and bring the mask back to the input
+            grid, nearest, when the pixel sizes differ), ``probabilities`` (write
+            ``<dst stem>_prob.tif`` when no ``probabilities`` path is given).
         probabilities: Also write a probability GeoTIFF here: one uint8 band per class,
             ``round(p * 254)`` (p = value / 254), 255 = nodata.
-        cog: Write Cloud-Optimized GeoTIFFs (tiled 512, deflate, nearest overviews).
         overwrite: Replace existing outputs.
-        workers: Local dask worker processes (1 = in process, streaming).
-        scheduler: Address of an existing dask scheduler (``tcp://host:port``); workers must see
-            the same paths.
         allow_ungeoreferenced: Accept an input without CRS (the mask then has none either).
-        resample: Predict at the training pixel size (WarpedVRT, bilinear) and bring the mask
-            back to the input grid (nearest) when the pixel sizes differ.
         client: An existing ``distributed.Client`` to use (overrides ``workers``/``scheduler``).
+        **overrides: Fields of :class:`~geoseg.config.InferConfig`, replacing ``settings``'.
 
     Returns:
         ``dst``. Memory: about ``num_classes * patch_size * width * 4`` bytes plus one strip of
@@ -987,9 +953,12 @@ def predict_raster(
 
     Raises:
         InputNotFoundError, RasterError (bands, CRS), CheckpointError, OutputExistsError,
-        SchedulerError, ConfigError (bad patch size/overlap).
+        SchedulerError, ConfigError (bad settings, patch size or overlap).
     """
+    cfg = settings_from(settings, **overrides)
     src, dst, ckpt = Path(src), Path(dst), Path(checkpoint)
+    if probabilities is None and cfg.probabilities:
+        probabilities = probability_path(dst)
     for out in (dst, probabilities):
         if out is not None and out.exists() and not overwrite:
             raise OutputExistsError(
@@ -997,8 +966,10 @@ def predict_raster(
             )
     if not src.is_file():
         raise InputNotFoundError(f"{src}: input raster not found; check the path")
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    device = resolve_device(cfg.device, setting="infer.device")
+    dev = str(device)
+    prec = resolve_precision(cfg.precision, device, setting="infer.precision")
+    tta = cfg.tta
     card = _load_card(ckpt)
     try:
         with warnings.catch_warnings():
@@ -1008,16 +979,14 @@ def predict_raster(
         raise RasterError(f"{src}: cannot be read as a raster ({err}); check the file") from None
     with handle:
         _check_inputs(handle, src, card, ckpt, allow_ungeoreferenced)
-        target_res = _resolution_target(handle, src, card, resample)
+        target_res = _resolution_target(handle, src, card, cfg.resample)
         profile = dict(width=handle.width, height=handle.height, transform=handle.transform)
         if handle.crs is not None:
             profile["crs"] = handle.crs
-    P = int(patch_size or card.patch_size)
-    overlap = min(64, P // 4) if overlap is None else int(overlap)
-    _check_patch(P, overlap, card.architecture, ckpt)
-    bs = int(batch_size or _default_batch_size(dev, P))
-    if bs < 1:
-        raise ConfigError(f"batch_size={bs} must be >= 1")
+    P = cfg.patch_size or card.patch_size
+    overlap = cfg.resolved_overlap(P)
+    check_patch(P, overlap, card.architecture, ckpt.name)
+    bs = cfg.batch_size or _default_batch_size(dev, P)
 
     class_names = list(card.class_names)
     class_values = list(getattr(card, "class_ids", None) or range(len(class_names)))
@@ -1026,7 +995,7 @@ def predict_raster(
         device=dev,
         precision=prec,
         tta=tta,
-        channels_last=dev == "cuda" or prec == "bf16",
+        channels_last=device.type == "cuda" or prec == "bf16",
         band_indexes=tuple(card.band_indexes or range(1, card.in_channels + 1)),
         mean=tuple(float(m) for m in card.mean),
         std=tuple(float(s) or 1.0 for s in card.std),
@@ -1035,7 +1004,6 @@ def predict_raster(
         target_res=target_res,
         with_probabilities=probabilities is not None,
     )
-    _tta_ops(tta)  # validate early
     meta = {
         "class_names": json.dumps(class_names),
         "class_ids": json.dumps(class_values),
@@ -1059,17 +1027,17 @@ def predict_raster(
         class_names=class_names,
         class_values=class_values,
         meta=meta,
-        workers=workers,
-        scheduler=scheduler,
+        workers=cfg.workers,
+        scheduler=cfg.scheduler,
         client=client,
         temps=temps,
     )
     try:
         with rasterio.Env(**GDAL_ENV):
             if target_res is None:
-                _predict_to(src, job, dst, probabilities, cog)
+                _predict_to(src, job, dst, probabilities, cfg.cog)
             else:
-                _predict_resampled(src, job, dst, probabilities, cog)
+                _predict_resampled(src, job, dst, probabilities, cfg.cog)
     finally:
         for t in temps:
             t.unlink(missing_ok=True)
@@ -1078,21 +1046,35 @@ def predict_raster(
     return dst
 
 
-def _check_patch(P: int, overlap: int, architecture: str, ckpt: Path) -> None:
+def check_patch(patch_size: int, overlap: int, architecture: str, source: str) -> None:
+    """Check a patch size and overlap for a model before any work starts.
+
+    Args:
+        patch_size: Side of a predicted patch in pixels.
+        overlap: Pixels shared by neighbouring patches.
+        architecture: The model's registered name (its downsampling factor must divide the patch).
+        source: Where the model comes from (a checkpoint's name, ``model.name``), for the message.
+
+    Raises:
+        ConfigError: naming the bad value and a valid one.
+    """
     try:
         from geoseg import models
 
         factor = models.downsampling(architecture)
     except Exception:  # noqa: BLE001 - unknown architecture: checkpoint.load_model reports it
         factor = 1
-    if P < 1 or P % factor:
-        lo = max(factor, P // factor * factor)
+    if patch_size < 1 or patch_size % factor:
+        lo = max(factor, patch_size // factor * factor)
         raise ConfigError(
-            f"patch_size={P} is not divisible by {factor} (what {architecture} from {ckpt.name} "
-            f"needs); use {lo} or {lo + factor}"
+            f"patch_size={patch_size} is not divisible by {factor}, as {architecture} "
+            f"({source}) needs; use {lo} or {lo + factor}"
         )
-    if overlap < 0 or overlap >= P:
-        raise ConfigError(f"overlap={overlap} must be >= 0 and < patch_size={P}; e.g. {P // 8}")
+    if overlap < 0 or overlap >= patch_size:
+        raise ConfigError(
+            f"overlap={overlap} must be >= 0 and < patch_size={patch_size}; "
+            f"e.g. {patch_size // 8}"
+        )
 
 
 @dataclass
@@ -1271,39 +1253,17 @@ def probability_path(mask: Path) -> Path:
 
 
 def _expand(inputs: list[Path] | list[str]) -> list[Path]:
-    try:
-        from geoseg import catalog
+    from geoseg import catalog
 
-        found: list[Path] = []
-        for item in inputs:
-            p = Path(item)
-            # A named image file is taken as it is (PNG/JPEG tiles too, with
-            # --allow-ungeoreferenced); folders, globs, lists and STAC go through the catalog.
-            if p.is_file() and p.suffix.lower() in catalog.TILE_SUFFIXES:
-                found.append(p)
-            else:
-                found += catalog.find_rasters([str(item)])
-        return found
-    except ImportError:
-        pass
     found: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            found += sorted(q for q in p.rglob("*") if q.suffix.lower() in (".tif", ".tiff"))
-        elif p.exists():
+        # A named image file is taken as it is (PNG/JPEG tiles too, with
+        # --allow-ungeoreferenced); folders, globs, lists and STAC go through the catalog.
+        if p.is_file() and p.suffix.lower() in catalog.TILE_SUFFIXES:
             found.append(p)
         else:
-            import glob
-
-            hits = sorted(Path(h) for h in glob.glob(str(item), recursive=True))
-            if not hits:
-                raise InputNotFoundError(
-                    f"{item}: no such file, folder or glob match; check the path"
-                )
-            found += hits
-    if not found:
-        raise InputNotFoundError(f"{inputs}: no GeoTIFFs (*.tif, *.tiff) found; check the paths")
+            found += catalog.find_rasters([str(item)])
     return found
 
 
@@ -1312,21 +1272,24 @@ def predict(
     inputs: list[Path] | list[str],
     out: Path,
     *,
-    probabilities: bool = False,
+    settings: InferConfig | None = None,
     overwrite: bool = False,
-    workers: int = 1,
-    scheduler: str | None = None,
     vectorize: Path | None = None,
-    **kwargs: Any,
+    allow_ungeoreferenced: bool = False,
+    client: Any = None,
+    **overrides: Any,
 ) -> list[Path]:
     """Predict several rasters (files, folders, globs): one mask per input.
 
     With one input and ``out`` ending in .tif, ``out`` is the mask; otherwise ``out`` is a folder
-    and each mask keeps its input's base name. ``probabilities`` adds ``<mask>_prob.tif``.
-    ``vectorize``: also write building footprints (one GeoPackage, or a folder of them for several
-    inputs) with :func:`geoseg.vectorize.vectorize`. Other keyword arguments are those of
-    :func:`predict_raster`. All outputs are checked for existence before any work starts.
+    and each mask keeps its input's base name. ``settings`` (and keyword ``overrides`` of its
+    fields) are those of :func:`predict_raster`; ``settings.probabilities`` adds
+    ``<mask>_prob.tif``, ``settings.workers``/``scheduler`` start one dask client for all inputs
+    (unless ``client`` is given). ``vectorize``: also write building footprints (one GeoPackage,
+    or a folder of them for several inputs) with :func:`geoseg.vectorize.vectorize`. All outputs
+    are checked for existence before any work starts.
     """
+    cfg = settings_from(settings, **overrides)
     out = Path(out)
     paths = _expand(inputs)
     masks = output_paths(paths, out)
@@ -1343,40 +1306,30 @@ def predict(
             if len(masks) == 1 and vectorize.suffix
             else [vectorize / f"{m.stem}.gpkg" for m in masks]
         )
-        try:
-            from geoseg import vectorize as _vec  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "--vectorize needs geoseg.vectorize, which is not installed in this "
-                "build; run `geoseg vectorize MASK` later instead"
-            ) from None
     for m, g in zip(masks, gpkgs, strict=True):
-        for p in (m, probability_path(m) if probabilities else None, g):
+        for p in (m, probability_path(m) if cfg.probabilities else None, g):
             if p is not None and p.exists() and not overwrite:
                 raise OutputExistsError(
                     f"{p} exists; pass --overwrite to replace it or choose another --out"
                 )
     for m in masks:
         m.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        client_for(workers, scheduler)
-        if kwargs.get("client") is None
-        else nullcontext(kwargs.pop("client")) as client
-    ):
+    with client_for(cfg.workers, cfg.scheduler) if client is None else nullcontext(client) as cl:
         for src, m, g in zip(paths, masks, gpkgs, strict=True):
-            prob = probability_path(m) if probabilities else None
+            prob = probability_path(m) if cfg.probabilities else None
             predict_raster(
                 src,
                 m,
                 checkpoint=Path(checkpoint),
+                settings=cfg,
                 probabilities=prob,
                 overwrite=overwrite,
-                client=client,
-                **kwargs,
+                allow_ungeoreferenced=allow_ungeoreferenced,
+                client=cl,
             )
             if g is not None:
-                from geoseg import vectorize as vec
+                from geoseg import vectorize as vectorize_mod
 
                 g.parent.mkdir(parents=True, exist_ok=True)
-                vec.vectorize(m, g, probabilities=prob, overwrite=overwrite)
+                vectorize_mod.vectorize(m, g, probabilities=prob, overwrite=overwrite)
     return masks

@@ -189,17 +189,8 @@ def _infer(cfg: PipelineConfig, run_dir: Path, checkpoint: Path, inputs: list[Pa
         checkpoint,
         inputs,
         run_dir / "predictions",
-        probabilities=cfg.infer.probabilities,
+        settings=cfg.infer,
         overwrite=True,
-        workers=cfg.infer.workers,
-        scheduler=cfg.infer.scheduler,
-        patch_size=cfg.infer.patch_size,
-        overlap=cfg.infer.overlap,
-        batch_size=cfg.infer.batch_size,
-        tta=cfg.infer.tta,
-        precision=cfg.infer.precision,
-        device=cfg.infer.device,
-        cog=cfg.infer.cog,
         allow_ungeoreferenced=cfg.data.layout == "tiles",
     )
 
@@ -449,6 +440,23 @@ def headline(report: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+def validate(cfg: PipelineConfig) -> None:
+    """Check every stage's settings before the first one starts (not after an hour of training).
+
+    The schema checks each value and the overlap against the patch size when the file is read;
+    this adds what needs the model registry: the model, loss, monitor and patch sizes of training,
+    and the inference patch size for the model that training will produce.
+
+    Raises:
+        ConfigError: naming the bad setting and a fix.
+    """
+    from geoseg import infer, train
+
+    train.validate(cfg)
+    patch = cfg.infer.patch_size or cfg.train.patch_size
+    infer.check_patch(patch, cfg.infer.resolved_overlap(patch), cfg.model.name, "model.name")
+
+
 def _select(from_stage: Stage | None, until_stage: Stage | None) -> list[Stage]:
     for s in (from_stage, until_stage):
         if s is not None and s not in STAGES:
@@ -483,6 +491,7 @@ def run(
     from geoseg import config as config_mod
     from geoseg.errors import InputNotFoundError
 
+    validate(cfg)
     if cfg.evaluate.enabled and cfg.evaluate.truth and not Path(cfg.evaluate.truth).exists():
         raise InputNotFoundError(
             f"{cfg.evaluate.truth}: evaluate.truth not found; fix the path or --set evaluate.truth=null"

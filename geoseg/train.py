@@ -51,11 +51,10 @@ from torch import nn
 
 from geoseg import errors
 from geoseg.config import PipelineConfig
+from geoseg.device import ResolvedPrecision, resolve_device, resolve_precision
 from geoseg.errors import CheckpointError, ConfigError, InputNotFoundError, OutputExistsError
 
 log = logging.getLogger(__name__)
-
-ResolvedPrecision = Literal["32", "bf16", "16"]
 
 #: What fit writes into RUN_DIR; ``--overwrite`` removes exactly these (never other files).
 OUTPUTS = (
@@ -108,55 +107,6 @@ class TrainResult:
 
 # --------------------------------------------------------------------------------------------
 # settings that are resolved, not just read
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when present, else the CPU; ``cuda`` without CUDA is a ConfigError."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "train.device=cuda but no CUDA GPU is visible; use --device cpu or auto"
-            )
-        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-    return torch.device("cpu")
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has native bf16 (AVX512-BF16 / AMX), where bf16 autocast pays off."""
-    try:
-        return bool(
-            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
-    except (AttributeError, RuntimeError):  # very old builds lack the op
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> ResolvedPrecision:
-    """The precision ``auto`` stands for on ``device``, and a check of explicit choices.
-
-    ``auto``: bf16 on CUDA GPUs that support it (Ampere and later), else fp16 with a GradScaler;
-    on the CPU bf16 when the CPU has native bf16 (AVX512-BF16/AMX, as oneDNN reports it), else
-    fp32. The check behind this: on the 2-core AMD EPYC (AVX512-BF16) this was built on, a plain
-    UNet training step (width 16, 128 px, batch 8) ran at 39.7 img/s fp32, 73.5 bf16 and 96.2
-    bf16 + channels_last (``python benchmarks/train_step.py --steps 16 --repeats 3``, best of 3,
-    machine shared with other jobs). bf16 wins by ~1.9x (2.4x with channels_last, the default),
-    so ``auto`` picks it. CPUs without native bf16 emulate it slowly, so they get fp32.
-    """
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "16"
-        return "bf16" if cpu_supports_bf16() else "32"
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(
-            "train.precision=bf16 but this GPU has no bf16 support; use --precision 16 or auto"
-        )
-    if precision not in ("32", "bf16", "16"):
-        raise ConfigError(
-            f"train.precision={precision!r} is not valid; expected auto, 32, bf16 or 16"
-        )
-    return precision  # type: ignore[return-value]
 
 
 def _autocast(
@@ -362,7 +312,8 @@ def _spawn(cfg: PipelineConfig, run_dir: Path, resume: bool) -> TrainResult:
     import torch.multiprocessing as mp
 
     n = cfg.train.devices
-    if resolve_device(cfg.train.device).type == "cuda" and torch.cuda.device_count() < n:
+    on_cuda = resolve_device(cfg.train.device, setting="train.device").type == "cuda"
+    if on_cuda and torch.cuda.device_count() < n:
         raise ConfigError(
             f"train.devices={n} but only {torch.cuda.device_count()} GPU(s) are visible; "
             f"use --devices {torch.cuda.device_count()}"
@@ -614,7 +565,7 @@ def _run(
 ) -> TrainResult:
     from geoseg import data
 
-    device = resolve_device(cfg.train.device, local_rank)
+    device = resolve_device(cfg.train.device, local_rank=local_rank, setting="train.device")
     if init_group and world_size > 1:
         import torch.distributed as dist
 
@@ -632,7 +583,9 @@ def _run(
         if prepare and dist_.main:
             _clear_run_dir(run_dir, resume)
         dist_.barrier()
-        precision = resolve_precision(cfg.train.precision, device)
+        precision = resolve_precision(
+            cfg.train.precision, device, fp16=True, setting="train.precision"
+        )
         if device.type == "cpu" and world_size == 1:
             _share_cpu()
         if device.type == "cuda":

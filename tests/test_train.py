@@ -323,22 +323,12 @@ def test_torchrun_two_ranks_join_one_job(demo_data, split_yaml, tmp_path) -> Non
     assert train.state_hash(_weights(out / "last.ckpt")) == ranks[0]["weights"]
 
 
-def test_precision_auto_on_cpu_is_valid() -> None:
-    cpu = torch.device("cpu")
-    resolved = train.resolve_precision("auto", cpu)
-    assert resolved == ("bf16" if train.cpu_supports_bf16() else "32")
-    assert train.resolve_precision("32", cpu) == "32"
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolved == "bf16"):
-        y = torch.nn.Conv2d(3, 4, 3)(torch.randn(1, 3, 8, 8))
-    assert torch.isfinite(y).all()
-
-
 # -------------------------------------------------------------------------------------------
-# user errors: one line on stderr, exit 1
+# user errors: one line on stderr, exit 1 (2 for a bad setting)
 
 
-def _one_line_error(result, *needles: str) -> str:
-    assert result.exit_code == 1, (result.output, result.exception)
+def _one_line_error(result, *needles: str, code: int = 1) -> str:
+    assert result.exit_code == code, (result.output, result.exception)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     for needle in needles:
@@ -361,6 +351,7 @@ def test_error_unknown_model(demo_data, tmp_path) -> None:
         _train(_base(demo_data, tmp_path / "r") + ["--model", "resnet-9000"]),
         "resnet-9000",
         "unet-resnet34",
+        code=2,
     )
     assert not (tmp_path / "r").exists()
 
@@ -372,6 +363,7 @@ def test_error_unknown_loss(demo_data, tmp_path) -> None:
         "ce",
         "dice",
         "focal",
+        code=2,
     )
 
 
@@ -379,7 +371,10 @@ def test_error_unknown_config_key(demo_data, tmp_path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("train:\n  epochz: 3\n")
     _one_line_error(
-        _train(_base(demo_data, tmp_path / "r") + ["--config", str(cfg)]), "epochz", "epochs"
+        _train(_base(demo_data, tmp_path / "r") + ["--config", str(cfg)]),
+        "epochz",
+        "epochs",
+        code=2,
     )
 
 
@@ -394,7 +389,9 @@ def test_error_classes_smaller_than_label_value(demo_data, split_yaml, tmp_path)
 
 
 def test_error_patch_size_not_divisible(demo_data, tmp_path) -> None:
-    line = _one_line_error(_train(_base(demo_data, tmp_path / "r") + ["--patch-size", "500"]))
+    line = _one_line_error(
+        _train(_base(demo_data, tmp_path / "r") + ["--patch-size", "500"]), code=2
+    )
     assert line == (
         "Error: patch_size=500 is not divisible by 16 (the UNet downsamples 4 times); "
         "use 512 or 496"

@@ -416,8 +416,8 @@ def test_cli_vectorize_writes_footprints(tmp_path):
     assert len(gdf) == 1 and gdf.area_m2.iloc[0] == pytest.approx(25 * 0.25)
 
 
-def _one_line_error(r, *words: str) -> None:
-    assert r.exit_code == 1, r.output
+def _one_line_error(r, *words: str, code: int = 1) -> None:
+    assert r.exit_code == code, r.output
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
     for w in words:
@@ -453,6 +453,7 @@ def test_cli_unknown_class_is_an_error(tmp_path):
         "m.tif",
         "'road'",
         "building",
+        code=2,  # a bad --class value
     )
 
 

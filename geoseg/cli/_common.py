@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from geoseg.errors import GeosegError, OutputExistsError
+from geoseg.errors import ConfigError, GeosegError, OutputExistsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -21,8 +21,14 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace outputs th
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; warnings only.")]
 
 
+#: Exit status of a bad setting (an option, --set or a config file value), as click's usage
+#: errors; every other user error (missing file, bad raster, output exists) exits 1.
+BAD_SETTING_EXIT = 2
+
+
 def cli_errors(func: F) -> F:
-    """Turn a GeosegError into ``Error: …`` on stderr and exit 1 (no traceback unless --debug)."""
+    """Turn a GeosegError into ``Error: …`` on stderr and exit 1, or 2 for a ConfigError (a bad
+    setting); no traceback unless --debug."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -33,7 +39,7 @@ def cli_errors(func: F) -> F:
                 raise
             msg = str(err).splitlines()[0] if str(err) else err.__class__.__name__
             typer.echo(f"Error: {msg}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(BAD_SETTING_EXIT if isinstance(err, ConfigError) else 1) from None
         except KeyboardInterrupt:
             typer.echo("Interrupted.", err=True)
             raise typer.Exit(130) from None
