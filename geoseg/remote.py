@@ -31,6 +31,7 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -197,17 +198,30 @@ def gdal_options() -> dict[str, str]:
     return options
 
 
+def reads_remote(path: str | Path) -> bool:
+    """True for a remote path, and for a local VRT whose sources are remote (``gdalbuildvrt``
+    over COGs in a bucket, ``gdal_translate -of VRT -srcwin`` of a remote scene)."""
+    if is_remote(path):
+        return True
+    p = Path(path)
+    if p.suffix.lower() != ".vrt" or not p.is_file():
+        return False
+    with p.open("rb") as f:
+        head = f.read(1 << 20)
+    return any(m.encode() in head for m in (*_NETWORK_VSI, "http://", "https://"))
+
+
 @contextmanager
 def env(paths: Sequence[str | Path] | None = None, **extra: Any) -> Iterator[None]:
     """A scoped ``rasterio.Env`` with :func:`gdal_options` (plus ``extra``) while any of
-    ``paths`` is remote, or always when ``paths`` is None.
+    ``paths`` reads remote data (:func:`reads_remote`), or always when ``paths`` is None.
 
     Local-only runs get no remote options: ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR`` would hide
     sidecar files (``.aux.xml``, ``.ovr``) next to local rasters.
     """
     import rasterio
 
-    wanted = paths is None or any(is_remote(p) for p in paths)
+    wanted = paths is None or any(reads_remote(p) for p in paths)
     options = dict(gdal_options(), **extra) if wanted else dict(extra)
     with rasterio.Env(**options):
         yield
@@ -216,7 +230,7 @@ def env(paths: Sequence[str | Path] | None = None, **extra: Any) -> Iterator[Non
 def worker_options(paths: Sequence[str | Path]) -> dict[str, str]:
     """The options :func:`env` would apply for ``paths``, to pass to a worker process (dask
     workers and spawned DDP ranks start without this process's GDAL configuration)."""
-    return gdal_options() if any(is_remote(p) for p in paths) else {}
+    return gdal_options() if any(reads_remote(p) for p in paths) else {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,20 +243,45 @@ def _timeouts() -> tuple[float, float]:
     return float(options["GDAL_HTTP_CONNECTTIMEOUT"]), float(options["GDAL_HTTP_TIMEOUT"])
 
 
-def _client(endpoint: str | None, unsigned: bool, region: str | None, timeouts: tuple) -> Any:
-    # Not cached: boto3 reads the credentials when a client is made, and they may change
-    # between calls in one process (a notebook that sets AWS_PROFILE).
+#: Environment variables that decide which S3 client (credentials, profile, region, endpoint).
+_CLIENT_VARS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_NO_SIGN_REQUEST",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_S3_ENDPOINT",
+    "AWS_HTTPS",
+    "GDAL_HTTP_CONNECTTIMEOUT",
+    "GDAL_HTTP_TIMEOUT",
+    "GDAL_HTTP_MAX_RETRY",
+)
+
+
+@lru_cache(maxsize=8)
+def _client(environment: tuple[str | None, ...]) -> Any:
+    # Cached per environment: making a boto3 client costs ~0.5 s (it loads the service model),
+    # and boto3 reads credentials when a client is made, so a changed AWS_PROFILE or key (a
+    # notebook, a test) gets a client of its own.
     import boto3
     from botocore import UNSIGNED
     from botocore.config import Config
 
+    endpoint = endpoint_url()
+    options = gdal_options()
+    unsigned = os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "ON", "1")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     config = Config(
-        connect_timeout=timeouts[0],
-        read_timeout=timeouts[1],
-        retries={
-            "max_attempts": 1 + int(gdal_options()["GDAL_HTTP_MAX_RETRY"]),
-            "mode": "standard",
-        },
+        connect_timeout=float(options["GDAL_HTTP_CONNECTTIMEOUT"]),
+        read_timeout=float(options["GDAL_HTTP_TIMEOUT"]),
+        retries={"max_attempts": 1 + int(options["GDAL_HTTP_MAX_RETRY"]), "mode": "standard"},
         signature_version=UNSIGNED if unsigned else None,
         s3={"addressing_style": "path"} if endpoint else {},
     )
@@ -254,9 +293,7 @@ def _client(endpoint: str | None, unsigned: bool, region: str | None, timeouts: 
 def s3_client() -> Any:
     """A boto3 S3 client configured from the standard AWS environment (credentials, profile,
     region, endpoint, ``AWS_NO_SIGN_REQUEST``) with the same timeouts and retries as GDAL."""
-    unsigned = os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "ON", "1")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return _client(endpoint_url(), unsigned, region, _timeouts())
+    return _client(tuple(os.environ.get(v) for v in _CLIENT_VARS))
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -354,6 +391,55 @@ def upload(local: Path, url: str | Path) -> str:
         raise s3_error(target, err) from None
     log.info("uploaded %s -> %s", local, target)
     return target
+
+
+class Staging:
+    """Local stand-ins for remote outputs: write each finished file locally, then upload it.
+
+    ``local(path)`` is ``path`` itself for a local output; for an ``s3://`` (``/vsis3/``) output
+    it is a file of the same name in a private temporary folder. ``publish(local, path)`` uploads
+    a finished stand-in with :func:`upload` (atomic under the final key). The folder is removed
+    on exit, whatever happened, so a failed run leaves nothing behind locally or on S3.
+    """
+
+    def __init__(self) -> None:
+        self._tmp: Path | None = None
+        self._count = 0
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tmp is not None:
+            import shutil
+
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def local(self, path: Path) -> Path:
+        """Where to write ``path``: itself when local, else a local file of the same name."""
+        if not is_remote(path):
+            return path
+        if not to_url(path).startswith("s3://"):
+            raise RemoteError(
+                f"{to_url(path)}: outputs can be written locally or to s3:// only; "
+                "choose a local --out or an S3 URL"
+            )
+        if self._tmp is None:
+            import tempfile
+
+            self._tmp = Path(tempfile.mkdtemp(prefix="geoseg-upload-"))
+        self._count += 1
+        folder = self._tmp / str(self._count)
+        folder.mkdir()
+        return folder / path.name
+
+    def publish(self, local: Path | None, path: Path | None) -> None:
+        """Upload a finished stand-in to ``path`` (nothing to do for a local output)."""
+        if local is None or path is None or local == path:
+            return
+        upload(local, path)
+        local.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -414,6 +414,7 @@ def make_cog(path: Path, size: int = 8192, *, seed: int = 0) -> Path:
     from rasterio.transform import from_origin
     from rasterio.windows import Window
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".raw.tif")
     profile = dict(
         driver="GTiff",

@@ -19,13 +19,18 @@ INFER_FLAGS = [Flag(f"infer.{name}") for name in InferConfig.model_fields if nam
 def infer(
     checkpoint: Annotated[Path, typer.Argument(help="A geoseg checkpoint (best.ckpt).")],
     inputs: Annotated[
-        list[str], typer.Argument(help="GeoTIFFs, folders or globs.", metavar="INPUT...")
+        list[str],
+        typer.Argument(
+            help="GeoTIFFs, folders, globs, s3:// or https:// URLs, STAC.", metavar="INPUT..."
+        ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Mask .tif (one input) or a folder.")],
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Mask .tif (one input) or a folder (or s3://…).")
+    ],
     settings: dict[str, Any],
     overwrite: Overwrite = False,
     vectorize: Annotated[
-        Path | None, typer.Option(help="Also write footprints to this GeoPackage.")
+        str | None, typer.Option(help="Also write footprints to this GeoPackage.")
     ] = None,
     allow_ungeoreferenced: Annotated[
         bool, typer.Option(help="Accept inputs without a CRS.")
@@ -38,6 +43,7 @@ def infer(
     """
     set_quiet(quiet)
     from geoseg import infer as lib
+    from geoseg import remote
 
     masks = lib.predict(
         checkpoint,
@@ -49,4 +55,4 @@ def infer(
         allow_ungeoreferenced=allow_ungeoreferenced,
     )
     for mask in masks:
-        echo(str(mask))
+        echo(remote.to_url(mask))
