@@ -36,7 +36,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from geoseg.errors import GeosegError, InputNotFoundError, OutputExistsError, RemoteError
+from geoseg.errors import (
+    ConfigError,
+    GeosegError,
+    InputNotFoundError,
+    OutputExistsError,
+    RemoteError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -365,12 +371,38 @@ def exists(path: str | Path) -> bool:
     return _http_status(url) == 200
 
 
-def check_output(url: str | Path, overwrite: bool) -> None:
+def check_output(url: str | Path, overwrite: bool, *, option: str = "--out") -> None:
     """Refuse an ``s3://`` output that exists unless ``overwrite`` (checked before any work)."""
+    if not to_url(url).startswith("s3://"):
+        raise ConfigError(
+            f"{to_url(url)}: outputs can be written locally or to s3:// only; choose a local "
+            f"{option} or an S3 URL"
+        )
     if not overwrite and exists(url):
         raise OutputExistsError(
-            f"{to_url(url)} exists; pass --overwrite to replace it or choose another --out"
+            f"{to_url(url)} exists; pass --overwrite to replace it or choose another {option}"
         )
+
+
+def fingerprint(path: str | Path) -> list[Any]:
+    """``[URL, size, ETag or Last-Modified]`` of a remote file, like :func:`geoseg.io.fingerprint`
+    rows for local files (size and mtime): equal fingerprints mean "same object, unchanged"."""
+    url = to_url(path)
+    try:
+        if url.startswith("s3://"):
+            bucket, key = s3_parts(url)
+            head = s3_client().head_object(Bucket=bucket, Key=key)
+            return [url, int(head["ContentLength"]), str(head.get("ETag", ""))]
+        import requests
+
+        response = requests.head(url, timeout=_timeouts(), allow_redirects=True)
+        if response.status_code == 200:
+            h = response.headers
+            size = int(h["Content-Length"]) if "Content-Length" in h else None
+            return [url, size, h.get("ETag") or h.get("Last-Modified")]
+    except Exception:  # noqa: BLE001 - an unreadable file fingerprints as "not there"
+        pass
+    return [url, None, None]
 
 
 def upload(local: Path, url: str | Path) -> str:
@@ -421,7 +453,7 @@ class Staging:
         if not is_remote(path):
             return path
         if not to_url(path).startswith("s3://"):
-            raise RemoteError(
+            raise ConfigError(
                 f"{to_url(path)}: outputs can be written locally or to s3:// only; "
                 "choose a local --out or an S3 URL"
             )

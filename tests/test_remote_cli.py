@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from helpers import assert_one_line_error
 from rasterio.shutil import copy as rio_copy
 from remote_servers import closed_port, make_cog
 from test_infer import make_checkpoint
@@ -23,13 +24,6 @@ runner = CliRunner()
 
 def _geoseg(*args: object):
     return runner.invoke(app, [*map(str, args)])
-
-
-def _one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 1, (result.output, result.exception)
-    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
 
 
 def _keys(bucket: str, prefix: str = "") -> list[str]:
@@ -93,7 +87,7 @@ def test_infer_s3_inputs_and_outputs_equal_local_copies(
     assert list(private_tmp.iterdir()) == []  # the local stand-ins are gone
     # Objects are outputs like files: no overwrite without --overwrite, checked before any work.
     again = _geoseg("infer", ckpt, f"s3://{s3_cogs}/images/", "--out", out, *common)
-    _one_line_error(again, f"{out}tile_00.tif exists; pass --overwrite")
+    assert_one_line_error(again, f"{out}tile_00.tif exists; pass --overwrite")
 
 
 def test_one_mask_to_an_s3_key_and_a_vrt_of_remote_tiles(
@@ -183,23 +177,23 @@ def test_bad_remote_inputs_are_one_line_errors_and_leave_nothing(
     bucket: str, http_server, ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "masks"
-    _one_line_error(
+    assert_one_line_error(
         _geoseg("infer", ckpt, f"s3://{bucket}/nope.tif", "--out", out, "-q"),
         f"s3://{bucket}/nope.tif",
         "404",
     )
     assert not out.exists()
-    _one_line_error(
+    assert_one_line_error(
         _geoseg("infer", ckpt, f"{http_server.url}/denied/a.tif", "--out", out, "-q"),
         "access denied (403)",
     )
     assert not out.exists()
-    _one_line_error(
+    assert_one_line_error(
         _geoseg("infer", ckpt, f"s3://{bucket}/empty/", "--out", out, "-q"), "no rasters"
     )
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{closed_port()}")
     t0 = time.monotonic()
-    _one_line_error(
+    assert_one_line_error(
         _geoseg("infer", ckpt, f"s3://{bucket}/a.tif", "--out", out, "-q"), "cannot reach"
     )
     assert time.monotonic() - t0 < 10
@@ -216,11 +210,11 @@ def test_stac_search_with_no_items_or_without_the_asset(
     api = ServerProcess("stac", [_item("atl-1", f"{http_server.url}/stac-cli/atl-1.tif")])
     try:
         out = tmp_path / "masks"
-        _one_line_error(
+        assert_one_line_error(
             _geoseg("infer", ckpt, f"{api.url}/search?bbox=0,0,1,1", "--out", out, "-q"),
             "matched no items",
         )
-        _one_line_error(
+        assert_one_line_error(
             _geoseg("infer", ckpt, f"{api.url}/search?ids=atl-1#asset=nir", "--out", out, "-q"),
             "has no asset 'nir'",
         )
