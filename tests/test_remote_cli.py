@@ -132,7 +132,7 @@ def big_cog(http_root: Path) -> Path:
 def _crop_vrt(path: Path, source: str, src: Path, col: int, row: int, size: int) -> Path:
     """A VRT of a ``size`` px window of ``source`` (what ``gdal_translate -srcwin`` writes)."""
     with rasterio.open(src) as ds:
-        t = ds.transform * rasterio.Affine.translation(col, row)
+        t = ds.transform @ rasterio.Affine.translation(col, row)
         crs = ds.crs.to_wkt()
     bands = "".join(
         f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource>'
