@@ -1334,7 +1334,6 @@ def predict(
                 from geoseg import vectorize as vectorize_mod
 
                 vectorize_mod.vectorize(mask, gpkg, probabilities=prob, overwrite=overwrite)
-            staging.publish(mask, m)
-            staging.publish(prob, probability_path(m) if prob is not None else None)
+            staging.publish(mask, m)  # with its probabilities and style
             staging.publish(gpkg, g)
     return masks
