@@ -49,7 +49,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
@@ -580,13 +580,18 @@ class SeedSettings:
     """How seeds are chosen (see :class:`BuildingLabels`).
 
     Attributes:
-        erosion_px: interior pixels closer than this to a non-interior pixel are not seeds (class
-            ids only; breaks thin bridges between the interiors of touching buildings).
-        threshold: with probabilities, a pixel is a seed when its interior probability is at
-            least this.
+        source: ``classes`` (the interior pixels, eroded) or ``probabilities`` (pixels whose
+            interior probability is at least ``threshold``; needs the probability raster).
+            Measured on the demo, class seeds separate better (building F1 0.722 against 0.683
+            to 0.699 for thresholds 0.3-0.8), so probabilities, when given, only order the
+            watershed's flooding (high interior probability first) and give the confidence.
+        erosion_px: class seeds: interior pixels closer than this to a non-interior pixel are
+            not seeds (breaks thin bridges between the interiors of touching buildings).
+        threshold: probability seeds: the interior probability a seed pixel needs.
         halo_px: context read around each block for the watershed, in pixels.
     """
 
+    source: Literal["classes", "probabilities"] = "classes"
     erosion_px: int = 1
     threshold: float = 0.5
     halo_px: int = 128
@@ -699,10 +704,11 @@ class BuildingLabels:
         """Region and seed labels of a block (int32, offset by the counts before it), counts."""
         from scipy import ndimage as ndi
 
-        erode = self.settings.erosion_px if self.prob is None else 0
+        by_prob = self.prob is not None and self.settings.source == "probabilities"
+        erode = 0 if by_prob else self.settings.erosion_px
         big, rows, cols = _grown(core, erode, self.src.width, self.src.height)
         cls = self.src.read(1, window=big)
-        p = self.prob.interior(big) if self.prob is not None else None
+        p = self.prob.interior(big) if by_prob else None
         seed = _seed_mask(cls, p, self.settings)[rows, cols]
         building = _building(cls[rows, cols])
         seed &= building
@@ -995,7 +1001,8 @@ def label_array(
     region, n = ndi.label(building, _FOUR)
     if not n:
         return region
-    seed = _seed_mask(classes, interior_probability, settings) & building
+    by_prob = interior_probability is not None and settings.source == "probabilities"
+    seed = _seed_mask(classes, interior_probability if by_prob else None, settings) & building
     seed_label, n_seed = ndi.label(seed, _FOUR)
     owner = np.zeros(n_seed + 1, dtype=np.int64)
     owner[seed_label[seed]] = region[seed]

@@ -230,12 +230,14 @@ def test_perfect_classes_give_back_every_building(tmp_path: Path, block_size: in
     assert set(plain["class_name"]) == {"interior", "edge", "contact"}
 
 
-def _labels(mask: Path, block_size: int, probabilities: Path | None = None) -> np.ndarray:
+def _labels(
+    mask: Path, block_size: int, probabilities: Path | None = None, seeds=None
+) -> np.ndarray:
     """The whole label raster assembled from the blocks, as vectorize sees it."""
     with rasterio.open(mask) as src:
         out = np.zeros((src.height, src.width), np.int64)
         with instances.BuildingLabels(
-            src, block_size=block_size, probabilities=probabilities
+            src, block_size=block_size, probabilities=probabilities, seeds=seeds
         ) as labels:
             blocks = list(labels.regions())
             for window, regions in blocks:
@@ -294,7 +296,9 @@ def test_probability_seeds_split_like_class_seeds(tmp_path: Path) -> None:
     prob = write_raster(tmp_path / "pred_prob.tif", onehot, nodata=255)
     with rasterio.open(prob, "r+") as dst:
         dst.scales = [1 / 254] * 4
-    assert _disagreement(_labels(mask, 40, prob), ids) <= 3 * ids.max()
+    by_prob = instances.SeedSettings(source="probabilities")
+    assert _disagreement(_labels(mask, 40, prob, by_prob), ids) <= 3 * ids.max()
+    assert _disagreement(_labels(mask, 40, prob), ids) <= 3 * ids.max()  # flood order only
     gdf = vectorize.polygons(mask, probabilities=prob, block_size=40)
     assert len(gdf) == ids.max()
     assert gdf["confidence"].to_numpy() == pytest.approx(1.0)
