@@ -334,7 +334,7 @@ def _truth_polygons(cfg: PipelineConfig, truths: list[Path | None]):
     # Object truth: evaluate.truth, else vector labels, else the truth masks vectorised.
     src = cfg.evaluate.truth or cfg.data.labels
     if src and Path(src).is_file() and Path(src).suffix.lower() not in (".tif", ".tiff"):
-        return gpd.read_file(src)
+        return io.read_vector(src)
     frames = [
         vectorize.polygons(
             t,
@@ -365,8 +365,6 @@ def _inside(gdf, regions):
 def _evaluate(
     cfg: PipelineConfig, run_dir: Path, predictions: list[Path], footprints: Path | None
 ) -> list[Path]:
-    import geopandas as gpd
-
     from geoseg import evaluate, plots
 
     regions, files = _test_split(run_dir)
@@ -387,7 +385,7 @@ def _evaluate(
     if footprints is not None and footprints.is_file():
         truth_polys = _inside(_truth_polygons(cfg, truths), regions)
         if truth_polys is not None:
-            proposals = _inside(gpd.read_file(footprints), regions)
+            proposals = _inside(io.read_vector(footprints), regions)
             objects = evaluate.objects(
                 proposals, truth_polys, iou_threshold=cfg.evaluate.iou_threshold
             )
