@@ -20,7 +20,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -34,6 +34,9 @@ from rasterio.windows import Window
 from geoseg import progress, vectorize
 from geoseg.errors import InputNotFoundError, LabelError, OutputExistsError, RasterError
 
+if TYPE_CHECKING:
+    from geoseg.metrics import ConfusionMatrix
+
 log = logging.getLogger(__name__)
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".png"}
@@ -45,7 +48,11 @@ CONFIDENCE_COLUMNS = ("confidence", "conf", "score")
 
 
 def objects(
-    prediction: Path | str | Any, truth: Path | str | Any, *, iou_threshold: float = 0.5
+    prediction: Path | str | Any,
+    truth: Path | str | Any,
+    *,
+    iou_threshold: float = 0.5,
+    regions: Any = None,
 ) -> dict[str, Any]:
     """SpaceNet building metric: greedy one-to-one matching of proposals to truth polygons.
 
@@ -62,6 +69,9 @@ def objects(
         prediction: proposals: a vector file or a GeoDataFrame of polygons.
         truth: ground-truth polygons: a vector file or a GeoDataFrame.
         iou_threshold: IoU a match must exceed.
+        regions: polygons (a GeoDataFrame in any CRS) to score inside, e.g. the test split's
+            regions: only proposals and truth polygons whose representative point lies in one
+            take part (both sides cut the same way). None = all.
 
     Returns:
         ``{'tp', 'fp', 'fn', 'precision', 'recall', 'f1', 'iou_threshold', 'mean_iou',
@@ -70,6 +80,8 @@ def objects(
     """
     pred_name, pred = _read_vector(prediction)
     truth_name, ref = _read_vector(truth)
+    pred, pred_pos = _in_regions(pred, regions)
+    ref, ref_pos = _in_regions(ref, regions)
     pred, ref = _common_projected_crs(pred, ref, pred_name, truth_name)
     p_geoms, p_rows = _polygonal(pred.geometry.values.to_numpy())
     t_geoms, t_rows = _polygonal(ref.geometry.values.to_numpy())
@@ -99,7 +111,9 @@ def objects(
         if used_p[p] or used_t[t]:
             continue
         used_p[p] = used_t[t] = True
-        matches.append({"prediction": int(p_rows[p]), "truth": int(t_rows[t]), "iou": v})
+        matches.append(
+            {"prediction": int(pred_pos[p_rows[p]]), "truth": int(ref_pos[t_rows[t]]), "iou": v}
+        )
     tp = len(matches)
     fp = len(p_geoms) - tp
     fn = len(t_geoms) - tp
@@ -118,6 +132,19 @@ def objects(
         "mean_iou": float(np.mean([m["iou"] for m in matches])) if matches else math.nan,
         "matches": sorted(matches, key=lambda m: m["prediction"]),
     }
+
+
+def _in_regions(gdf: Any, regions: Any) -> tuple[Any, np.ndarray]:
+    """The rows whose representative point lies in ``regions``, and their positions in ``gdf``."""
+    if regions is None:
+        return gdf, np.arange(len(gdf))
+    if not len(gdf):
+        return gdf, np.arange(0)
+    points = gdf.geometry.representative_point()
+    if gdf.crs is not None and regions.crs is not None:
+        points = points.to_crs(regions.crs)
+    keep = points.within(regions.union_all()).to_numpy()
+    return gdf[keep].reset_index(drop=True), np.flatnonzero(keep)
 
 
 def with_matches(proposals: Any, result: dict[str, Any]) -> Any:
@@ -271,8 +298,9 @@ def pixels(
     class_names: Sequence[str] | None = None,
     ignore_index: int = 255,
     block_size: int = 2048,
+    regions: Any = None,
 ) -> dict[str, Any]:
-    """Pixel metrics from one confusion matrix over the whole prediction raster.
+    """Pixel metrics from one confusion matrix over the prediction raster (or its regions).
 
     Args:
         prediction: mask GeoTIFF of class ids (band 1); its nodata (default 255) is left out.
@@ -282,22 +310,49 @@ def pixels(
             ``class_<id>`` (``background``/``building`` for two classes).
         ignore_index: truth value of unlabelled pixels.
         block_size: side of the blocks read at once (pixels); memory ~ 10 × block_size² bytes.
+        regions: polygons (a GeoDataFrame in any CRS) to score inside, e.g. the test split's
+            regions; pixels whose centre lies outside every polygon are left out. None = all.
 
     Returns:
         :meth:`geoseg.metrics.ConfusionMatrix.scores`: ``per_class`` (name -> ``iou``, ``f1``,
         ``precision``, ``recall``, ``support``), ``miou``, ``accuracy``, ``confusion_matrix``
         (rows = truth, columns = prediction).
     """
+    names = _pixel_class_names(Path(prediction), Path(truth), class_names)
+    cm = confusion_matrix(
+        prediction,
+        truth,
+        num_classes=len(names),
+        ignore_index=ignore_index,
+        block_size=block_size,
+        regions=regions,
+    )
+    return cm.scores(names)
+
+
+def confusion_matrix(
+    prediction: Path | str,
+    truth: Path | str,
+    *,
+    num_classes: int,
+    ignore_index: int = 255,
+    block_size: int = 2048,
+    regions: Any = None,
+) -> ConfusionMatrix:
+    """The confusion matrix behind :func:`pixels`, to add up over several rasters (``merge``).
+
+    Arguments as :func:`pixels`; ``num_classes`` is the matrix size (class ids 0..K-1).
+    """
     pred_path, truth_path = Path(prediction), Path(truth)
     with vectorize._open_raster(pred_path) as pred, vectorize._open_raster(truth_path) as ref:
-        names = _pixel_class_names(pred, ref, class_names)
         same = (
             ref.crs == pred.crs
             and ref.transform.almost_equals(pred.transform)
             and (ref.width, ref.height) == (pred.width, pred.height)
         )
+        args = (num_classes, ignore_index, block_size, pred_path, regions)
         if same:
-            return _confusion(pred, ref, ref.nodata, names, ignore_index, block_size, pred_path)
+            return _confusion(pred, ref, ref.nodata, *args)
         if pred.crs is None or ref.crs is None:
             raise RasterError(
                 f"{truth_path}: grid differs from {pred_path} and one has no CRS, so "
@@ -321,30 +376,64 @@ def pixels(
             nodata=nodata,
             src_nodata=nodata,
         ) as vrt:
-            return _confusion(pred, vrt, nodata, names, ignore_index, block_size, pred_path)
+            return _confusion(pred, vrt, nodata, *args)
 
 
 def _confusion(
     pred: Any,
     truth: Any,
     truth_nodata: float | None,
-    names: list[str],
+    num_classes: int,
     ignore_index: int,
     block_size: int,
     source: Path,
-) -> dict[str, Any]:
-    from geoseg.metrics import ConfusionMatrix
+    regions: Any,
+) -> ConfusionMatrix:
+    from geoseg.metrics import ConfusionMatrix  # torch: imported when scoring, not with the module
 
-    cm = ConfusionMatrix(len(names), ignore_index=ignore_index)
+    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+    inside = _RegionMask(regions, pred)
     windows = list(vectorize._blocks(pred.width, pred.height, block_size))
     with progress.bar(len(windows), "evaluate", unit="blocks") as bar:
         for window in windows:
             p, t = _aligned_block(
                 pred, truth.read(1, window=window), truth_nodata, window, ignore_index
             )
+            outside = inside.outside(window)
+            if outside is not None:
+                t[outside] = ignore_index
             cm.update(p, t, source=str(source))
             bar.advance()
-    return cm.scores(names)
+    return cm
+
+
+class _RegionMask:
+    """Which pixels of an open raster's windows lie outside the scoring regions."""
+
+    def __init__(self, regions: Any, like: Any) -> None:
+        self.like = like
+        self.geoms: np.ndarray | None = None
+        if regions is not None:
+            gdf = regions.to_crs(like.crs) if regions.crs is not None and like.crs else regions
+            self.geoms = np.asarray(gdf.geometry.values.to_numpy(), dtype=object)
+            self.tree = shapely.STRtree(self.geoms)
+
+    def outside(self, window: Window) -> np.ndarray | None:
+        """Boolean (rows, cols) of ``window``: True where a pixel centre is in no region."""
+        if self.geoms is None:
+            return None
+        shape = (int(window.height), int(window.width))
+        hits = self.tree.query(shapely.box(*rasterio.windows.bounds(window, self.like.transform)))
+        if not len(hits):
+            return np.ones(shape, dtype=bool)
+        burned = rasterize(
+            ((g, 1) for g in self.geoms[hits]),
+            out_shape=shape,
+            transform=self.like.window_transform(window),
+            fill=0,
+            dtype="uint8",
+        )
+        return burned == 0
 
 
 def _aligned_block(
@@ -367,13 +456,16 @@ def _aligned_block(
     return p, t
 
 
-def _pixel_class_names(pred: Any, ref: Any, class_names: Sequence[str] | None) -> list[str]:
+def _pixel_class_names(
+    pred_path: Path, truth_path: Path, class_names: Sequence[str] | None
+) -> list[str]:
     if class_names:
         return [str(n) for n in class_names]
-    for src in (pred, ref):
-        if vectorize._class_table(src) is not None:
-            return vectorize._class_names(src)
-    top = max(vectorize._max_class_id(pred), vectorize._max_class_id(ref))
+    with vectorize._open_raster(pred_path) as pred, vectorize._open_raster(truth_path) as ref:
+        for src in (pred, ref):
+            if vectorize._class_table(src) is not None:
+                return vectorize._class_names(src)
+        top = max(vectorize._max_class_id(pred), vectorize._max_class_id(ref))
     return ["background", "building"] if top <= 1 else [f"class_{i}" for i in range(top + 1)]
 
 
@@ -401,7 +493,6 @@ def _pixels_with_vector(
 ) -> dict[str, Any]:
     """Pixel metrics of a mask against polygons burned onto its grid (building id inside)."""
     from geoseg.metrics import ConfusionMatrix
-
     with vectorize._open_raster(raster) as src:
         geoms = (
             polygons.to_crs(src.crs).geometry.values.to_numpy()
@@ -586,38 +677,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
-
-
-def tables(report: dict[str, Any]) -> list[Any]:
-    """Rich tables of a report (objects and/or per-class pixel scores), for the terminal."""
-    from rich.table import Table
-
-    out = []
-    if "tp" in report:
-        t = Table(title=f"buildings (IoU > {report['iou_threshold']:g})")
-        for col in ("TP", "FP", "FN", "precision", "recall", "F1", "mean IoU"):
-            t.add_column(col, justify="right")
-        t.add_row(
-            *(str(report[k]) for k in ("tp", "fp", "fn")),
-            *(_num(report[k]) for k in ("precision", "recall", "f1", "mean_iou")),
-        )
-        out.append(t)
-    if "per_class" in report:
-        t = Table(
-            title=f"pixels (mIoU {_num(report['miou'])}, accuracy {_num(report['accuracy'])})"
-        )
-        t.add_column("class")
-        for col in ("IoU", "F1", "precision", "recall", "pixels"):
-            t.add_column(col, justify="right")
-        for name, s in report["per_class"].items():
-            t.add_row(
-                name,
-                *(_num(s[k]) for k in ("iou", "f1", "precision", "recall")),
-                str(s.get("support", "")),
-            )
-        out.append(t)
-    return out
-
-
-def _num(v: Any) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
