@@ -89,7 +89,8 @@ class ModelCard(BaseModel):
     numbers of the source rasters, ``mean``/``std`` the normalisation per band, in the rasters'
     units). ``class_ids[i]`` is the mask value written for ``class_names[i]``; logits channel i
     is class i. ``patch_size`` is in pixels, ``res`` in CRS units per pixel, ``crs_wkt`` the
-    training CRS as WKT. ``nodata`` is the input rasters' nodata value (None when they have none).
+    training CRS as WKT. Keys of cards written by other versions that are not fields here (such
+    as ``nodata``, never filled) are ignored when a checkpoint is read.
     """
 
     model_config = ConfigDict(extra="ignore", validate_assignment=True)
@@ -111,7 +112,6 @@ class ModelCard(BaseModel):
     epoch: int = 0
     metrics: dict[str, Any] = Field(default_factory=dict)
     created: str = Field(default_factory=_now)
-    nodata: float | None = None
 
     @field_validator("model_args", "metrics")
     @classmethod

@@ -76,13 +76,9 @@ def bar(total: float | None, description: str, *, unit: str = "") -> Iterator[Ba
         TextColumn("{task.fields[postfix]}"),
         console=console,
         transient=False,
-        disable=not console.is_terminal and not _force_plain(),
+        # rich draws nothing when stderr is not a terminal (CI logs, pipes); that is what we want.
+        disable=not console.is_terminal,
     )
     with progress:
         task_id = progress.add_task(description, total=total, postfix="")
         yield Bar(progress, task_id)
-
-
-def _force_plain() -> bool:
-    # rich draws nothing when stderr is not a terminal (CI logs, pipes); that is what we want.
-    return False

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -68,11 +67,6 @@ OUTPUTS = (
     "split.gpkg",
     "tb",
 )
-
-#: Test-only: when set to a folder, every rank writes ``rank<R>.json`` there at the end of fit
-#: (hash of its first training batch and of its final weights), to check DDP from the outside.
-DEBUG_ENV = "GEOSEG_TRAIN_DEBUG_DIR"
-
 
 @dataclass
 class TrainResult:
@@ -668,7 +662,6 @@ class _Trainer:
         self.best_score: float | None = None
         self.best_epoch = 0
         self.bad_epochs = 0
-        self.first_batch_hash = ""
         self.writer: Any = None
 
     # ---- checkpoints -------------------------------------------------------------------------
@@ -843,10 +836,8 @@ class _Trainer:
         clip = self.cfg.train.grad_clip
         onecycle = isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR)
         with progress.bar(steps, f"epoch {epoch}/{self.cfg.train.epochs}", unit="batches") as bar:
-            for i, batch in enumerate(_take(self.td.train, steps)):
+            for batch in _take(self.td.train, steps):
                 x, y = self._to_device(batch)
-                if i == 0 and epoch == 1:
-                    self.first_batch_hash = _tensor_hash(batch["image"])
                 with _autocast(self.device, self.precision):
                     logits = self.model(x)
                 loss = self.loss_fn(logits.float(), y)
@@ -1006,7 +997,6 @@ class _Trainer:
             (r for r in self.history if r["epoch"] == self.best_epoch),
             self.history[-1] if self.history else {},
         )
-        self._debug_dump()  # the weights every rank ended training with
         self.dist.barrier()  # best.ckpt is complete before any rank reads it
         if best.is_file():
             self.bare_model.load_state_dict(checkpoint.load(best, map_location="cpu").state_dict)
@@ -1087,20 +1077,6 @@ class _Trainer:
             np.stack([p[3] for p in picks]),
         )
 
-    def _debug_dump(self) -> None:
-        folder = os.environ.get(DEBUG_ENV)
-        if not folder:
-            return
-        state = {k: v.detach().cpu() for k, v in self.bare_model.state_dict().items()}
-        info = {
-            "rank": self.dist.rank,
-            "world_size": self.dist.world_size,
-            "first_batch": self.first_batch_hash,
-            "weights": state_hash(state),
-        }
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        (Path(folder) / f"rank{self.dist.rank}.json").write_text(json.dumps(info))
-
 
 # --------------------------------------------------------------------------------------------
 # small helpers
@@ -1135,21 +1111,6 @@ def _tb_tag(key: str) -> str:
     if key.startswith(("iou_", "f1_")) or key in ("miou", "accuracy"):
         return f"val/{key}"
     return f"train/{key}"
-
-
-def _tensor_hash(t: torch.Tensor) -> str:
-    return hashlib.sha1(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
-def state_hash(state: dict[str, torch.Tensor]) -> str:
-    """A short hash of a state dict's tensors (names, dtypes, values), to compare weights."""
-    h = hashlib.sha1()
-    for key in sorted(state):
-        t = state[key].detach().cpu().contiguous()
-        h.update(key.encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _atomic_text(path: Path, text: str) -> None:
