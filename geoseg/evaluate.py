@@ -547,7 +547,7 @@ def evaluate(
     truth: Path | str,
     *,
     iou_threshold: float = 0.5,
-    classes: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
     report: Path | str | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -562,7 +562,7 @@ def evaluate(
         prediction: mask GeoTIFF or polygon file.
         truth: mask GeoTIFF or polygon file.
         iou_threshold: IoU a building match must exceed (object metrics).
-        classes: class names by id for pixel metrics (default: the masks' tags).
+        class_names: class names by id for pixel metrics (default: the masks' tags).
         report: optional JSON file to write the report to (atomically; NaN written as null).
         overwrite: replace ``report`` if it exists.
 
@@ -572,8 +572,6 @@ def evaluate(
         and/or the pixel keys (``per_class``, ``miou``, ``accuracy``, ``confusion_matrix``).
     """
     prediction, truth = Path(prediction), Path(truth)
-    if classes:  # "--classes a,b,c" and "--classes a --classes b" both work
-        classes = [n.strip() for c in classes for n in str(c).split(",") if n.strip()]
     if report is not None and Path(report).exists() and not overwrite:
         raise OutputExistsError(
             f"{report} exists; pass --overwrite to replace it or choose another --json"
@@ -582,14 +580,14 @@ def evaluate(
     out: dict[str, Any] = {"prediction": str(prediction), "truth": str(truth)}
     if kinds == ("raster", "raster"):
         out["mode"] = "pixels"
-        out.update(pixels(prediction, truth, class_names=classes))
+        out.update(pixels(prediction, truth, class_names=class_names))
     elif kinds == ("vector", "vector"):
         out["mode"] = "objects"
         out.update(objects(prediction, truth, iou_threshold=iou_threshold))
     else:
         raster, vector = (prediction, truth) if kinds[0] == "raster" else (truth, prediction)
         out["mode"] = "objects+pixels"
-        names = list(classes) if classes else vectorize.class_names(raster)
+        names = list(class_names) if class_names else vectorize.class_names(raster)
         lower = [n.lower() for n in names]
         building = lower.index("building") if "building" in lower else len(names) - 1
         polys = vectorize.polygons(raster, classes=[building], allow_ungeoreferenced=True)

@@ -606,7 +606,7 @@ class _Outputs:
         return self
 
     def write(self, y0: int, classes: np.ndarray, probs: np.ndarray | None) -> None:
-        """Buffer rows and write them in whole tile rows (no partial tiles are rewritten)."""
+        """Buffer rows and write them in whole rows of TIFF tiles (none is rewritten partly)."""
         self._buf.append((y0, classes, probs))
         first = self._buf[0][0]
         end = y0 + classes.shape[0]

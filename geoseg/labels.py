@@ -403,6 +403,7 @@ def check_classes(
         raise LabelError(
             f"{source}: label value(s) {', '.join(map(str, bad[:8].tolist()))} but only "
             f"{num_classes} classes "
-            f"(0..{num_classes - 1}); --classes is too small: use --classes {int(bad.max()) + 1}, "
+            f"(0..{num_classes - 1}); --num-classes is too small: use --num-classes "
+            f"{int(bad.max()) + 1} (model.classes), "
             f"or map values with data.mask_mapping (ignore value is {ignore_index})"
         )

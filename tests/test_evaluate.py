@@ -329,9 +329,9 @@ def test_cli_evaluate_pixels_report(tmp_path):
             "--json",
             str(report),
             "-q",
-            "--classes",
+            "--class-names",
             "bg,house",
-            "--classes",
+            "--classes",  # the old spelling, still accepted
             "road",
         ],
     )

@@ -23,13 +23,14 @@ def evaluate(
     report: Annotated[
         Path | None, Opt("--json", help="Write every figure to this JSON file.")
     ] = None,
-    classes: Annotated[
+    class_names: Annotated[
         list[str] | None,
         Opt(
-            "--classes",
-            help="Class names by id, in order: --classes background,building,road.",
+            "--class-names",
+            help="Class names by id, in order: --class-names background,building,road.",
         ),
     ] = None,
+    old_class_names: Annotated[list[str] | None, Opt("--classes", hidden=True)] = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -50,7 +51,7 @@ def evaluate(
         prediction,
         truth,
         iou_threshold=iou_threshold,
-        classes=classes,
+        class_names=_names([*(class_names or []), *(old_class_names or [])]),
         report=report,
         overwrite=overwrite,
     )
@@ -60,6 +61,12 @@ def evaluate(
         console.print(table)
     if report is not None:
         console.print(f"report: {report}")
+
+
+def _names(given: list[str] | None) -> list[str] | None:
+    """``--class-names a,b,c`` and ``--class-names a --class-names b`` both work."""
+    names = [n.strip() for item in given or [] for n in item.split(",") if n.strip()]
+    return names or None
 
 
 def tables(report: dict[str, Any]) -> list[Table]:
