@@ -381,8 +381,10 @@ def resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
 
 
 def dump(cfg: PipelineConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (what the run actually used)."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    """Write the resolved config as YAML (what the run actually used), atomically."""
+    from geoseg import io
+
+    io.write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
 def reference_markdown() -> str:

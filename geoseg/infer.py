@@ -25,7 +25,6 @@ and renamed only when complete.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -34,7 +33,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from geoseg import config, progress, windows
+from geoseg import config, io, progress, windows
 from geoseg.config import InferConfig
 from geoseg.device import resolve_device, resolve_precision
 from geoseg.errors import (
@@ -53,39 +52,20 @@ from geoseg.errors import (
     ConfigError,
     GeosegError,
     InputNotFoundError,
-    OutputExistsError,
     RasterError,
     SchedulerError,
 )
 
 log = logging.getLogger(__name__)
 
-NODATA = 255
+NODATA = io.MASK_NODATA
 PROB_SCALE = 254  # probability p is stored as round(p * 254); 255 is nodata
-BLOCKSIZE = 512
+BLOCKSIZE = io.MASK_BLOCKSIZE
 EMIT_ROWS = 64  # finished rows are divided, argmax-ed and queued for writing in pieces this tall
 RES_TOLERANCE = 0.25
 GDAL_ENV = {"GDAL_CACHEMAX": 64, "GDAL_NUM_THREADS": "ALL_CPUS"}  # MB; keeps RSS bounded
 
 __all__ = ["predict_raster", "predict", "output_paths", "probability_path", "client_for"]
-
-# A small palette for QGIS: background transparent-ish grey, then distinct colours.
-_PALETTE = [
-    (0, 0, 0, 0),
-    (230, 25, 75, 255),
-    (60, 180, 75, 255),
-    (255, 225, 25, 255),
-    (0, 130, 200, 255),
-    (245, 130, 48, 255),
-    (145, 30, 180, 255),
-    (70, 240, 240, 255),
-    (240, 50, 230, 255),
-    (210, 245, 60, 255),
-    (250, 190, 212, 255),
-    (0, 128, 128, 255),
-    (170, 110, 40, 255),
-]
-
 
 # --------------------------------------------------------------------------------------------
 # Settings that travel to dask workers (plain, picklable data only)
@@ -553,11 +533,6 @@ def _finalize(
 # --------------------------------------------------------------------------------------------
 
 
-def _partial(path: Path, tag: str = "") -> Path:
-    # Hidden, and not ending in .tif: an interrupted run never leaves a file that looks finished.
-    return path.with_name(f".{path.name}.{tag}partial-{os.getpid()}")
-
-
 @dataclass
 class _Outputs:
     """The temporary mask (and probability) GeoTIFFs being written, with row buffering."""
@@ -574,32 +549,19 @@ class _Outputs:
     _prob: Any = None
 
     def __enter__(self) -> _Outputs:
-        creation = dict(
-            tiled=True,
-            blockxsize=BLOCKSIZE,
-            blockysize=BLOCKSIZE,
-            compress="deflate",
-            predictor=2 if self.final else 1,
-            zlevel=6 if self.final else 1,
-            bigtiff="IF_SAFER",
+        self._mask = rasterio.open(
+            self.mask_tmp, "w", **io.mask_profile(self.profile, final=self.final)
         )
-        base = dict(self.profile, driver="GTiff", dtype="uint8", nodata=NODATA, **creation)
-        self._mask = rasterio.open(self.mask_tmp, "w", **dict(base, count=1))
-        self._mask.set_band_description(1, "class")
-        self._mask.update_tags(**self.meta)
-        self._mask.update_tags(
-            1, **{f"CLASS_{v}": n for v, n in zip(self.class_values, self.class_names, strict=True)}
-        )
-        cmap = {v: _PALETTE[k % len(_PALETTE)] for k, v in enumerate(self.class_values)}
-        cmap[NODATA] = (0, 0, 0, 0)
-        self._mask.write_colormap(1, cmap)
+        io.describe_mask(self._mask, self.class_names, self.class_values, **self.meta)
         if self.prob_tmp is not None:
             k = len(self.class_names)
-            self._prob = rasterio.open(self.prob_tmp, "w", **dict(base, count=k))
+            profile = io.mask_profile(self.profile, count=k, final=self.final)
+            self._prob = rasterio.open(self.prob_tmp, "w", **profile)
             for b, name in enumerate(self.class_names, 1):
                 self._prob.set_band_description(b, f"p({name})")
             self._prob.scales = [1.0 / PROB_SCALE] * k
             self._prob.update_tags(
+                **io.class_tags(self.class_names, self.class_values),
                 **self.meta,
                 encoding=f"uint8 round(p*{PROB_SCALE}); p = value/{PROB_SCALE}; {NODATA} = nodata",
             )
@@ -716,6 +678,7 @@ def _block_task(
             rasterio.Env(**GDAL_ENV),
             _open_source(src_path, settings.target_res) as src,
             _open_source(src_path, settings.target_res) as mask_src,  # the reader thread has src
+            io.reading(src_path),
             _Outputs(
                 profile,
                 Path(mask_path),
@@ -775,6 +738,10 @@ def client_for(workers: int = 1, scheduler: str | None = None) -> Iterator[Any]:
         return
     from distributed import Client, LocalCluster
 
+    # The local scheduler logs its start-up at INFO into this process's log: keep it to
+    # warnings unless geoseg itself logs at debug level (-vv).
+    if logging.getLogger("geoseg").getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     with (
         LocalCluster(
             n_workers=workers,
@@ -803,7 +770,7 @@ def _run_dask(
     writer: Any,
     bar: Any,
     outputs: _Outputs,
-    temps: list[Path],
+    job: _Job,
 ) -> None:
     """Predict the row-blocks on the cluster; copy each block file into the output, in order.
 
@@ -813,9 +780,9 @@ def _run_dask(
     blocks = _blocks(plan, _n_workers(client))
     futures = []
     for k, (r0, r1) in enumerate(blocks):
-        mask_path = _partial(outputs.mask_tmp, f"block{k}.")
-        prob_path = _partial(outputs.prob_tmp, f"block{k}.") if outputs.prob_tmp else None
-        temps += [p for p in (mask_path, prob_path) if p is not None]
+        assert job.mask_out is not None  # claimed by predict_raster
+        mask_path = job.mask_out.temp(f"block{k}")
+        prob_path = job.prob_out.temp(f"block{k}") if job.prob_out is not None else None
         futures.append(
             client.submit(
                 _block_task,
@@ -833,6 +800,9 @@ def _run_dask(
     nc = len(plan.cols)
     for (r0, r1), fut in zip(blocks, futures, strict=True):
         start, stop, mask_path, prob_path = fut.result()
+        _verify_block(Path(mask_path), job.mask_out)
+        if prob_path:
+            _verify_block(Path(prob_path), job.prob_out)
         with (
             rasterio.open(mask_path) as m,
             rasterio.open(prob_path) if prob_path else nullcontext() as pr,
@@ -848,6 +818,14 @@ def _run_dask(
             if p:
                 Path(p).unlink(missing_ok=True)
         bar.advance((r1 - r0) * nc)
+
+
+def _verify_block(block: Path, output: io.Output | None) -> None:
+    """A worker's block file must be complete (GDAL does not report a full disk) before use."""
+    try:
+        io.verify_raster(block)
+    except GeosegError as err:
+        raise io.write_failure(output.path if output else block, err, files=[block]) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -959,11 +937,6 @@ def predict_raster(
     src, dst, ckpt = Path(src), Path(dst), Path(checkpoint)
     if probabilities is None and cfg.probabilities:
         probabilities = probability_path(dst)
-    for out in (dst, probabilities):
-        if out is not None and out.exists() and not overwrite:
-            raise OutputExistsError(
-                f"{out} exists; pass --overwrite to replace it or choose another --out"
-            )
     if not src.is_file():
         raise InputNotFoundError(f"{src}: input raster not found; check the path")
     device = resolve_device(cfg.device, setting="infer.device")
@@ -971,13 +944,7 @@ def predict_raster(
     prec = resolve_precision(cfg.precision, device, setting="infer.precision")
     tta = cfg.tta
     card = _load_card(ckpt)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            handle = rasterio.open(src)
-    except rasterio.errors.RasterioIOError as err:
-        raise RasterError(f"{src}: cannot be read as a raster ({err}); check the file") from None
-    with handle:
+    with io.open_raster(src, hint="check the file") as handle:
         _check_inputs(handle, src, card, ckpt, allow_ungeoreferenced)
         target_res = _resolution_target(handle, src, card, cfg.resample)
         profile = dict(width=handle.width, height=handle.height, transform=handle.transform)
@@ -1004,9 +971,7 @@ def predict_raster(
         target_res=target_res,
         with_probabilities=probabilities is not None,
     )
-    meta = {
-        "class_names": json.dumps(class_names),
-        "class_ids": json.dumps(class_values),
+    meta = {  # after the class tags (geoseg.io.describe_mask)
         "nodata_meaning": "255 = no data in the input",
         "checkpoint": ckpt.name,
         "architecture": str(card.architecture),
@@ -1017,7 +982,6 @@ def predict_raster(
         "software": "geoseg",
     }
     t0 = time.perf_counter()
-    temps: list[Path] = []
     job = _Job(
         profile=profile,
         settings=settings,
@@ -1030,17 +994,27 @@ def predict_raster(
         workers=cfg.workers,
         scheduler=cfg.scheduler,
         client=client,
-        temps=temps,
     )
-    try:
+    with ExitStack() as claims:
+        # Claimed before the work: an existing output, an output that is an input, another
+        # run writing it or an unwritable folder fail now, not after the prediction.
+        inputs = [src, ckpt]
+        job.mask_out = claims.enter_context(io.claim(dst, overwrite=overwrite, inputs=inputs))
+        if probabilities is not None:
+            job.prob_out = claims.enter_context(
+                io.claim(probabilities, overwrite=overwrite, inputs=[*inputs, dst])
+            )
+        mask_tmp = job.mask_out.temp()
+        prob_tmp = job.prob_out.temp() if job.prob_out is not None else None
         with rasterio.Env(**GDAL_ENV):
             if target_res is None:
-                _predict_to(src, job, dst, probabilities, cfg.cog)
+                _predict_to(src, job, mask_tmp, prob_tmp, final=not cfg.cog)
             else:
-                _predict_resampled(src, job, dst, probabilities, cfg.cog)
-    finally:
-        for t in temps:
-            t.unlink(missing_ok=True)
+                _predict_resampled(src, job, mask_tmp, prob_tmp, final=not cfg.cog)
+            _publish(
+                [(job.mask_out, mask_tmp, "NEAREST"), (job.prob_out, prob_tmp, "AVERAGE")],
+                cfg.cog,
+            )
     mp = profile["width"] * profile["height"] / 1e6
     log.info("%s -> %s: %.2f MP in %.1f s", src.name, dst, mp, time.perf_counter() - t0)
     return dst
@@ -1092,21 +1066,19 @@ class _Job:
     workers: int
     scheduler: str | None
     client: Any
-    temps: list[Path]  # temporary files to remove whatever happens
+    mask_out: io.Output | None = None  # the claimed outputs (their temporary files die with them)
+    prob_out: io.Output | None = None
 
 
 def _predict_to(
-    src: Path,
-    job: _Job,
-    dst: Path,
-    probabilities: Path | None,
-    cog: bool,
+    src: Path, job: _Job, mask_tmp: Path, prob_tmp: Path | None, *, final: bool
 ) -> None:
-    """Predict ``src`` (resampled to ``settings.target_res`` if set) into dst (+ probabilities)."""
-    settings, temps = job.settings, job.temps
-    mask_tmp, prob_tmp = _partial(dst), _partial(probabilities) if probabilities else None
-    temps += [t for t in (mask_tmp, prob_tmp) if t is not None]
-    with _open_source(src, settings.target_res) as source:
+    """Predict ``src`` (resampled to ``settings.target_res`` if set) into temporary GeoTIFFs.
+
+    ``final``: written with the final compression (no COG copy follows).
+    """
+    settings = job.settings
+    with _open_source(src, settings.target_res) as source, io.reading(src):
         plan = _Plan.make(source.width, source.height, job.patch_size, job.overlap, job.batch_size)
         grid_profile = dict(
             job.profile, width=source.width, height=source.height, transform=source.transform
@@ -1124,7 +1096,7 @@ def _predict_to(
                 job.class_names,
                 job.class_values,
                 job.meta,
-                final=not cog,
+                final=final,
             ) as outputs,
             progress.bar(plan.n_patches, f"infer {src.name}", unit="patches") as bar,
         ):
@@ -1141,10 +1113,9 @@ def _predict_to(
                         writer.put(y0, *_finalize(probs, valid, settings))
                 else:
                     settings = _with_threads(settings, cl)
-                    _run_dask(cl, src, plan, settings, writer, bar, outputs, temps)
+                    _run_dask(cl, src, plan, settings, writer, bar, outputs, job)
             finally:
                 writer.close()
-    _publish([(mask_tmp, dst, "NEAREST"), (prob_tmp, probabilities, "AVERAGE")], cog, temps)
 
 
 def _with_threads(settings: _Settings, client: Any) -> _Settings:
@@ -1163,41 +1134,39 @@ def _with_threads(settings: _Settings, client: Any) -> _Settings:
     return replace(settings, threads=max(1, (os.cpu_count() or 1) // n))
 
 
-def _publish(
-    items: list[tuple[Path | None, Path | None, str]], cog: bool, temps: list[Path]
-) -> None:
-    """Convert the finished temp files (to COG) and only then rename them all into place."""
+def _publish(items: list[tuple[io.Output | None, Path | None, str]], cog: bool) -> None:
+    """Convert the finished temp files (to COG), verify them all, then rename them into place."""
     ready = []
-    for tmp, dst, resampling in items:
-        if tmp is None or dst is None:
+    for output, tmp, resampling in items:
+        if output is None or tmp is None:
             continue
         if cog:
-            cog_tmp = _partial(dst, "cog.")
-            temps.append(cog_tmp)
-            _to_cog(tmp, cog_tmp, resampling=resampling)
+            cog_tmp = output.temp("cog")
+            try:
+                _to_cog(tmp, cog_tmp, resampling=resampling)
+            except (OSError, rasterio.errors.RasterioError) as err:
+                raise io.write_failure(output.path, err, files=[cog_tmp]) from None
             tmp = cog_tmp
-        ready.append((tmp, dst))
-    for tmp, dst in ready:
-        os.replace(tmp, dst)
+        try:
+            io.verify_raster(tmp)  # GDAL does not report a full disk: read back what it wrote
+        except GeosegError as err:
+            raise io.write_failure(output.path, err, files=[tmp]) from None
+        ready.append((output, tmp))
+    for output, tmp in ready:
+        output.commit(tmp)
 
 
 def _predict_resampled(
-    src: Path,
-    job: _Job,
-    dst: Path,
-    probabilities: Path | None,
-    cog: bool,
+    src: Path, job: _Job, mask_tmp: Path, prob_tmp: Path | None, *, final: bool
 ) -> None:
     """Predict at the training pixel size, then bring the result back to the input grid."""
     from rasterio.vrt import WarpedVRT
 
-    profile, temps = job.profile, job.temps
-    work = _partial(dst, "work.").with_suffix(".tif")
-    work_prob = _partial(dst, "workprob.").with_suffix(".tif") if probabilities else None
-    temps += [t for t in (work, work_prob) if t is not None]
-    _predict_to(src, job, work, work_prob, False)
-    mask_tmp, prob_tmp = _partial(dst), _partial(probabilities) if probabilities else None
-    temps += [t for t in (mask_tmp, prob_tmp) if t is not None]
+    assert job.mask_out is not None  # claimed by predict_raster
+    profile = job.profile
+    work = job.mask_out.temp("work")
+    work_prob = job.prob_out.temp("work") if job.prob_out is not None else None
+    _predict_to(src, job, work, work_prob, final=False)
     W, H = profile["width"], profile["height"]
     grid = dict(
         crs=profile["crs"],
@@ -1210,6 +1179,7 @@ def _predict_resampled(
         rasterio.open(src) as orig,
         rasterio.open(work) as wm,
         WarpedVRT(wm, **grid) as vm,
+        io.reading(src),
         _Outputs(
             profile,
             mask_tmp,
@@ -1217,7 +1187,7 @@ def _predict_resampled(
             job.class_names,
             job.class_values,
             dict(job.meta, resampled_from=str(job.settings.target_res)),
-            final=not cog,
+            final=final,
         ) as outputs,
     ):
         wp = rasterio.open(work_prob) if work_prob else None
@@ -1237,7 +1207,6 @@ def _predict_resampled(
             for ds in (vp, wp):
                 if ds is not None:
                     ds.close()
-    _publish([(mask_tmp, dst, "NEAREST"), (prob_tmp, probabilities, "AVERAGE")], cog, temps)
 
 
 def output_paths(inputs: list[Path], out: Path) -> list[Path]:
@@ -1306,14 +1275,15 @@ def predict(
             if len(masks) == 1 and vectorize.suffix
             else [vectorize / f"{m.stem}.gpkg" for m in masks]
         )
+    # Every output is checked before any work starts (each is claimed when it is written).
+    readers = [*paths, Path(checkpoint)]
     for m, g in zip(masks, gpkgs, strict=True):
-        for p in (m, probability_path(m) if cfg.probabilities else None, g):
-            if p is not None and p.exists() and not overwrite:
-                raise OutputExistsError(
-                    f"{p} exists; pass --overwrite to replace it or choose another --out"
-                )
-    for m in masks:
-        m.parent.mkdir(parents=True, exist_ok=True)
+        for p in (m, probability_path(m) if cfg.probabilities else None):
+            if p is not None:
+                io.check_output(p, overwrite=overwrite, inputs=readers)
+        if g is not None:
+            io.vector_driver(g)
+            io.check_output(g, overwrite=overwrite, inputs=readers, option="--vectorize")
     with client_for(cfg.workers, cfg.scheduler) if client is None else nullcontext(client) as cl:
         for src, m, g in zip(paths, masks, gpkgs, strict=True):
             prob = probability_path(m) if cfg.probabilities else None
@@ -1330,6 +1300,5 @@ def predict(
             if g is not None:
                 from geoseg import vectorize as vectorize_mod
 
-                g.parent.mkdir(parents=True, exist_ok=True)
                 vectorize_mod.vectorize(m, g, probabilities=prob, overwrite=overwrite)
     return masks

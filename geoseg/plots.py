@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from geoseg import io
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,8 @@ def _save(fig: Any, path: Path, dpi: int = 110) -> Path:
 
     FigureCanvasAgg(fig)
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, format="png")
-    os.replace(tmp, path)
+    with io.atomic_write(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
     return path
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import logging
 import math
@@ -41,6 +40,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from io import StringIO
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from geoseg import errors
+from geoseg import errors, io
 from geoseg.config import PipelineConfig
 from geoseg.device import ResolvedPrecision, resolve_device, resolve_precision
 from geoseg.errors import CheckpointError, ConfigError, InputNotFoundError, OutputExistsError
@@ -513,6 +513,16 @@ def _set_rng_state(state: dict[str, Any], loader: Any) -> None:
 
 def _build_optimizer(cfg: PipelineConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     t = cfg.train
+    try:
+        return _make_optimizer(t, params)
+    except ValueError as err:  # torch's own checks: "Invalid learning rate: -1.0"
+        raise ConfigError(
+            f"train.lr={t.lr}, train.weight_decay={t.weight_decay}: torch's {t.optimizer} "
+            f"rejects them ({err}); use a positive learning rate and a weight decay >= 0"
+        ) from None
+
+
+def _make_optimizer(t: Any, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     if t.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "adam":
@@ -767,7 +777,7 @@ class _Trainer:
         if self.dist.main:
             resolved = cfg.model_copy(deep=True)
             resolved.model.classes, resolved.model.class_names = self.num_classes, self.class_names
-            _atomic_text(run_dir / "config.yaml", _yaml(resolved))
+            io.write_text(run_dir / "config.yaml", _yaml(resolved))
             self._open_writer()
         log.info(
             "Training %s (%s, %d bands -> %d classes) on %s%s, precision %s, "
@@ -1022,7 +1032,7 @@ class _Trainer:
                 **scores,
             }
             if self.dist.main:
-                _atomic_text(
+                io.write_text(
                     self.run_dir / "test_metrics.json", json.dumps(_no_nan(test_metrics), indent=1)
                 )
                 building = scores["per_class"].get("building", {}).get("iou")
@@ -1113,10 +1123,6 @@ def _tb_tag(key: str) -> str:
     return f"train/{key}"
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _yaml(cfg: PipelineConfig) -> str:
@@ -1126,7 +1132,7 @@ def _yaml(cfg: PipelineConfig) -> str:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
+    buf = StringIO()
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
@@ -1134,7 +1140,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     for r in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    _atomic_text(path, buf.getvalue())
+    io.write_text(path, buf.getvalue())
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:

@@ -5,23 +5,19 @@ with :func:`rasterio.features.shapes` (always with the block's ``transform=``, s
 in the raster's CRS), merges the polygons that cross block seams into one, then cleans up
 (minimum area in m², simplification in metres, optional right-angle regularisation) and adds the
 attributes ``class_id``, ``class_name``, ``area_m2``, ``perimeter_m`` and ``confidence``.
-``write`` saves a GeoDataFrame atomically (GeoPackage with a spatial index, GeoJSON or
-Shapefile, chosen by extension).
+``write`` saves a GeoDataFrame atomically (GeoPackage with a spatial index, GeoJSON,
+FlatGeobuf or Shapefile, chosen by extension; see :data:`geoseg.io.VECTOR_DRIVERS`).
 
-Masks are uint8 class ids; ``nodata`` (normally 255) is never polygonised. Class names come from
-the mask's ``class_names`` dataset tag (a JSON list, as ``geoseg infer`` writes it); without it
-they are ``class_<id>``, or ``background``/``building`` for a two-class mask.
+Masks are uint8 class ids (:mod:`geoseg.io`'s mask format); ``nodata`` (normally 255) is never
+polygonised. Class names come from the mask's tags (:func:`geoseg.io.class_table`); without
+them they are ``class_<id>``, or ``background``/``building`` for a two-class mask.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import chain
@@ -37,14 +33,13 @@ from rasterio.windows import Window
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from geoseg import progress
-from geoseg.errors import ConfigError, InputNotFoundError, OutputExistsError, RasterError
+from geoseg import io, progress
+from geoseg.errors import ConfigError, RasterError
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["class_id", "class_name", "area_m2", "perimeter_m", "confidence"]
 SHAPEFILE_NAMES = {"perimeter_m": "perim_m"}
-DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".shp": "ESRI Shapefile"}
 #: Below this IoU with the polygon it came from, a regularised outline is rejected.
 REGULARIZE_MIN_IOU = 0.7
 _METRES_PER_DEGREE = 111_320.0  # one degree of latitude (and at most one of longitude)
@@ -54,63 +49,14 @@ _METRES_PER_DEGREE = 111_320.0  # one degree of latitude (and at most one of lon
 
 
 def class_names(mask: Path | str) -> list[str]:
-    """The class names of a mask GeoTIFF, index = class id.
+    """The class names of a mask GeoTIFF, index = class id (:func:`geoseg.io.mask_class_names`).
 
-    Read from the ``class_names`` dataset tag (a JSON list, or comma-separated); without it the
-    mask is scanned for its largest class id (nodata excluded): ``['background', 'building']``
-    for ids 0-1, else ``class_0 ... class_<max>``.
+    Read from the mask's tags (every dialect geoseg has written); without them the mask is
+    scanned for its largest class id (nodata excluded): ``['background', 'building']`` for ids
+    0-1, else ``class_0 ... class_<max>``.
     """
-    with _open_raster(Path(mask)) as src:
-        return _class_names(src)
-
-
-def _class_names(src: rasterio.DatasetReader) -> list[str]:
-    """Names indexed by class id (= mask value); gaps in the ids are named ``class_<id>``."""
-    table = _class_table(src)
-    if table is None:
-        top = _max_class_id(src)
-        return ["background", "building"] if top <= 1 else [f"class_{i}" for i in range(top + 1)]
-    names = [f"class_{i}" for i in range(max(table) + 1)]
-    for value, name in table.items():
-        names[value] = name
-    return names
-
-
-def _class_table(src: rasterio.DatasetReader) -> dict[int, str] | None:
-    """Mask value -> class name from the tags ``geoseg infer`` writes, in tag order.
-
-    ``class_names`` (JSON list, or comma-separated) with optional ``class_ids`` (JSON list of the
-    mask values, default 0..K-1); else band-1 tags ``CLASS_<value>=<name>``.
-    """
-    tags = {k.lower(): v for k, v in src.tags().items()}
-    if "class_names" in tags:
-        raw = tags["class_names"]
-        try:
-            names = json.loads(raw)
-        except ValueError:
-            names = [n.strip() for n in raw.split(",")]
-        try:
-            ids = json.loads(tags["class_ids"]) if "class_ids" in tags else list(range(len(names)))
-        except ValueError:
-            ids = list(range(len(names)))
-        if isinstance(names, list) and names and len(ids) == len(names):
-            return {int(i): str(n) for i, n in zip(ids, names, strict=True)}
-    band = {k[6:]: v for k, v in src.tags(1).items() if k.upper().startswith("CLASS_")}
-    if band and all(k.isdigit() for k in band):
-        return {int(k): v for k, v in sorted(band.items(), key=lambda kv: int(kv[0]))}
-    return None
-
-
-def _max_class_id(src: rasterio.DatasetReader) -> int:
-    """Largest class id in band 1 outside nodata, read block by block."""
-    top = 0
-    nodata = src.nodata if src.nodata is not None else 255
-    for _, window in src.block_windows(1):
-        block = src.read(1, window=window)
-        valid = block[block != nodata]
-        if valid.size:
-            top = max(top, int(valid.max()))
-    return top
+    with io.open_raster(mask, hint="pass a GeoTIFF mask") as src, io.reading(mask):
+        return io.mask_class_names(src)
 
 
 def select_classes(
@@ -185,14 +131,15 @@ def polygons(
     mask = Path(mask)
     if block_size < 2:
         raise ConfigError(f"block_size={block_size} is too small; use e.g. 2048 (pixels)")
-    with _open_raster(mask) as src:
+    sources = [mask, *([probabilities] if probabilities else [])]
+    with io.open_raster(mask, hint="pass a GeoTIFF mask") as src, io.reading(*sources):
         if src.crs is None and not allow_ungeoreferenced:
             raise RasterError(
                 f"{mask}: the mask has no CRS, so polygons cannot be placed on the "
                 "map; fix the file (e.g. gdal_edit.py -a_srs) or pass "
                 "--allow-ungeoreferenced"
             )
-        names = _class_names(src)
+        names = io.mask_class_names(src)
         ids = select_classes(names, classes, mask)
         crs = _gpd_crs(src.crs)
         transform = src.transform
@@ -429,7 +376,7 @@ class _ProbabilityReader:
         self, path: Path, mask: rasterio.DatasetReader, names: list[str], ids: list[int]
     ) -> None:
         self.path = path
-        self.src = _open_raster(path)
+        self.src = io.open_raster(path, hint="pass the *_prob.tif written with this mask")
         s = self.src
         if (s.width, s.height) != (mask.width, mask.height) or not s.transform.almost_equals(
             mask.transform
@@ -440,7 +387,7 @@ class _ProbabilityReader:
                 f"differs from the mask's {mask.width}x{mask.height} "
                 f"{tuple(mask.transform)[:6]}; pass the *_prob.tif written with this mask"
             )
-        table = _class_table(mask)
+        table = io.class_table(mask)
         order = list(table) if table else list(range(len(names)))  # class value of each band
         if s.count == len(order) and all(i in order for i in ids):
             band = {i: order.index(i) + 1 for i in ids}
@@ -644,44 +591,35 @@ def _crs_units(metres: float, crs: Any) -> float:
 
 
 def write(gdf: Any, out: Path | str, *, layer: str = "footprints", overwrite: bool = False) -> Path:
-    """Write polygons atomically: GeoPackage (spatial index), GeoJSON or Shapefile by extension.
+    """Write polygons atomically: GeoPackage (spatial index), GeoJSON, FlatGeobuf or Shapefile.
 
-    The file is written under a temporary name in the same folder and renamed when complete, so a
-    reader never sees half a file. An empty GeoDataFrame gives an empty layer with the schema and
-    the CRS. ``layer`` names the GeoPackage layer (ignored by the other formats). Shapefiles
-    name ``perimeter_m`` ``perim_m`` (DBF names have at most 10 characters).
+    The format follows the extension (:data:`geoseg.io.VECTOR_DRIVERS`). The file is written
+    under a temporary name in the same folder, read back and renamed when complete, so a reader
+    never sees half a file. An empty GeoDataFrame gives an empty layer with the schema and the
+    CRS. ``layer`` names the GeoPackage layer (ignored by the other formats). Shapefiles name
+    ``perimeter_m`` ``perim_m`` (DBF names have at most 10 characters).
+
+    Raises:
+        ConfigError: an extension geoseg does not write.
+        OutputExistsError: ``out`` exists and not ``overwrite``.
+        OutputWriteError: the folder cannot take the file (full, read-only, no permission).
     """
-    out = Path(out)
-    driver = DRIVERS.get(out.suffix.lower())
-    if driver is None:
-        raise ConfigError(
-            f"{out}: unknown vector format {out.suffix!r}; use .gpkg, .geojson or .shp"
-        )
-    if out.exists() and not overwrite:
-        raise OutputExistsError(
-            f"{out} exists; pass --overwrite to replace it or choose another --out"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        tmp = tmp_dir / out.name
-        kwargs: dict[str, Any] = {"driver": driver, "engine": "pyogrio", "geometry_type": "Polygon"}
-        if driver == "GPKG":
-            kwargs["layer"] = layer
-            kwargs["SPATIAL_INDEX"] = "YES"
-        if driver == "ESRI Shapefile":  # DBF field names are at most 10 characters
-            gdf = gdf.rename(columns=SHAPEFILE_NAMES)
-        gdf.to_file(tmp, **kwargs)
-        if driver == "ESRI Shapefile":
-            stem = out.with_suffix("")
-            for part in tmp_dir.iterdir():
-                os.replace(part, stem.with_suffix(part.suffix))
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    log.info("wrote %d polygons to %s", len(gdf), out)
-    return out
+    io.vector_driver(out)
+    with io.claim(out, overwrite=overwrite) as output:
+        return _write_claimed(gdf, output, layer)
+
+
+def _write_claimed(gdf: Any, output: io.Output, layer: str) -> Path:
+    """Write ``gdf`` into a claimed output (see :func:`write`)."""
+    driver = io.vector_driver(output.path)
+    options: dict[str, Any] = {"geometry_type": "Polygon"}
+    if driver == "GPKG":
+        options["SPATIAL_INDEX"] = "YES"
+    if driver == "ESRI Shapefile":  # DBF field names are at most 10 characters
+        gdf = gdf.rename(columns=SHAPEFILE_NAMES)
+    io.write_vector(gdf, output, layer=layer, **options)
+    log.info("wrote %d polygons to %s", len(gdf), output.path)
+    return output.path
 
 
 def vectorize(
@@ -692,32 +630,19 @@ def vectorize(
     overwrite: bool = False,
     **kwargs: Any,
 ) -> Path:
-    """``polygons(mask, **kwargs)`` written to ``out`` (see :func:`polygons`, :func:`write`)."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(
-            f"{out} exists; pass --overwrite to replace it or choose another --out"
-        )
-    if out.suffix.lower() not in DRIVERS:
-        raise ConfigError(
-            f"{out}: unknown vector format {out.suffix!r}; use .gpkg, .geojson or .shp"
-        )
-    gdf = polygons(mask, **kwargs)
-    return write(gdf, out, layer=layer, overwrite=overwrite)
+    """``polygons(mask, **kwargs)`` written to ``out`` (see :func:`polygons`, :func:`write`).
+
+    ``out`` is claimed before the polygons are computed: an existing output, an output that is
+    the mask itself, or an unwritable folder fail at once.
+    """
+    io.vector_driver(out)
+    inputs = [mask, kwargs.get("probabilities")]
+    with io.claim(out, overwrite=overwrite, inputs=inputs) as output:
+        gdf = polygons(mask, **kwargs)
+        return _write_claimed(gdf, output, layer)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _open_raster(path: Path) -> rasterio.DatasetReader:
-    if not path.exists():
-        raise InputNotFoundError(f"{path}: no such file; check the path")
-    try:
-        return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as err:
-        raise RasterError(
-            f"{path}: not a readable raster ({str(err).splitlines()[0]}); pass a GeoTIFF mask"
-        ) from None
 
 
 def _gpd_crs(crs: Any) -> Any:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from geoseg import checkpoint, train
@@ -320,15 +321,6 @@ def test_torchrun_two_ranks_join_one_job(demo_data, split_yaml, tmp_path) -> Non
 # user errors: one line on stderr, exit 1 (2 for a bad setting)
 
 
-def _one_line_error(result, *needles: str, code: int = 1) -> str:
-    assert result.exit_code == code, (result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 def _base(demo_data, out: Path) -> list[str]:
     return [
         str(demo_data.images[0].parent),
@@ -340,7 +332,7 @@ def _base(demo_data, out: Path) -> list[str]:
 
 
 def test_error_unknown_model(demo_data, tmp_path) -> None:
-    _one_line_error(
+    assert_one_line_error(
         _train(_base(demo_data, tmp_path / "r") + ["--model", "resnet-9000"]),
         "resnet-9000",
         "unet-resnet34",
@@ -350,7 +342,7 @@ def test_error_unknown_model(demo_data, tmp_path) -> None:
 
 
 def test_error_unknown_loss(demo_data, tmp_path) -> None:
-    _one_line_error(
+    assert_one_line_error(
         _train(_base(demo_data, tmp_path / "r") + ["--loss", "hinge"]),
         "hinge",
         "ce",
@@ -363,7 +355,7 @@ def test_error_unknown_loss(demo_data, tmp_path) -> None:
 def test_error_unknown_config_key(demo_data, tmp_path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("train:\n  epochz: 3\n")
-    _one_line_error(
+    assert_one_line_error(
         _train(_base(demo_data, tmp_path / "r") + ["--config", str(cfg)]),
         "epochz",
         "epochs",
@@ -372,7 +364,7 @@ def test_error_unknown_config_key(demo_data, tmp_path) -> None:
 
 
 def test_error_classes_smaller_than_label_value(demo_data, split_yaml, tmp_path) -> None:
-    line = _one_line_error(
+    line = assert_one_line_error(
         _train(
             _base(demo_data, tmp_path / "r")
             + ["--classes", "1", "--config", str(split_yaml), *TINY]
@@ -382,7 +374,7 @@ def test_error_classes_smaller_than_label_value(demo_data, split_yaml, tmp_path)
 
 
 def test_error_patch_size_not_divisible(demo_data, tmp_path) -> None:
-    line = _one_line_error(
+    line = assert_one_line_error(
         _train(_base(demo_data, tmp_path / "r") + ["--patch-size", "500"]), code=2
     )
     assert line == (
@@ -393,7 +385,7 @@ def test_error_patch_size_not_divisible(demo_data, tmp_path) -> None:
 
 def test_error_resume_without_last_ckpt(demo_data, tmp_path) -> None:
     (tmp_path / "r").mkdir()
-    _one_line_error(
+    assert_one_line_error(
         _train(_base(demo_data, tmp_path / "r") + ["--resume"]), "last.ckpt", "--resume"
     )
 
@@ -402,7 +394,7 @@ def test_error_run_dir_not_empty(demo_data, tmp_path) -> None:
     out = tmp_path / "r"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    _one_line_error(_train(_base(demo_data, out)), str(out), "--overwrite", "--resume")
+    assert_one_line_error(_train(_base(demo_data, out)), str(out), "--overwrite", "--resume")
     assert (out / "notes.txt").read_text() == "mine"
 
 
