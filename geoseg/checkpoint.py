@@ -197,7 +197,7 @@ def _to_safe(value: Any, where: str) -> Any:
 
 def rng_state() -> dict[str, Any]:
     """The torch, CUDA, numpy and Python RNG states as checkpoint-safe tensors and lists."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # the legacy tuple: (name, keys, pos, gauss, cached)
     py_state = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),

@@ -638,7 +638,7 @@ def _on_valid_pixels(raster: Path, polygons: Any) -> np.ndarray:
         on_grid = (cols >= 0) & (cols < src.width) & (rows >= 0) & (rows < src.height)
         idx = np.flatnonzero(present)[on_grid]
         nodata = src.nodata if src.nodata is not None else 255
-        values = np.array([v[0] for v in src.sample(xy[on_grid], indexes=1)]) if len(idx) else []
+        values = [v[0] for v in src.sample(xy[on_grid], indexes=1)] if len(idx) else []
         keep[idx] = np.asarray(values) != nodata
     return keep
 

@@ -220,7 +220,7 @@ def _tta_ops(tta: str) -> list[tuple[Callable[[Any], Any], Callable[[Any], Any]]
     if tta == "flip":
         return [flip(()), flip((3,)), flip((2,)), flip((2, 3))]
     if tta == "d4":
-        ops = []
+        ops: list[tuple[Callable[[Any], Any], Callable[[Any], Any]]] = []
         for k in range(4):
             for f in (False, True):
 
@@ -957,7 +957,7 @@ def predict_raster(
 
     class_names = list(card.class_names)
     class_values = list(getattr(card, "class_ids", None) or range(len(class_names)))
-    settings = _Settings(
+    runtime = _Settings(
         checkpoint=str(ckpt.resolve()),
         device=dev,
         precision=prec,
@@ -984,7 +984,7 @@ def predict_raster(
     t0 = time.perf_counter()
     job = _Job(
         profile=profile,
-        settings=settings,
+        settings=runtime,
         patch_size=P,
         overlap=overlap,
         batch_size=bs,

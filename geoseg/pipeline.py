@@ -489,17 +489,17 @@ def run(
         [Path(p) for p in data_inputs],
         lambda d: _train(cfg, run_dir, records, d),
     )
-    result.checkpoint = ckpt[0]
+    checkpoint = result.checkpoint = ckpt[0]
     if last == "train":
         return result
 
     inputs = _infer_inputs(cfg, run_dir)
-    upstream = [result.checkpoint, *inputs]
+    upstream = [checkpoint, *inputs]
     result.predictions = step(
         "infer",
         cfg.infer.model_dump(mode="json"),
         upstream,
-        lambda d: _infer(cfg, run_dir, result.checkpoint, inputs),
+        lambda d: _infer(cfg, run_dir, checkpoint, inputs),
     )
     if last == "infer":
         return result

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -533,7 +533,10 @@ def _make_optimizer(t: Any, params: Iterable[nn.Parameter]) -> torch.optim.Optim
 
 
 def _build_scheduler(
-    cfg: PipelineConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, mode: str
+    cfg: PipelineConfig,
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    mode: Literal["min", "max"],
 ) -> Any:
     t = cfg.train
     if t.scheduler == "cosine":
@@ -657,7 +660,8 @@ class _Trainer:
             kwargs["encoder_weights"] = cfg.model.encoder_weights
         self.model = models.build(
             cfg.model.name, in_channels=td.in_channels, num_classes=self.num_classes, **kwargs
-        ).to(device, memory_format=self.memory_format)
+        ).to(device)
+        self.model = self.model.to(memory_format=self.memory_format)
         self.loss_fn = losses.build(
             cfg.train.loss,
             num_classes=self.num_classes,
@@ -701,7 +705,8 @@ class _Trainer:
 
     @property
     def bare_model(self) -> nn.Module:
-        return self.model.module if hasattr(self.model, "module") else self.model
+        # The model itself, also when wrapped in DistributedDataParallel.
+        return cast(nn.Module, getattr(self.model, "module", self.model))
 
     def save(
         self, name: str, epoch: int, metrics: dict[str, Any], extra: dict[str, Any] | None = None
@@ -864,7 +869,8 @@ class _Trainer:
                 else:  # e.g. a patch with every pixel ignored; DDP ranks must still all step
                     skipped += 1
                     if self.dist.world_size > 1:  # zero gradients, so the all-reduce still runs
-                        sum((p * 0.0).sum() for p in self.model.parameters()).backward()
+                        zero = torch.stack([(p * 0.0).sum() for p in self.model.parameters()])
+                        zero.sum().backward()
                         self.optimizer.step()
                 if onecycle:
                     self.scheduler.step()
@@ -881,7 +887,7 @@ class _Trainer:
         total = self.dist.sum(torch.tensor([loss_sum, counted], dtype=torch.float64))
         self.last_rate = seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
         self.dist.broadcast_buffers(self.bare_model)
-        return float(total[0] / max(total[1], 1))
+        return float(total[0] / total[1].clamp_min(1))
 
     @torch.no_grad()
     def evaluate(

@@ -339,7 +339,7 @@ def _merge_seams(
     starts = np.flatnonzero(np.r_[True, np.diff(group[members]) != 0])
     lengths = np.diff(np.r_[starts, len(members)])
     twos = starts[lengths == 2]
-    merged = list(shapely.union(px[members[twos]], px[members[twos + 1]]))
+    merged: Any = list(shapely.union(px[members[twos]], px[members[twos + 1]]))
     for start, length in zip(starts[lengths > 2], lengths[lengths > 2], strict=True):
         merged.append(shapely.union_all(px[members[start : start + length]]))
     order = np.r_[twos, starts[lengths > 2]]

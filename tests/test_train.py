@@ -87,6 +87,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return checkpoint.load(path).state_dict
 
 
+@pytest.mark.slow
 def test_raster_labels_end_to_end(raster_run: Path, demo_data) -> None:
     out = raster_run
     for name in (
@@ -129,6 +130,7 @@ def test_raster_labels_end_to_end(raster_run: Path, demo_data) -> None:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_checkpoint_card_and_load_model(raster_run: Path, demo_data) -> None:
     ck = checkpoint.load(raster_run / "best.ckpt")
     card = ck.card
@@ -151,6 +153,7 @@ def test_checkpoint_card_and_load_model(raster_run: Path, demo_data) -> None:
     assert last.epoch == 2 and last.optimizer and last.scheduler and "rng" in last.extra
 
 
+@pytest.mark.slow
 def test_vector_labels_end_to_end(demo_data, split_yaml, tmp_path) -> None:
     out = tmp_path / "vector"
     _ok(
@@ -194,6 +197,7 @@ def _tile_folder(root: Path, n: int = 10) -> Path:
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.slow
 def test_tile_folder_layout(tmp_path) -> None:
     root = _tile_folder(tmp_path / "tiles")
     out = tmp_path / "run"
@@ -205,6 +209,7 @@ def test_tile_folder_layout(tmp_path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.slow
 def test_early_stop_and_fp16_with_grad_scaler(tmp_path, monkeypatch) -> None:
     """A metric that never improves stops the run after ``early_stop`` epochs; fp16 + scaler run."""
     root = _tile_folder(tmp_path / "tiles")
@@ -230,6 +235,7 @@ class _Killed(Exception):
     """Stands in for SIGKILL right after epoch 1 has been written."""
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted_run(
     raster_run, demo_data, split_yaml, tmp_path, monkeypatch
 ) -> None:
@@ -292,6 +298,7 @@ def _probe_env(probe: Path) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "RANK_PROBE_DIR": str(probe)}
 
 
+@pytest.mark.slow
 def test_ddp_two_processes(demo_data, split_yaml, tmp_path) -> None:
     probe, out = tmp_path / "probe", tmp_path / "ddp"
     cmd = [sys.executable, str(PROBE), "-q", "train", str(demo_data.images[0].parent),
@@ -304,6 +311,7 @@ def test_ddp_two_processes(demo_data, split_yaml, tmp_path) -> None:
     assert [r["epoch"] for r in train.read_metrics(out)] == [1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_join_one_job(demo_data, split_yaml, tmp_path) -> None:
     """Under torchrun (RANK/WORLD_SIZE set) fit joins the group; rank 0 alone writes and reports."""
     probe, out = tmp_path / "probe", tmp_path / "run"

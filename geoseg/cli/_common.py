@@ -58,7 +58,7 @@ def error_line(err: BaseException) -> str | None:
         from rasterio._err import CPLE_BaseError
         from rasterio.errors import RasterioError
     except ImportError:  # pragma: no cover - rasterio is a dependency
-        RasterioError = CPLE_BaseError = ()  # type: ignore[assignment,misc]
+        RasterioError = CPLE_BaseError = ()
     if isinstance(err, (RasterioError, CPLE_BaseError, OSError)):
         from geoseg.io import gdal_message
 
