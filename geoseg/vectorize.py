@@ -33,7 +33,7 @@ from rasterio.windows import Window
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from geoseg import io, progress
+from geoseg import instances, io, progress
 from geoseg.errors import ConfigError, RasterError
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,14 @@ def polygons(
     regularize: bool = False,
     block_size: int = 2048,
     allow_ungeoreferenced: bool = False,
+    separate: bool | None = None,
 ) -> Any:  # geopandas.GeoDataFrame
     """Polygons of the connected regions of the chosen classes of a mask GeoTIFF.
+
+    A mask predicted by an instance-aware model (tag ``geoseg_target=instances``, classes
+    background/interior/edge/contact, see :mod:`geoseg.instances`) gives one polygon per
+    building instead: touching buildings are separated, and each polygon is of class
+    ``building`` (id 1).
 
     Args:
         mask: uint8 class-id GeoTIFF (band 1); its nodata value (255 by default) is skipped.
@@ -120,6 +126,9 @@ def polygons(
         block_size: side of the blocks read at once, in pixels. Memory is about
             ``block_size² × (1 + 4 × probability bands)`` bytes plus the polygons.
         allow_ungeoreferenced: accept a mask without a CRS (areas then in its transform units).
+        separate: separate touching buildings (instance masks only); None = when the mask is an
+            instance mask and ``classes`` asks for buildings (or nothing); False = polygons of
+            the classes as they are.
 
     Returns:
         A GeoDataFrame in the mask's CRS, one valid Polygon per connected region (holes kept),
@@ -140,15 +149,35 @@ def polygons(
                 "--allow-ungeoreferenced"
             )
         names = io.mask_class_names(src)
-        ids = select_classes(names, classes, mask)
+        buildings = _separates(src, classes, separate, mask)
+        if buildings:
+            # one polygon per building, all of class 1 (building = interior + edge pixels)
+            ids = [instances.INTERIOR]
+            prob = (
+                _ProbabilityReader(
+                    Path(probabilities), src, names, list(instances.BUILDING_CLASSES)
+                )
+                if probabilities
+                else None
+            )
+            if prob is not None:
+                prob.combine(instances.INTERIOR, list(instances.BUILDING_CLASSES))
+        else:
+            ids = select_classes(names, classes, mask)
+            prob = (
+                _ProbabilityReader(Path(probabilities), src, names, ids) if probabilities else None
+            )
         crs = _gpd_crs(src.crs)
         transform = src.transform
-        prob = _ProbabilityReader(Path(probabilities), src, names, ids) if probabilities else None
         try:
-            geoms, class_id, conf_sum, conf_n = _polygonize(src, ids, block_size, prob)
+            geoms, class_id, conf_sum, conf_n = _polygonize(
+                src, ids, block_size, prob, separate=buildings, probabilities=probabilities
+            )
         finally:
             if prob is not None:
                 prob.close()
+        if buildings:
+            names = ["background", "building"]
 
     keep = np.arange(len(geoms))
     if min_area_m2 > 0 and len(geoms):
@@ -184,33 +213,93 @@ def polygons(
     return out
 
 
+def _separates(
+    src: rasterio.DatasetReader,
+    classes: Sequence[str | int] | None,
+    separate: bool | None,
+    mask: Path,
+) -> bool:
+    """Whether to label buildings one by one (an instance mask asked for its buildings)."""
+    if separate is False:
+        return False
+    is_instance = instances.is_instance_mask(src)
+    if separate and not is_instance:
+        raise ConfigError(
+            f"{mask}: not an instance mask (no {instances.TARGET_TAG}={instances.TARGET_INSTANCES} "
+            "tag), so touching buildings cannot be separated; predict it with a model trained "
+            "with data.target: instances"
+        )
+    if not is_instance:
+        return False
+    wanted = {str(c).strip().lower() for c in classes or []}
+    building_words = {"building", "buildings", "interior", "edge", "1", "2", "class_1", "class_2"}
+    return not wanted or wanted <= building_words
+
+
 def _polygonize(
-    src: rasterio.DatasetReader, ids: list[int], block_size: int, prob: _ProbabilityReader | None
+    src: rasterio.DatasetReader,
+    ids: list[int],
+    block_size: int,
+    prob: _ProbabilityReader | None,
+    *,
+    separate: bool = False,
+    probabilities: Path | str | None = None,
 ) -> tuple[np.ndarray, ...]:
-    """Block pass + seam merge. Returns geometries (CRS), class ids, confidence sums, counts."""
+    """Block pass + seam merge. Returns geometries (CRS), class ids, confidence sums, counts.
+
+    With ``separate``, the blocks are building labels (:class:`geoseg.instances.BuildingLabels`):
+    polygons take the building's id as value, so pieces of one building on both sides of a seam
+    merge and touching buildings do not; their class is set to 1 after the merge.
+    """
     transform = src.transform
     inverse = ~transform
     windows = list(_blocks(src.width, src.height, block_size))
     geoms, values, on_seam, sums, counts = [], [], [], [], []
     nodata = src.nodata if src.nodata is not None else 255
     wanted = np.array([i for i in ids if i != nodata], dtype=np.int64)
-    with progress.bar(len(windows), "vectorize", unit="blocks") as bar, _gc_paused():
-        for window in windows:
-            block = src.read(1, window=window)
-            selected = block == wanted[0] if len(wanted) == 1 else np.isin(block, wanted)
-            if not selected.any():
+
+    def add(window: Window, block: np.ndarray, selected: np.ndarray) -> None:
+        wt = src.window_transform(window)
+        g, v = _shapes(block, selected, wt)
+        geoms.append(g)
+        values.append(v)
+        on_seam.append(_touches_inner_edge(g, inverse, window, src.width, src.height))
+        if prob is not None:
+            cls = np.full(len(v), ids[0], dtype=np.int64) if separate else v
+            s, n = prob.sums(g, cls, window, wt)
+            sums.append(s)
+            counts.append(n)
+
+    if separate:
+        with instances.BuildingLabels(
+            src, block_size=block_size, probabilities=Path(probabilities) if probabilities else None
+        ) as labels:
+            with progress.bar(len(windows), "vectorize", unit="blocks") as bar, _gc_paused():
+                for window, regions in labels.regions():
+                    selected = regions > 0
+                    if selected.any():
+                        add(window, regions, selected)
+                    bar.advance()
+            # region labels -> building ids; regions with several seeds are polygonised again
+            # from their watershed split
+            values = [labels.ids(v) for v in values]
+            with _gc_paused():
+                for window, split in labels.split():
+                    add(window, split, split > 0)
+        keep = [v >= 0 for v in values]
+        geoms = [g[k] for g, k in zip(geoms, keep, strict=True)]
+        on_seam = [x[k] for x, k in zip(on_seam, keep, strict=True)]
+        sums = [x[k] for x, k in zip(sums, keep, strict=True)] if sums else sums
+        counts = [x[k] for x, k in zip(counts, keep, strict=True)] if counts else counts
+        values = [v[k] for v, k in zip(values, keep, strict=True)]
+    else:
+        with progress.bar(len(windows), "vectorize", unit="blocks") as bar, _gc_paused():
+            for window in windows:
+                block = src.read(1, window=window)
+                selected = block == wanted[0] if len(wanted) == 1 else np.isin(block, wanted)
+                if selected.any():
+                    add(window, block, selected)
                 bar.advance()
-                continue
-            wt = src.window_transform(window)
-            g, v = _shapes(block, selected, wt)
-            geoms.append(g)
-            values.append(v)
-            on_seam.append(_touches_inner_edge(g, inverse, window, src.width, src.height))
-            if prob is not None:
-                s, n = prob.sums(g, v, window, wt)
-                sums.append(s)
-                counts.append(n)
-            bar.advance()
     if not geoms:
         empty = np.empty(0)
         return np.empty(0, dtype=object), np.empty(0, dtype=np.int64), empty, empty
@@ -219,16 +308,16 @@ def _polygonize(
     seam = np.concatenate(on_seam)
     s = np.concatenate(sums) if sums else np.zeros(len(g))
     n = np.concatenate(counts) if counts else np.zeros(len(g))
-    if not seam.any():
-        return g, v, s, n
-    mg, mv, ms, mn = _merge_seams(g[seam], v[seam], s[seam], n[seam], transform)
-    keep = ~seam
-    return (
-        np.concatenate([g[keep], mg]),
-        np.concatenate([v[keep], mv]),
-        np.concatenate([s[keep], ms]),
-        np.concatenate([n[keep], mn]),
-    )
+    if seam.any():
+        mg, mv, ms, mn = _merge_seams(g[seam], v[seam], s[seam], n[seam], transform)
+        keep = ~seam
+        g = np.concatenate([g[keep], mg])
+        v = np.concatenate([v[keep], mv])
+        s = np.concatenate([s[keep], ms])
+        n = np.concatenate([n[keep], mn])
+    if separate:
+        v = np.full(len(v), ids[0], dtype=np.int64)
+    return g, v, s, n
 
 
 @contextmanager
@@ -403,6 +492,7 @@ class _ProbabilityReader:
         self.slot = np.zeros(max(ids) + 1, dtype=np.int64)
         for cls, b in band.items():
             self.slot[cls] = self.bands.index(b)
+        self.extra: dict[int, list[int]] = {}
         # Integer bands hold p scaled to 0-255 (or to the band scale, e.g. 1/254 from geoseg
         # infer, which keeps 255 for nodata); float bands hold p itself.
         scale = s.scales[self.bands[0] - 1]
@@ -410,6 +500,10 @@ class _ProbabilityReader:
             self.scale = scale if scale not in (0, 1) else 1 / 255
         else:
             self.scale = 1.0
+
+    def combine(self, cls: int, classes: list[int]) -> None:
+        """Make the probability of ``cls`` the sum of those of ``classes`` (all read)."""
+        self.extra[cls] = [self.slot[c] for c in classes]
 
     def sums(
         self, geoms: np.ndarray, values: np.ndarray, window: Window, transform: Any
@@ -425,7 +519,11 @@ class _ProbabilityReader:
         rows, cols = np.nonzero(ids)
         poly = ids[rows, cols] - 1
         data = self.src.read(self.bands, window=window)
-        p = data[self.slot[values[poly]], rows, cols].astype(np.float64) * self.scale
+        if self.extra:  # one class whose probability is a sum of bands (instance masks)
+            (slots,) = self.extra.values()
+            p = data[slots][:, rows, cols].astype(np.float64).sum(0) * self.scale
+        else:
+            p = data[self.slot[values[poly]], rows, cols].astype(np.float64) * self.scale
         return (
             np.bincount(poly, weights=p, minlength=n),
             np.bincount(poly, minlength=n).astype(np.float64),
