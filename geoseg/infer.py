@@ -157,7 +157,10 @@ def _load_model(path: Path, device: str) -> tuple[Any, Any]:
     """Load weights + card, turning any failure into a one-line CheckpointError."""
     if not path.is_file():
         raise InputNotFoundError(f"{path}: checkpoint not found; check the path")
-    from geoseg import checkpoint
+    from geoseg import checkpoint, export
+
+    if export.is_onnx(path):  # an exported model: onnxruntime behind the torch call interface
+        return export.load_onnx(path, device=device)
 
     try:
         return checkpoint.load_model(path, device=device)
@@ -173,7 +176,10 @@ def _load_model(path: Path, device: str) -> tuple[Any, Any]:
 def _load_card(path: Path) -> Any:
     if not path.is_file():
         raise InputNotFoundError(f"{path}: checkpoint not found; check the path")
-    from geoseg import checkpoint
+    from geoseg import checkpoint, export
+
+    if export.is_onnx(path):
+        return export.read_card(path)
 
     try:
         return checkpoint.load(path).card
@@ -944,6 +950,8 @@ def predict_raster(
     prec = resolve_precision(cfg.precision, device, setting="infer.precision")
     tta = cfg.tta
     card = _load_card(ckpt)
+    if ckpt.suffix.lower() == ".onnx":
+        prec = "32"  # onnxruntime runs the exported graph in float32
     with io.open_raster(src, hint="check the file") as handle:
         _check_inputs(handle, src, card, ckpt, allow_ungeoreferenced)
         target_res = _resolution_target(handle, src, card, cfg.resample)
@@ -953,6 +961,10 @@ def predict_raster(
     P = cfg.patch_size or card.patch_size
     overlap = cfg.resolved_overlap(P)
     check_patch(P, overlap, card.architecture, ckpt.name)
+    if ckpt.suffix.lower() == ".onnx":
+        from geoseg import export
+
+        export.check_tile_size(ckpt, P)
     bs = cfg.batch_size or _default_batch_size(dev, P)
 
     class_names = list(card.class_names)
@@ -1015,6 +1027,9 @@ def predict_raster(
                 [(job.mask_out, mask_tmp, "NEAREST"), (job.prob_out, prob_tmp, "AVERAGE")],
                 cfg.cog,
             )
+    from geoseg import export
+
+    export.mask_style(dst)  # QGIS style sidecar <mask>.qml; the mask itself is not touched
     mp = profile["width"] * profile["height"] / 1e6
     log.info("%s -> %s: %.2f MP in %.1f s", src.name, dst, mp, time.perf_counter() - t0)
     return dst

@@ -528,6 +528,7 @@ def write_vector(
     *,
     layer: str | None = None,
     overwrite: bool = False,
+    finish: Callable[[Path], None] | None = None,
     **options: Any,
 ) -> Path:
     """Write a GeoDataFrame atomically and verified; the format follows the ending.
@@ -537,6 +538,8 @@ def write_vector(
         path: The output (any ending of :data:`VECTOR_DRIVERS`), or a claimed :class:`Output`.
         layer: Layer name (GeoPackage; other formats have one unnamed layer).
         overwrite: Replace an existing file (for a path).
+        finish: Called with the written temporary file before it is verified and published
+            (e.g. to add a QGIS style table to a GeoPackage).
         options: More ``GeoDataFrame.to_file`` arguments (e.g. ``geometry_type``,
             ``SPATIAL_INDEX``).
 
@@ -546,7 +549,7 @@ def write_vector(
     if not isinstance(path, Output):
         vector_driver(path)
         with claim(path, overwrite=overwrite) as output:
-            return write_vector(gdf, output, layer=layer, **options)
+            return write_vector(gdf, output, layer=layer, finish=finish, **options)
     output = path
     driver = vector_driver(output.path)
     kwargs: dict[str, Any] = {"driver": driver, "engine": "pyogrio", **options}
@@ -558,6 +561,8 @@ def write_vector(
     else:
         tmp = output.temp(suffix=output.path.suffix)  # OGR drivers go by the extension
         gdf.to_file(tmp, **kwargs)
+    if finish is not None:
+        finish(tmp)
     read_layer = layer if driver == "GPKG" else None
     return output.commit(tmp, verify=lambda p: verify_vector(p, layer=read_layer, count=len(gdf)))
 
@@ -730,6 +735,7 @@ def read_vector(path: str | Path, *, what: str = "polygons") -> Any:  # GeoDataF
         LabelError: unreadable (message names the file and what GDAL said).
     """
     import geopandas as gpd
+    import pyogrio
 
     path = Path(path)
     if not path.exists():
@@ -737,7 +743,13 @@ def read_vector(path: str | Path, *, what: str = "polygons") -> Any:  # GeoDataF
     try:
         if path.suffix.lower() == ".parquet":
             return gpd.read_parquet(path)
-        return gpd.read_file(path, engine="pyogrio")
+        layer = None
+        if path.suffix.lower() == ".gpkg":
+            # A GeoPackage's QGIS style table (layer_styles, see geoseg.export.footprint_style)
+            # is no second layer: read the only spatial one, without pyogrio's warning.
+            spatial = [name for name, geom in pyogrio.list_layers(path) if geom is not None]
+            layer = spatial[0] if len(spatial) == 1 else None
+        return gpd.read_file(path, engine="pyogrio", layer=layer)
     except ImportError as err:
         raise LabelError(
             f"{path}: reading GeoParquet needs {err.name or 'pyarrow'} "

@@ -244,6 +244,9 @@ def rasterize(
             check_overlap(gdf, labels, [(like, src.crs, tuple(src.bounds))])
             _burn_into(output, src, like, gdf, all_touched=all_touched, class_names=class_names)
     log.info("burned %d polygons into %s", len(gdf), out)
+    from geoseg import export
+
+    export.mask_style(out)  # QGIS style sidecar <mask>.qml
     return out
 
 

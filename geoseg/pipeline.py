@@ -306,7 +306,7 @@ def _truth_polygons(cfg: PipelineConfig, truths: list[Path | None]):
     # Object truth: evaluate.truth, else vector labels, else the truth masks vectorised.
     src = cfg.evaluate.truth or cfg.data.labels
     if src and Path(src).is_file() and Path(src).suffix.lower() not in (".tif", ".tiff"):
-        return gpd.read_file(src)
+        return io.read_vector(src)
     frames = [
         vectorize.polygons(
             t,
@@ -328,8 +328,6 @@ def _truth_polygons(cfg: PipelineConfig, truths: list[Path | None]):
 def _evaluate(
     cfg: PipelineConfig, run_dir: Path, predictions: list[Path], footprints: Path | None
 ) -> list[Path]:
-    import geopandas as gpd
-
     from geoseg import evaluate, plots
 
     regions, files = _test_split(run_dir)
@@ -351,7 +349,7 @@ def _evaluate(
         truth_polys = _truth_polygons(cfg, truths)
         if truth_polys is not None:
             objects = evaluate.objects(
-                gpd.read_file(footprints),
+                io.read_vector(footprints),
                 truth_polys,
                 iou_threshold=cfg.evaluate.iou_threshold,
                 regions=regions,

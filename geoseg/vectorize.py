@@ -715,7 +715,16 @@ def _write_claimed(gdf: Any, output: io.Output, layer: str) -> Path:
         options["SPATIAL_INDEX"] = "YES"
     if driver == "ESRI Shapefile":  # DBF field names are at most 10 characters
         gdf = gdf.rename(columns=SHAPEFILE_NAMES)
-    io.write_vector(gdf, output, layer=layer, **options)
+    from geoseg import export
+
+    io.write_vector(
+        gdf,
+        output,
+        layer=layer,
+        # A default QGIS style in the GeoPackage's layer_styles table, before it is published.
+        finish=(lambda tmp: export.footprint_style(tmp, layer=layer)) if driver == "GPKG" else None,
+        **options,
+    )
     log.info("wrote %d polygons to %s", len(gdf), output.path)
     return output.path
 

@@ -17,7 +17,9 @@ INFER_FLAGS = [Flag(f"infer.{name}") for name in InferConfig.model_fields if nam
 
 @with_settings(*INFER_FLAGS)
 def infer(
-    checkpoint: Annotated[Path, typer.Argument(help="A geoseg checkpoint (best.ckpt).")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A geoseg checkpoint (best.ckpt) or its export (model.onnx).")
+    ],
     inputs: Annotated[
         list[str], typer.Argument(help="GeoTIFFs, folders or globs.", metavar="INPUT...")
     ],
