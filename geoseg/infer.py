@@ -1265,11 +1265,11 @@ def _expand(inputs: list[Path] | list[str]) -> list[Path]:
 def predict(
     checkpoint: Path,
     inputs: list[Path] | list[str],
-    out: Path,
+    out: Path | str,
     *,
     settings: InferConfig | None = None,
     overwrite: bool = False,
-    vectorize: Path | None = None,
+    vectorize: Path | str | None = None,
     allow_ungeoreferenced: bool = False,
     client: Any = None,
     **overrides: Any,
