@@ -30,7 +30,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from geoseg import io, progress, vectorize
+from geoseg import io, progress, remote, vectorize
 from geoseg.errors import LabelError, RasterError
 
 if TYPE_CHECKING:
@@ -568,12 +568,13 @@ def evaluate(
         ``fn``, ``precision``, ``recall``, ``f1``, ``iou_threshold``, ``mean_iou``, ``matches``)
         and/or the pixel keys (``per_class``, ``miou``, ``accuracy``, ``confusion_matrix``).
     """
-    prediction, truth = Path(prediction), Path(truth)
-    with (
+    prediction, truth = remote.as_path(prediction), remote.as_path(truth)
+    claim = (
         io.claim(report, overwrite=overwrite, inputs=[prediction, truth], option="--json")
         if report is not None
         else contextlib.nullcontext()
-    ) as output:
+    )
+    with claim as output, remote.env([prediction, truth]):
         out = _evaluate(prediction, truth, iou_threshold, class_names)
         if output is not None:
             io.write_json(out, output, indent=_indent(out))
@@ -584,7 +585,7 @@ def _evaluate(
     prediction: Path, truth: Path, iou_threshold: float, class_names: Sequence[str] | None
 ) -> dict[str, Any]:
     kinds = (io.file_kind(prediction), io.file_kind(truth))
-    out: dict[str, Any] = {"prediction": str(prediction), "truth": str(truth)}
+    out: dict[str, Any] = {"prediction": remote.to_url(prediction), "truth": remote.to_url(truth)}
     if kinds == ("raster", "raster"):
         out["mode"] = "pixels"
         out.update(pixels(prediction, truth, class_names=class_names))
