@@ -96,14 +96,6 @@ def _all_valid(src: rasterio.io.DatasetReader) -> bool:
     return src.nodata is None and all(MaskFlags.all_valid in f for f in src.mask_flag_enums)
 
 
-def _valid_mask(src: rasterio.io.DatasetReader, window: Window | None = None) -> np.ndarray | None:
-    """Boolean of pixels that are not nodata in ``src`` ([H, W], or ``window``'s shape), or
-    None when all are valid. Memory: one byte per pixel of the window."""
-    if _all_valid(src):
-        return None
-    return src.dataset_mask(window=window) > 0
-
-
 def check_overlap(gdf, labels: Path, images: Sequence[tuple[Path, CRS, tuple]]) -> list[bool]:
     """For each (path, crs, bounds) image: whether any label polygon overlaps it.
 
@@ -151,27 +143,6 @@ def check_overlap(gdf, labels: Path, images: Sequence[tuple[Path, CRS, tuple]]) 
     return hits
 
 
-def burn(
-    gdf, grid: dict, *, all_touched: bool = False, valid: np.ndarray | None = None
-) -> np.ndarray:
-    """Burn polygons (``value`` column) onto a grid; returns a uint8 [H, W] mask.
-
-    0 = background, class ids where polygons lie (later polygons win), IGNORE where ``valid``
-    is False. ``grid`` holds crs, transform, width, height.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        geoms = gdf.geometry.to_crs(grid["crs"])
-    return _burn_shapes(
-        np.asarray(geoms.values, dtype=object),
-        gdf["value"].to_numpy(),
-        (grid["height"], grid["width"]),
-        grid["transform"],
-        all_touched=all_touched,
-        valid=valid,
-    )
-
-
 def _burn_shapes(
     geoms: np.ndarray,
     values: np.ndarray,
@@ -179,9 +150,8 @@ def _burn_shapes(
     transform: rasterio.Affine,
     *,
     all_touched: bool,
-    valid: np.ndarray | None,
 ) -> np.ndarray:
-    """uint8 ``shape`` array: 0, the polygons' values (later ones win), IGNORE where not valid."""
+    """uint8 ``shape`` array: 0, and the polygons' values where they lie (later ones win)."""
     from rasterio import features
 
     out = np.zeros(shape, dtype=np.uint8)
@@ -190,8 +160,6 @@ def _burn_shapes(
         features.rasterize(
             shapes, out=out, transform=transform, all_touched=all_touched, dtype=np.uint8
         )
-    if valid is not None:
-        out[~valid] = IGNORE
     return out
 
 
@@ -276,6 +244,7 @@ def _burn_into(
     tree = shapely.STRtree(geoms)
     tmp = output.temp()
     windows = _windows(src.width, src.height)
+    all_valid = _all_valid(src)
     with (
         io.reading(path),
         rasterio.Env(GDAL_CACHEMAX=64),  # MB: GDAL's block cache would grow with the image
@@ -290,8 +259,11 @@ def _burn_into(
                 (int(window.height), int(window.width)),
                 src.window_transform(window),
                 all_touched=all_touched,
-                valid=_valid_mask(src, window),
             )
+            if not all_valid:
+                # dataset_mask is 0 (nodata) or 255; IGNORE is 255 (all bits): OR-ing the
+                # inverted mask sets exactly the nodata pixels, ~50x faster than indexing.
+                np.bitwise_or(block, ~src.dataset_mask(window=window), out=block)
             writer.write(block, window)
     return output.commit(tmp, verify=io.verify_raster)
 

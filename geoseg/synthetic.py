@@ -143,9 +143,13 @@ def make_demo_data(
             "or choose an empty folder"
         )
     images_dir, masks_dir = out_dir / "images", out_dir / "masks"
-    images_dir.mkdir(parents=True, exist_ok=True)
-    masks_dir.mkdir(parents=True, exist_ok=True)
+    with io.new_folders(images_dir, masks_dir):  # removed again if nothing could be written
+        return _write_demo(out_dir, tiles=tiles, size=size, seed=seed)
 
+
+def _write_demo(out_dir: Path, *, tiles: int, size: int, seed: int) -> DemoData:
+    """The work of :func:`make_demo_data` (arguments checked, folders made)."""
+    images_dir, masks_dir = out_dir / "images", out_dir / "masks"
     layout = _layout(tiles, size)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
     scene = _make_scene(rng, layout.scene_bounds)
