@@ -232,7 +232,7 @@ def _tta_ops(tta: str) -> list[tuple[Callable[[Any], Any], Callable[[Any], Any]]
     if tta == "flip":
         return [flip(()), flip((3,)), flip((2,)), flip((2, 3))]
     if tta == "d4":
-        ops = []
+        ops: list[tuple[Callable[[Any], Any], Callable[[Any], Any]]] = []
         for k in range(4):
             for f in (False, True):
 
@@ -580,7 +580,7 @@ class _Outputs:
         return self
 
     def write(self, y0: int, classes: np.ndarray, probs: np.ndarray | None) -> None:
-        """Buffer rows and write them in whole tile rows (no partial tiles are rewritten)."""
+        """Buffer rows and write them in whole rows of TIFF tiles (none is rewritten partly)."""
         self._buf.append((y0, classes, probs))
         first = self._buf[0][0]
         end = y0 + classes.shape[0]
@@ -1001,7 +1001,7 @@ def predict_raster(
 
     class_names = list(card.class_names)
     class_values = list(getattr(card, "class_ids", None) or range(len(class_names)))
-    settings = _Settings(
+    runtime = _Settings(
         checkpoint=str(ckpt.resolve()),
         device=dev,
         precision=prec,
@@ -1029,7 +1029,7 @@ def predict_raster(
     t0 = time.perf_counter()
     job = _Job(
         profile=profile,
-        settings=settings,
+        settings=runtime,
         patch_size=P,
         overlap=overlap,
         batch_size=bs,
@@ -1298,11 +1298,11 @@ def _expand(inputs: list[Path] | list[str]) -> list[Path]:
 def predict(
     checkpoint: Path,
     inputs: list[Path] | list[str],
-    out: Path,
+    out: Path | str,
     *,
     settings: InferConfig | None = None,
     overwrite: bool = False,
-    vectorize: Path | None = None,
+    vectorize: Path | str | None = None,
     allow_ungeoreferenced: bool = False,
     client: Any = None,
     **overrides: Any,

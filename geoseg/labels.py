@@ -45,11 +45,11 @@ def _crs_name(crs: CRS | None) -> str:
     return f"EPSG:{epsg}" if epsg else (crs.to_dict().get("proj", "custom") + " (custom WKT)")
 
 
-def _fmt(b: Sequence[float]) -> str:
+def _fmt(b: Sequence[float] | np.ndarray) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in b) + ")"
 
 
-def read_vector(path: str | Path, attribute: str | None = None):  # type: ignore[no-untyped-def]
+def read_vector(path: str | Path, attribute: str | None = None):
     """Read a polygon file into a GeoDataFrame with a ``value`` column (class ids, 1 by default).
 
     Raises:
@@ -96,7 +96,7 @@ def _all_valid(src: rasterio.io.DatasetReader) -> bool:
     return src.nodata is None and all(MaskFlags.all_valid in f for f in src.mask_flag_enums)
 
 
-def check_overlap(gdf, labels: Path, images: Sequence[tuple[Path, CRS, tuple]]) -> list[bool]:  # type: ignore[no-untyped-def]
+def check_overlap(gdf, labels: Path, images: Sequence[tuple[Path, CRS, tuple]]) -> list[bool]:
     """For each (path, crs, bounds) image: whether any label polygon overlaps it.
 
     Raises:
@@ -105,7 +105,7 @@ def check_overlap(gdf, labels: Path, images: Sequence[tuple[Path, CRS, tuple]]) 
     import shapely
 
     hits = []
-    by_crs: dict[str, object] = {}
+    by_crs: dict[str, Any] = {}
     for _, crs, bounds in images:
         key = crs.to_wkt()
         if key not in by_crs:
@@ -117,7 +117,7 @@ def check_overlap(gdf, labels: Path, images: Sequence[tuple[Path, CRS, tuple]]) 
         ok = bool(len(geoms)) and bool(np.any(shapely.intersects(np.asarray(geoms.values), box)))
         hits.append(ok)
     if images and not any(hits):
-        lab_bounds = gdf.total_bounds if len(gdf) else [np.nan] * 4
+        lab_bounds = gdf.total_bounds if len(gdf) else np.full(4, np.nan)
         path, crs, bounds = images[0]
         hint = ""
         if (
@@ -174,7 +174,7 @@ def _windows(width: int, height: int) -> list[Window]:
 
 def rasterize(
     labels: Path,
-    like: Path,
+    like: Path | str,
     out: Path,
     *,
     attribute: str | None = None,
@@ -343,18 +343,18 @@ def match_masks(
     for m in masks:
         by_norm.setdefault(_norm_stem(Path(m).name), Path(m))
     out: list[Path | None] = []
-    missing = []
+    missing: list[int] = []
     for i, img in enumerate(images):
-        m = by_stem.get(Path(img).stem) or by_norm.get(_norm_stem(Path(img).name))
-        out.append(m)
-        if m is None:
+        found = by_stem.get(Path(img).stem) or by_norm.get(_norm_stem(Path(img).name))
+        out.append(found)
+        if found is None:
             missing.append(i)
     if missing and by_overlap:
         _match_by_overlap(images, masks, out, missing)
     return out
 
 
-def _match_by_overlap(images, masks, out, missing) -> None:  # type: ignore[no-untyped-def]
+def _match_by_overlap(images, masks, out, missing) -> None:
     import shapely
     from rasterio.warp import transform_bounds
 
@@ -406,6 +406,7 @@ def check_classes(
         raise LabelError(
             f"{source}: label value(s) {', '.join(map(str, bad[:8].tolist()))} but only "
             f"{num_classes} classes "
-            f"(0..{num_classes - 1}); --classes is too small: use --classes {int(bad.max()) + 1}, "
+            f"(0..{num_classes - 1}); --num-classes is too small: use --num-classes "
+            f"{int(bad.max()) + 1} (model.classes), "
             f"or map values with data.mask_mapping (ignore value is {ignore_index})"
         )

@@ -678,7 +678,8 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
         taken[i] = True
         covered += float(shapely.area(outlines[i]))
 
-    b_geoms, b_h, b_rgb, b_tex, f_geoms, f_b, f_shade = [], [], [], [], [], [], []
+    b_geoms: list[Any] = []
+    b_h, b_rgb, b_tex, f_geoms, f_b, f_shade = [], [], [], [], [], []
     for i in np.flatnonzero(taken):
         terrace_rgb = None
         for b in groups[i]:
@@ -709,7 +710,6 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
     buildings = np.array(b_geoms, dtype=object)
 
     # Trees: street rows, garden trees and small woods; never over a building or a carriageway.
-    _tx, _ty, _tr = [], [], []
     n_trees = int(area / 160)
     pts = np.column_stack([rng.uniform(xmin, xmax, n_trees), rng.uniform(ymin, ymax, n_trees)])
     clumps = np.column_stack(
