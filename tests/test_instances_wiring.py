@@ -17,7 +17,7 @@ import torch
 from helpers import assert_one_line_error, make_geotiff
 from typer.testing import CliRunner
 
-from geoseg import checkpoint, config, evaluate, instances, vectorize
+from geoseg import checkpoint, config, evaluate, instances
 from geoseg.cli.main import app
 from geoseg.errors import ConfigError
 
