@@ -167,20 +167,21 @@ def make_checkpoint(path: Path, model: str, width: int, patch: int) -> Path:
 
 
 def _resolved_precision(precision: str, device: str) -> str:
-    from geoseg import infer
+    from geoseg.device import resolve_device, resolve_precision
 
-    return infer.resolve_precision(precision, infer.resolve_device(device))
+    return resolve_precision(precision, resolve_device(device))
 
 
 def child_model(a: dict[str, Any]) -> dict[str, Any]:
     """(a) forward passes on in-memory batches, the same count as the raster's grid needs."""
     import torch
 
-    from geoseg import checkpoint, infer, windows
+    from geoseg import checkpoint, windows
+    from geoseg.device import resolve_device
 
     if a["threads"]:
         torch.set_num_threads(a["threads"])
-    device = infer.resolve_device(a["device"])
+    device = resolve_device(a["device"]).type
     model, card = checkpoint.load_model(Path(a["checkpoint"]), device=device)
     P, bs = a["patch"], a["batch_size"]
     n_patches = len(windows.grid(a["size"], a["size"], P, a["overlap"]))
@@ -281,10 +282,11 @@ def child_torchgeo(a: dict[str, Any]) -> dict[str, Any]:
     from torchgeo.samplers import GridGeoSampler
 
     from geoseg import checkpoint, infer
+    from geoseg.device import resolve_device
 
     if a["threads"]:
         torch.set_num_threads(a["threads"])
-    device = infer.resolve_device(a["device"])
+    device = resolve_device(a["device"]).type
     model, card = checkpoint.load_model(Path(a["checkpoint"]), device=device)
     src_path = Path(a["input"])
 

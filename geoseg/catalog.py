@@ -20,14 +20,15 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
+from geoseg import io
 from geoseg.errors import CatalogError, InputNotFoundError, RasterError
 
 log = logging.getLogger(__name__)
 
-#: File name endings treated as rasters when a folder is searched.
-RASTER_SUFFIXES = (".tif", ".tiff", ".gtif", ".vrt")
-#: Endings of plain (non-georeferenced) image tiles, used by ``layout: tiles``.
-TILE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+#: File name endings treated as rasters when a folder is searched (defined in geoseg.io).
+RASTER_SUFFIXES = io.CATALOG_SUFFIXES
+#: Endings of plain (non-georeferenced) image tiles, used by ``layout: tiles`` (geoseg.io).
+TILE_SUFFIXES = io.TILE_SUFFIXES
 _GLOB_CHARS = set("*?[")
 
 
