@@ -36,9 +36,9 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from torchgeo.datasets import GeoDataset
 
-from geoseg import progress
+from geoseg import io, progress
 from geoseg.data.grid import Grid, Rect, Tile, mask_from_warped, open_warped
-from geoseg.errors import ConfigError, LabelError, RasterError
+from geoseg.errors import ConfigError, LabelError
 
 log = logging.getLogger(__name__)
 
@@ -469,7 +469,7 @@ class GeoRasterDataset(GeoDataset):
     def _read_file(self, i: int, win: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         t = self.tiles[i]
         src, msrc = self._open(i)
-        try:
+        with io.reading(t.image, *([t.mask] if t.mask else [])):
             img = src.read(self.bands, window=win)
             if msrc is not None and t.warp_mask:
                 data = msrc.read([1, msrc.count], window=win)
@@ -490,10 +490,6 @@ class GeoRasterDataset(GeoDataset):
             if t.check_valid:  # the image's nodata, read for this window only (never whole)
                 valid = src.dataset_mask(window=win) > 0
                 mask[~valid] = self.ignore_index
-        except rasterio.errors.RasterioIOError as err:
-            raise RasterError(
-                f"{t.image}: read failed ({str(err)[:120]}); the file is corrupt or truncated"
-            ) from None
         return img, mask, valid
 
     def read(

@@ -10,11 +10,8 @@ different continents cost nothing more than files side by side (no array spans t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +26,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from geoseg import catalog, labels
+from geoseg import catalog, io, labels
 from geoseg.config import DataConfig
 from geoseg.errors import ConfigError, InputNotFoundError, LabelError, RasterError
 
@@ -121,11 +118,6 @@ class Sources:
 # placing georeferenced rasters
 
 
-def _file_key(p: Path) -> list:
-    st = Path(p).stat()
-    return [str(Path(p).resolve()), st.st_size, st.st_mtime_ns]
-
-
 def _aligned(info: catalog.RasterInfo, grid: Grid) -> tuple[int, int] | None:
     """(row0, col0) when ``info`` is already on the grid, else None."""
     t = info.transform
@@ -161,48 +153,44 @@ def warp_to(
     lut: np.ndarray | None = None,
     ignore_index: int = 255,
 ) -> None:
-    """Reproject ``src_path`` once onto a grid into ``dst`` (atomic), in strips of rows.
+    """Reproject ``src_path`` once onto a grid into ``dst``, in strips of rows; written through
+    :func:`geoseg.io.claim` (temporary name, verified, renamed).
 
     Images: bilinear, the source's nodata kept, or an internal mask marking where the source has
-    data. Masks: nearest, mapped through ``lut``, ignore outside the source.
+    data. Masks: nearest, mapped through ``lut``, ignore outside the source, in the mask format.
     """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}.tif")
-    with rasterio.open(src_path) as src:
-        count = 1 if is_mask else src.count
-        profile = dict(
-            driver="GTiff",
-            crs=crs,
-            transform=transform,
-            width=width,
-            height=height,
-            count=count,
-            dtype="uint8" if is_mask else src.dtypes[0],
-            compress="deflate",
-            tiled=True,
-            blockxsize=256,
-            blockysize=256,
-            BIGTIFF="IF_SAFER",
-            nodata=ignore_index if is_mask else src.nodata,
-        )
-        try:
-            with (
-                open_warped(src, crs, transform, width, height, is_mask=is_mask) as vrt,
-                rasterio.open(tmp, "w", **profile) as out,
-            ):
-                for row in range(0, height, 1024):
-                    win = Window(0, row, width, min(1024, height - row))
-                    data = vrt.read(window=win)
-                    if is_mask:
-                        out.write(mask_from_warped(data, lut, ignore_index), 1, window=win)
-                    else:
-                        out.write(data[:count], window=win)
+    grid = dict(crs=crs, transform=transform, width=width, height=height)
+    with rasterio.open(src_path) as src, io.claim(dst, overwrite=True) as output:
+        tmp = output.temp()
+        with open_warped(src, crs, transform, width, height, is_mask=is_mask) as vrt:
+            if is_mask:
+                with io.MaskWriter(tmp, grid, final=False, nodata=ignore_index) as out:
+                    for win in _strips(width, height):
+                        out.write(mask_from_warped(vrt.read(window=win), lut, ignore_index), win)
+            else:
+                profile = dict(
+                    driver="GTiff",
+                    count=src.count,
+                    dtype=src.dtypes[0],
+                    nodata=src.nodata,
+                    compress="deflate",
+                    tiled=True,
+                    blockxsize=256,
+                    blockysize=256,
+                    BIGTIFF="IF_SAFER",
+                    **grid,
+                )
+                with rasterio.open(tmp, "w", **profile) as img:
+                    for win in _strips(width, height):
+                        data = vrt.read(window=win)
+                        img.write(data[: src.count], window=win)
                         if src.nodata is None:
-                            out.write_mask(data[-1], window=win)
-            os.replace(tmp, dst)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+                            img.write_mask(data[-1], window=win)
+        output.commit(tmp, verify=io.verify_raster)
+
+
+def _strips(width: int, height: int, rows: int = 1024) -> list[Window]:
+    return [Window(0, r, width, min(rows, height - r)) for r in range(0, height, rows)]
 
 
 def open_warped(
@@ -309,14 +297,10 @@ def place_catalog(
         if cache is None:
             tiles.append(Tile(info.path, info.path, None, r0, c0, h, w, True, warp_image=True))
             continue
-        key = json.dumps(
-            [_file_key(info.path), target_crs.to_wkt(), res, grid.x0, grid.y0, "img", 1]
+        key = io.digest(
+            [io.fingerprint([info.path]), target_crs.to_wkt(), res, grid.x0, grid.y0, "img", 1]
         )
-        dst = (
-            cache
-            / f"aligned-img-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-            / f"{info.path.stem}.tif"
-        )
+        dst = cache / f"aligned-img-{key}" / f"{info.path.stem}.tif"
         if not dst.exists():
             log.info("reprojecting %s once onto the target grid -> %s", info.path.name, dst)
             warp_to(info.path, dst, target_crs, transform, w, h, is_mask=False)
@@ -395,9 +379,9 @@ def _attach_raster_masks(
             keep.append(t)
             continue
         transform = grid.transform(t.row0, t.col0)
-        key = json.dumps(
+        key = io.digest(
             [
-                _file_key(m),
+                io.fingerprint([m]),
                 grid.crs.to_wkt() if grid.crs else "",
                 list(transform)[:6],
                 t.width,
@@ -405,14 +389,10 @@ def _attach_raster_masks(
                 cfg.mask_mapping and sorted(cfg.mask_mapping.items()),
                 cfg.ignore_index,
                 "mask",
-                1,
+                2,
             ]
         )
-        dst = (
-            cache
-            / f"aligned-mask-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-            / f"{m.stem}.tif"
-        )
+        dst = cache / f"aligned-mask-{key}" / f"{m.stem}.tif"
         if not dst.exists():
             log.info("reprojecting mask %s once onto %s's grid", m.name, t.source.name)
             warp_to(

@@ -9,7 +9,6 @@ what the same four files side by side cost.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from geoseg import io
 from geoseg.config import DataConfig, SplitConfig
 from geoseg.data.grid import Grid, Rect, Tile
 from geoseg.errors import ConfigError, InputNotFoundError
@@ -467,11 +467,7 @@ def write_split(path: Path, split: SplitMap, tiles: list[Tile], grid: Grid) -> P
             rows.append({"split": SPLITS[s], "files": files, "geometry": geom})
     gdf = gpd.GeoDataFrame(rows, geometry="geometry", crs=grid.crs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.gpkg")
-    if tmp.exists():
-        tmp.unlink()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gdf.to_file(tmp, layer="split", driver="GPKG")
-    os.replace(tmp, path)
+        warnings.simplefilter("ignore")  # a tile folder's regions have no CRS
+        io.write_vector(gdf, path, layer="split", overwrite=True)
     return path
