@@ -39,6 +39,9 @@ def test_a_torchgeo_geodataset_with_index_crs_res(scene) -> None:
     assert list(ds.index["filepath"]) == [str(p) for p in sorted(scene[0].glob("*.tif"))]
     x, y, _ = ds.bounds
     assert (x.start, x.stop, y.start, y.stop) == (X0, X0 + 128 * RES, Y0 - 128 * RES, Y0)
+    images_only = GeoRasterDataset(scene[0], bands=[3, 1])
+    sample = images_only[_box(0, 0, 16, 16)]
+    assert "mask" not in sample and sample["image"].shape == (2, 16, 16)
 
 
 def test_a_query_reads_the_files_pixels_nodata_as_ignore(scene) -> None:

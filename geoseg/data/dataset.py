@@ -108,14 +108,11 @@ class GeoRasterDataset(GeoDataset):
         target = CRS.from_user_input(crs) if crs is not None else None
         src = grid_.Sources(images, paired, list(bands) if bands else None, target, res)
         cfg = DataConfig(mask_mapping=mask_mapping or {}, ignore_index=ignore_index)
-        tiles, grid = grid_.place_catalog(cfg, cache=None, sources=src)
-        if paired is None:
-            for t in tiles:
-                t.mask = None
+        tiles, grid = grid_.place_catalog(
+            cfg, cache=None, sources=src, with_masks=paired is not None
+        )
         chosen, names = grid_.select_bands(tiles, bands)
         self._setup(tiles, grid, chosen, names, ignore_index, native_dtypes, transforms)
-        if masks is None:
-            self.has_masks = False
         if self.memory_bytes() <= memory_budget:
             self.load()
 

@@ -251,7 +251,11 @@ def _check_mask_overlaps(mask: catalog.RasterInfo, tile: Tile, grid: Grid) -> No
 
 
 def place_catalog(
-    cfg: DataConfig, *, cache: Path | None, sources: Sources | None = None
+    cfg: DataConfig,
+    *,
+    cache: Path | None,
+    sources: Sources | None = None,
+    with_masks: bool = True,
 ) -> tuple[list[Tile], Grid]:
     """Index the images and their masks and place them on the target grid.
 
@@ -260,9 +264,10 @@ def place_catalog(
         cache: folder for aligned copies and burned vector labels (``RUN_DIR/cache``); None:
             read files that are off the grid through a WarpedVRT (raster masks only).
         sources: images (and paired masks) given as files instead of ``cfg.images``/``labels``.
+        with_masks: pair every image with a mask (False: images only).
 
     Returns:
-        (tiles, grid); every tile has a mask.
+        (tiles, grid); with ``with_masks``, every tile has a mask.
 
     Raises:
         InputNotFoundError, CatalogError, RasterError, LabelError, ConfigError: naming the file.
@@ -305,6 +310,8 @@ def place_catalog(
             log.info("reprojecting %s once onto the target grid -> %s", info.path.name, dst)
             warp_to(info.path, dst, target_crs, transform, w, h, is_mask=False)
         tiles.append(Tile(dst, info.path, None, r0, c0, h, w, True))
+    if not with_masks:
+        return tiles, grid
     if sources is not None and sources.masks is not None:
         pairs = list(zip(tiles, sources.masks, strict=True))
         tiles[:] = _attach_raster_masks(pairs, grid, cfg, cache, where=sources.name)

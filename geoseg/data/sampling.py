@@ -79,7 +79,7 @@ class RandomPatches:
         # the share of candidates kept sizes each round; measured once with a fixed seed so
         # that a draw consumes the same random numbers in every process and run
         q = self._candidates((0,), 2048)
-        self.acceptance = max(float(np.mean(self._keep(*self.view.locate(q)))), 1e-3)
+        self.acceptance = max(float(np.mean(self._keep(*self.view.locate(q))[0])), 1e-3)
 
     def _candidates(self, key: Sequence[int], m: int) -> list[GeoSlice]:
         self.sampler.generator = torch.Generator().manual_seed(seed_of([*key, 0]))
@@ -88,14 +88,19 @@ class RandomPatches:
             torch.manual_seed(seed_of([*key, 1]))  # torchgeo's tile choice uses the global RNG
             return list(self.sampler)
 
-    def _keep(self, tiles: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    def _keep(
+        self, tiles: np.ndarray, rows: np.ndarray, cols: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Which candidates to keep, and which lie in the train regions (labelled or not)."""
         ok = tiles >= 0
         t = tiles[ok]
         r, c = rows[ok] + self.row0[t], cols[ok] + self.col0[t]
         good = self.split.valid(0, t, r, c, self.patch, self.gap)
         inside, _ = self.labelled.count(0, t, r, c, self.patch, self.patch, inside=True)
+        in_split = ok.copy()
+        in_split[ok] = good
         ok[ok] = good & (inside > 0)  # an all-nodata/unlabelled patch teaches nothing
-        return ok
+        return ok, in_split
 
     def draw(
         self, key: Sequence[int], n: int
@@ -108,17 +113,24 @@ class RandomPatches:
         """
         queries: list[GeoSlice] = []
         found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        in_regions = 0
         for attempt in range(100):
             m = int(min(max(1.5 * (n - len(queries)) / self.acceptance + 8, 16), 100_000))
             cand = self._candidates([*key, attempt + 1], m)
             t, r, c = self.view.locate(cand)
-            ok = self._keep(t, r, c)
+            ok, in_split = self._keep(t, r, c)
+            in_regions += int(in_split.sum())
             idx = np.flatnonzero(ok)[: n - len(queries)]
             queries += [cand[i] for i in idx]
             found.append((t[idx], r[idx], c[idx]))
             if len(queries) >= n:
                 cat = tuple(np.concatenate([f[k] for f in found]) for k in range(3))
                 return queries, cat  # type: ignore[return-value]
+        if in_regions:
+            raise ConfigError(
+                "no training patch inside the train regions holds a labelled pixel (the masks "
+                "there are all nodata/ignore); check the masks' nodata and data.mask_mapping"
+            )
         raise ConfigError(
             "no training patch fits inside the train regions; use a smaller patch_size or split.gap"
         )
