@@ -49,3 +49,7 @@ class OutputWriteError(GeosegError, OSError):
 
 class SchedulerError(GeosegError, ConnectionError):
     """A dask scheduler address cannot be reached."""
+
+
+class RemoteError(GeosegError, ConnectionError):
+    """A remote raster or catalog cannot be reached or read: endpoint down, timeout, denied."""

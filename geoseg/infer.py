@@ -44,7 +44,7 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from geoseg import config, io, progress, windows
+from geoseg import config, io, progress, remote, windows
 from geoseg.config import InferConfig
 from geoseg.device import resolve_device, resolve_precision
 from geoseg.errors import (
@@ -63,7 +63,10 @@ PROB_SCALE = 254  # probability p is stored as round(p * 254); 255 is nodata
 BLOCKSIZE = io.MASK_BLOCKSIZE
 EMIT_ROWS = 64  # finished rows are divided, argmax-ed and queued for writing in pieces this tall
 RES_TOLERANCE = 0.25
-GDAL_ENV = {"GDAL_CACHEMAX": 64, "GDAL_NUM_THREADS": "ALL_CPUS"}  # MB; keeps RSS bounded
+# GDAL's block cache, 64 MiB: bounds RSS yet holds the tiles a strip of patches shares with the
+# next one. rasterio hands an int to GDALSetCacheMax64, i.e. BYTES: the former value 64 meant 64
+# bytes, so every strip decoded (and, for a remote COG, fetched) its tiles again: 3x the bytes.
+GDAL_ENV = {"GDAL_CACHEMAX": 64 * 2**20, "GDAL_NUM_THREADS": "ALL_CPUS"}
 
 __all__ = ["predict_raster", "predict", "output_paths", "probability_path", "client_for"]
 
@@ -130,6 +133,9 @@ class _Settings:
     target_res: float | None = None  # resample the input to this pixel size on the fly
     threads: int | None = None  # torch threads in a dask worker
     with_probabilities: bool = False
+    # GDAL options for a remote input (geoseg.remote), so workers read it the same way;
+    # credentials are not in here: each worker finds its own in its AWS environment.
+    gdal_options: tuple[tuple[str, str], ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -681,7 +687,7 @@ def _block_task(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with (
-            rasterio.Env(**GDAL_ENV),
+            rasterio.Env(**GDAL_ENV, **dict(settings.gdal_options)),
             _open_source(src_path, settings.target_res) as src,
             _open_source(src_path, settings.target_res) as mask_src,  # the reader thread has src
             io.reading(src_path),
@@ -940,10 +946,10 @@ def predict_raster(
         SchedulerError, ConfigError (bad settings, patch size or overlap).
     """
     cfg = settings_from(settings, **overrides)
-    src, dst, ckpt = Path(src), Path(dst), Path(checkpoint)
+    src, dst, ckpt = remote.as_path(src), Path(dst), Path(checkpoint)
     if probabilities is None and cfg.probabilities:
         probabilities = probability_path(dst)
-    if not src.is_file():
+    if not remote.is_remote(src) and not src.is_file():
         raise InputNotFoundError(f"{src}: input raster not found; check the path")
     device = resolve_device(cfg.device, setting="infer.device")
     dev = str(device)
@@ -982,6 +988,7 @@ def predict_raster(
         class_values=tuple(class_values),
         target_res=target_res,
         with_probabilities=probabilities is not None,
+        gdal_options=tuple(remote.worker_options([src]).items()),
     )
     meta = {  # after the class tags (geoseg.io.describe_mask)
         "nodata_meaning": "255 = no data in the input",
@@ -1018,7 +1025,7 @@ def predict_raster(
             )
         mask_tmp = job.mask_out.temp()
         prob_tmp = job.prob_out.temp() if job.prob_out is not None else None
-        with rasterio.Env(**GDAL_ENV):
+        with remote.env([src], **GDAL_ENV):
             if target_res is None:
                 _predict_to(src, job, mask_tmp, prob_tmp, final=not cfg.cog)
             else:
@@ -1228,7 +1235,7 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
     """Mask paths for ``inputs``: ``out`` itself for one input with a .tif name, else out/<name>."""
     if len(inputs) == 1 and out.suffix.lower() in (".tif", ".tiff"):
         return [out]
-    return [out / f"{p.stem}.tif" for p in inputs]
+    return [out / f"{Path(remote.name_of(p)).stem}.tif" for p in inputs]
 
 
 def probability_path(mask: Path) -> Path:
@@ -1248,6 +1255,10 @@ def _expand(inputs: list[Path] | list[str]) -> list[Path]:
             found.append(p)
         else:
             found += catalog.find_rasters([str(item)])
+    if any(remote.is_remote(p) for p in found):
+        # A remote input that is missing, denied or unreachable fails here (one header read
+        # each, which GDAL caches for the prediction), before any output folder is made.
+        catalog.index([p for p in found if remote.is_remote(p)])
     return found
 
 
@@ -1274,7 +1285,7 @@ def predict(
     are checked for existence before any work starts.
     """
     cfg = settings_from(settings, **overrides)
-    out = Path(out)
+    out = remote.as_path(out)
     paths = _expand(inputs)
     masks = output_paths(paths, out)
     if len(set(masks)) != len(masks):
@@ -1284,7 +1295,7 @@ def predict(
         )
     gpkgs: list[Path | None] = [None] * len(masks)
     if vectorize is not None:
-        vectorize = Path(vectorize)
+        vectorize = remote.as_path(vectorize)
         gpkgs = (
             [vectorize]
             if len(masks) == 1 and vectorize.suffix
@@ -1299,12 +1310,18 @@ def predict(
         if g is not None:
             io.vector_driver(g)
             io.check_output(g, overwrite=overwrite, inputs=readers, option="--vectorize")
-    with client_for(cfg.workers, cfg.scheduler) if client is None else nullcontext(client) as cl:
+    # Outputs to S3 are written locally, complete, then uploaded (remote.Staging).
+    with (
+        remote.Staging() as staging,
+        client_for(cfg.workers, cfg.scheduler) if client is None else nullcontext(client) as cl,
+    ):
         for src, m, g in zip(paths, masks, gpkgs, strict=True):
-            prob = probability_path(m) if cfg.probabilities else None
+            mask = staging.local(m)
+            prob = probability_path(mask) if cfg.probabilities else None
+            gpkg = staging.local(g) if g is not None else None
             predict_raster(
                 src,
-                m,
+                mask,
                 checkpoint=Path(checkpoint),
                 settings=cfg,
                 probabilities=prob,
@@ -1312,8 +1329,10 @@ def predict(
                 allow_ungeoreferenced=allow_ungeoreferenced,
                 client=cl,
             )
-            if g is not None:
+            if gpkg is not None:
                 from geoseg import vectorize as vectorize_mod
 
-                vectorize_mod.vectorize(m, g, probabilities=prob, overwrite=overwrite)
+                vectorize_mod.vectorize(mask, gpkg, probabilities=prob, overwrite=overwrite)
+            staging.publish(mask, m)  # with its probabilities and style
+            staging.publish(gpkg, g)
     return masks

@@ -51,6 +51,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
+from geoseg import remote
 from geoseg.errors import (
     ConfigError,
     GeosegError,
@@ -182,6 +183,11 @@ def check_output(
         ConfigError: ``path`` is one of ``inputs``.
         OutputExistsError: ``path`` exists and not ``overwrite``.
     """
+    if remote.is_remote(path):  # an s3:// output (written locally, then uploaded)
+        if any(inp is not None and remote.to_url(inp) == remote.to_url(path) for inp in inputs):
+            raise ConfigError(f"{remote.to_url(path)} is also an input; choose another {option}")
+        remote.check_output(path, overwrite, option=option)
+        return remote.as_path(path)
     path = Path(path)
     resolved = path.resolve()
     for inp in inputs:
@@ -681,14 +687,16 @@ def open_raster(
         InputNotFoundError: no such file.
         RasterError: not a raster GDAL reads (truncated header, another format), or no CRS.
     """
-    path = Path(path)
-    if not path.exists():
+    path = remote.as_path(path)
+    if not remote.is_remote(path) and not path.exists():
         raise InputNotFoundError(f"{path}: no such file; check the path")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), remote.env([path]):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             src = rasterio.open(path)
     except RasterioError as err:
+        if remote.is_remote(path):  # missing key, denied, endpoint down: say which
+            raise remote.explain(path, err) from None
         raise RasterError(f"{path}: not a readable raster ({_first_line(err)}); {hint}") from None
     if require_crs and src.crs is None:
         src.close()
@@ -715,6 +723,8 @@ def reading(*paths: str | Path) -> Iterator[None]:
         text = gdal_message(err)
         named = next((Path(p) for p in paths if Path(p).name in str(err)), None)
         path = named or (Path(paths[0]) if paths else None)
+        if path is not None and remote.is_remote(path):  # a network failure, not a bad file
+            raise remote.explain(path, err) from None
         raise RasterError(
             f"{path}: cannot read its pixels ({text}); the file is truncated or corrupt: "
             "re-create or re-download it"
@@ -1001,6 +1011,9 @@ def fingerprint(paths: Iterable[str | Path]) -> list[list[Any]]:
     """
     rows: list[list[Any]] = []
     for p in paths:
+        if remote.is_remote(p):
+            rows.append(remote.fingerprint(p))
+            continue
         path = Path(p)
         if path.is_dir():
             files = sorted(f for f in path.rglob("*") if f.is_file())

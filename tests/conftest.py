@@ -10,6 +10,9 @@ import helpers
 import numpy as np
 import pytest
 
+# Servers on 127.0.0.1 for the remote-data tests (S3, HTTP with Range, STAC API).
+from remote_servers import aws_env, bucket, http_root, http_server, s3_server  # noqa: F401
+
 REAL_DATA = helpers.REPO.parent / "shared" / "data" / "real"
 
 # Two pytest-xdist workers share 2 cores: one torch thread each avoids oversubscription.

@@ -21,13 +21,18 @@ def infer(
         Path, typer.Argument(help="A geoseg checkpoint (best.ckpt) or its export (model.onnx).")
     ],
     inputs: Annotated[
-        list[str], typer.Argument(help="GeoTIFFs, folders or globs.", metavar="INPUT...")
+        list[str],
+        typer.Argument(
+            help="GeoTIFFs, folders, globs, s3:// or https:// URLs, STAC.", metavar="INPUT..."
+        ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Mask .tif (one input) or a folder.")],
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Mask .tif (one input) or a folder (or s3://…).")
+    ],
     settings: dict[str, Any],
     overwrite: Overwrite = False,
     vectorize: Annotated[
-        Path | None, typer.Option(help="Also write footprints to this GeoPackage.")
+        str | None, typer.Option(help="Also write footprints to this GeoPackage.")
     ] = None,
     allow_ungeoreferenced: Annotated[
         bool, typer.Option(help="Accept inputs without a CRS.")
@@ -40,6 +45,7 @@ def infer(
     """
     set_quiet(quiet)
     from geoseg import infer as lib
+    from geoseg import remote
 
     masks = lib.predict(
         checkpoint,
@@ -51,4 +57,4 @@ def infer(
         allow_ungeoreferenced=allow_ungeoreferenced,
     )
     for mask in masks:
-        echo(str(mask))
+        echo(remote.to_url(mask))
