@@ -401,3 +401,22 @@ def test_target_crs_and_res_from_config_reproject_every_file_once(tmp_path: Path
     for batch in td.train:
         values |= set(batch["mask"].unique().tolist())
     assert values <= {0, 1, 255} and {0, 1} <= values
+
+
+def test_s3_images_and_masks_give_the_same_training_data_as_local_copies(
+    bucket: str, tmp_path: Path
+) -> None:
+    from geoseg import remote
+
+    img, msk = mosaic(tmp_path / "d", grid=(2, 2), size=64)
+    s3 = remote.s3_client()
+    for f in sorted([*img.glob("*.tif"), *msk.glob("*.tif")]):
+        s3.upload_file(str(f), bucket, f"{f.parent.name}/{f.name}")
+    cfg = _cfg(img, msk, split={"block_size": 64})
+    local = _build(cfg, tmp_path / "local", patches_per_epoch=8, memory_budget=0)
+    cloud_cfg = _cfg(f"s3://{bucket}/img/", f"s3://{bucket}/mask/", split={"block_size": 64})
+    cloud = _build(cloud_cfg, tmp_path / "s3", patches_per_epoch=8, memory_budget=0)
+    assert not cloud.in_memory and str(cloud.tiles[0].image).startswith("/vsis3/")
+    assert cloud.mean == local.mean
+    for a, b in zip(local.train, cloud.train, strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])

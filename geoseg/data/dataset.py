@@ -20,6 +20,7 @@ Example (a torchgeo script, nothing else of geoseg)::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -36,7 +37,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from torchgeo.datasets import GeoDataset
 
-from geoseg import io, progress
+from geoseg import io, progress, remote
 from geoseg.data.grid import Grid, Rect, Tile, mask_from_warped, open_warped
 from geoseg.errors import ConfigError, LabelError
 
@@ -157,6 +158,8 @@ class GeoRasterDataset(GeoDataset):
         self.arrays: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] | None = None
         identity = np.arange(256)
         self._plain_lut = [bool((t.lut == identity).all()) for t in tiles]
+        # remote rasters (s3://, https://) read inside GDAL's remote options; local ones never pay
+        self._remote = any(remote.reads_remote(p) for t in tiles for p in (t.image, t.mask) if p)
         self._set_entries([(i, t.rect) for i, t in enumerate(tiles)])
 
     # ---- the torchgeo index ------------------------------------------------------------------
@@ -402,29 +405,31 @@ class GeoRasterDataset(GeoDataset):
         state["_handles"], state["_pid"], state["_tree"] = {}, -1, None
         return state
 
+    def _gdal_env(self) -> Any:
+        return remote.env(None) if self._remote else contextlib.nullcontext()
+
     def _open(self, i: int) -> tuple[Any, Any]:
         if self._pid != os.getpid():  # after a fork: never share GDAL handles between processes
             self._handles, self._pid = {}, os.getpid()
         h = self._handles.get(i)
         if h is None:
-            t = self.tiles[i]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                img = rasterio.open(t.image)
-                msk = rasterio.open(t.mask) if t.mask else None
-            if t.warp_image or t.warp_mask:
-                transform = self.grid.transform(t.row0, t.col0)
-                if t.warp_image:
-                    img = open_warped(
-                        img, self.grid.crs, transform, t.width, t.height, is_mask=False
-                    )
-                if t.warp_mask and msk is not None:
-                    msk = open_warped(
-                        msk, self.grid.crs, transform, t.width, t.height, is_mask=True
-                    )
-            h = (img, msk)
+            with self._gdal_env():
+                h = self._open_tile(i)
             self._handles[i] = h
         return h
+
+    def _open_tile(self, i: int) -> tuple[Any, Any]:
+        t = self.tiles[i]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            img = rasterio.open(t.image)
+            msk = rasterio.open(t.mask) if t.mask else None
+        transform = self.grid.transform(t.row0, t.col0)
+        if t.warp_image:
+            img = open_warped(img, self.grid.crs, transform, t.width, t.height, is_mask=False)
+        if t.warp_mask and msk is not None:
+            msk = open_warped(msk, self.grid.crs, transform, t.width, t.height, is_mask=True)
+        return img, msk
 
     def memory_bytes(self) -> int:
         """Decoded bytes of all tiles in RAM (images, masks, validity)."""
@@ -432,7 +437,7 @@ class GeoRasterDataset(GeoDataset):
         itemsize: dict[Path, int] = {}
         for t in self.tiles:
             if t.image not in itemsize:
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), self._gdal_env():
                     warnings.simplefilter("ignore", NotGeoreferencedWarning)
                     with rasterio.open(t.image) as src:
                         itemsize[t.image] = np.dtype(src.dtypes[0]).itemsize
@@ -466,7 +471,7 @@ class GeoRasterDataset(GeoDataset):
     def _read_file(self, i: int, win: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         t = self.tiles[i]
         src, msrc = self._open(i)
-        with io.reading(t.image, *([t.mask] if t.mask else [])):
+        with self._gdal_env(), io.reading(t.image, *([t.mask] if t.mask else [])):
             img = src.read(self.bands, window=win)
             if msrc is not None and t.warp_mask:
                 data = msrc.read([1, msrc.count], window=win)

@@ -26,7 +26,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from geoseg import catalog, io, labels
+from geoseg import catalog, io, labels, remote
 from geoseg.config import DataConfig
 from geoseg.errors import ConfigError, InputNotFoundError, LabelError, RasterError
 
@@ -118,6 +118,10 @@ class Sources:
 # placing georeferenced rasters
 
 
+def _fingerprint(path: Path) -> list:
+    return remote.fingerprint(path) if remote.is_remote(path) else io.fingerprint([path])
+
+
 def _aligned(info: catalog.RasterInfo, grid: Grid) -> tuple[int, int] | None:
     """(row0, col0) when ``info`` is already on the grid, else None."""
     t = info.transform
@@ -137,7 +141,7 @@ def _footprint(info: catalog.RasterInfo, crs: CRS) -> tuple[float, float, float,
         return info.bounds
     from rasterio.vrt import WarpedVRT
 
-    with rasterio.open(info.path) as src, WarpedVRT(src, crs=crs) as vrt:
+    with remote.env([info.path]), rasterio.open(info.path) as src, WarpedVRT(src, crs=crs) as vrt:
         return tuple(vrt.bounds)  # type: ignore[return-value]
 
 
@@ -160,7 +164,11 @@ def warp_to(
     data. Masks: nearest, mapped through ``lut``, ignore outside the source, in the mask format.
     """
     grid = dict(crs=crs, transform=transform, width=width, height=height)
-    with rasterio.open(src_path) as src, io.claim(dst, overwrite=True) as output:
+    with (
+        remote.env([src_path]),
+        rasterio.open(src_path) as src,
+        io.claim(dst, overwrite=True) as output,
+    ):
         tmp = output.temp()
         with open_warped(src, crs, transform, width, height, is_mask=is_mask) as vrt:
             if is_mask:
@@ -303,7 +311,7 @@ def place_catalog(
             tiles.append(Tile(info.path, info.path, None, r0, c0, h, w, True, warp_image=True))
             continue
         key = io.digest(
-            [io.fingerprint([info.path]), target_crs.to_wkt(), res, grid.x0, grid.y0, "img", 1]
+            [_fingerprint(info.path), target_crs.to_wkt(), res, grid.x0, grid.y0, "img", 1]
         )
         dst = cache / f"aligned-img-{key}" / f"{info.path.stem}.tif"
         if not dst.exists():
@@ -325,6 +333,13 @@ def _attach_masks(tiles: list[Tile], grid: Grid, cfg: DataConfig, cache: Path | 
         raise ConfigError(
             "no labels given; pass --labels (a mask folder or a vector file) or set data.labels"
         )
+    if remote.is_remote(cfg.labels):  # a bucket prefix or URLs of mask rasters
+        mask_files = catalog.find_rasters([cfg.labels])
+        matched = labels.match_masks([t.source for t in tiles], mask_files)
+        tiles[:] = _attach_raster_masks(
+            list(zip(tiles, matched, strict=True)), grid, cfg, cache, cfg.labels
+        )
+        return
     lab = Path(cfg.labels)
     if not lab.exists():
         raise InputNotFoundError(f"{lab}: labels not found; check the path")
@@ -388,7 +403,7 @@ def _attach_raster_masks(
         transform = grid.transform(t.row0, t.col0)
         key = io.digest(
             [
-                io.fingerprint([m]),
+                _fingerprint(m),
                 grid.crs.to_wkt() if grid.crs else "",
                 list(transform)[:6],
                 t.width,
@@ -499,7 +514,7 @@ def select_bands(tiles: list[Tile], bands: Sequence[int] | None) -> tuple[list[i
     else:
         chosen = [b for b in range(1, first.count + 1) if b != first.alpha_band]
     for t in tiles[1:]:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), remote.env([t.image]):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(t.image) as src:
                 if max(chosen) > src.count:
