@@ -2,7 +2,8 @@
 ``benchmarks/sampling.py``: the figure ``tg_sampler_vs_geoseg`` compares geoseg's torchgeo path
 against it. Trimmed to what the benchmark runs: aligned rasters with raster masks, a block split,
 the random training batches (RAM or streamed reads, flips/turns via a transposed RAM copy).
-Not part of geoseg; do not import it from the library.
+Not part of geoseg; do not import it from the library. Only the placement records (Tile, Grid)
+are shared with the library.
 """
 
 from __future__ import annotations
@@ -11,58 +12,22 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geoseg import catalog, labels, progress
 from geoseg.config import DataConfig
 from geoseg.data import band_statistics
+from geoseg.data.grid import Grid, Tile  # the same placement records as the library's
 from geoseg.errors import ConfigError, LabelError, RasterError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Tile:
-    """One image (and its mask) placed on the global pixel grid at (row0, col0)."""
-
-    image: Path
-    """The file read: the original, or its aligned copy in the cache."""
-    source: Path
-    """The file the user gave."""
-    mask: Path | None
-    row0: int
-    col0: int
-    height: int
-    width: int
-    check_valid: bool
-    """Whether the image has nodata / an internal mask (then nodata pixels become ignore)."""
-    lut: np.ndarray = field(repr=False, default_factory=lambda: np.arange(256, dtype=np.uint8))
-
-
-@dataclass
-class Grid:
-    """The target grid: CRS, square pixel size ``res`` and the origin of pixel (0, 0)."""
-
-    crs: CRS | None
-    res: float
-    x0: float
-    y0: float
-
-    def bounds(self, row: int, col: int, h: int, w: int) -> tuple[float, float, float, float]:
-        return (
-            self.x0 + col * self.res,
-            self.y0 - (row + h) * self.res,
-            self.x0 + (col + w) * self.res,
-            self.y0 - row * self.res,
-        )
 
 
 class _Reader:

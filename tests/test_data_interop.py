@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 import yaml
 from data_helpers import RES, X0, Y0, write
 from rasterio.transform import from_origin
+from test_train import _one_thread  # noqa: F401  (one torch thread, as test_train runs)
 from torchgeo.datasets import RasterDataset
 
 from geoseg import checkpoint, train
@@ -40,16 +40,6 @@ def _scenes(root: Path, size: int = 96, offset: float = 0.0) -> tuple[Path, Path
         write(root / "img" / f"scene_{k}_preview.tif", img[:3], transform=t)  # not matched
         write(root / "lab" / f"labels_{k}.tif", (img[3] > 128).astype(np.uint8), transform=t)
     return root / "img", root / "lab"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        yield
-    torch.set_num_threads(threads)
 
 
 def _cfg(patch: int = 32) -> PipelineConfig:
