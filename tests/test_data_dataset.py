@@ -108,6 +108,7 @@ def test_grid_sampler_covers_every_file(scene) -> None:
     assert all(ds[c]["image"].shape == (3, 32, 32) for c in chips)
 
 
+@pytest.mark.slow
 def test_plain_torchgeo_script_trains_a_step(scene, tmp_path: Path) -> None:
     """Interop: a torchgeo script that imports nothing of geoseg but the dataset."""
     script = tmp_path / "train_step.py"

@@ -59,6 +59,7 @@ def _cfg(patch: int = 32) -> PipelineConfig:
     )
 
 
+@pytest.mark.slow
 def test_fit_takes_a_users_torchgeo_datasets(tmp_path: Path) -> None:
     img, lab = _scenes(tmp_path / "d")
     ds = Imagery(paths=str(img), bands=("nir", "red", "green")) & Buildings(paths=str(lab))

@@ -36,6 +36,7 @@ import torch
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from torchgeo.datasets import GeoDataset
+from torchgeo.datasets.utils import GeoSlice as TorchgeoSlice
 
 from geoseg import io, progress, remote
 from geoseg.data.grid import Grid, Rect, Tile, mask_from_warped, open_warped
@@ -192,7 +193,7 @@ class GeoRasterDataset(GeoDataset):
         view._set_entries(entries)
         return view
 
-    @property  # type: ignore[override]
+    @property
     def crs(self) -> Any:
         return self._crs
 
@@ -205,7 +206,7 @@ class GeoRasterDataset(GeoDataset):
                 "crs= and res="
             )
 
-    @property  # type: ignore[override]
+    @property
     def res(self) -> tuple[float, float]:
         return self._res
 
@@ -222,7 +223,7 @@ class GeoRasterDataset(GeoDataset):
 
     # ---- queries -----------------------------------------------------------------------------
 
-    def pixel_window(self, query: GeoSlice) -> tuple[int, int, int, int, int, int]:
+    def pixel_window(self, query: TorchgeoSlice) -> tuple[int, int, int, int, int, int]:
         """(row, col, height, width) in global pixels of a query, and its output (height,
         width) at the query's step."""
         if (
@@ -297,7 +298,7 @@ class GeoRasterDataset(GeoDataset):
             slice(pd.Timestamp.min, pd.Timestamp.max, 1),
         )
 
-    def __getitem__(self, query: GeoSlice) -> dict[str, Any]:
+    def __getitem__(self, query: TorchgeoSlice) -> dict[str, Any]:
         """Retrieve the image and mask of a query (see the class docstring).
 
         Raises:
@@ -361,7 +362,7 @@ class GeoRasterDataset(GeoDataset):
         return out
 
     def _mosaic(
-        self, row: int, col: int, h: int, w: int, query: GeoSlice
+        self, row: int, col: int, h: int, w: int, query: TorchgeoSlice
     ) -> tuple[np.ndarray, np.ndarray]:
         er = self._entry_rect
         hit = np.flatnonzero(
@@ -372,7 +373,8 @@ class GeoRasterDataset(GeoDataset):
         )
         if not len(hit):
             raise IndexError(f"query {query} is not in the index (bounds {self.bounds})")
-        img = mask = None
+        img = np.zeros((len(self.bands), h, w), self.image_dtype)
+        mask = np.full((h, w), self.ignore_index, np.uint8)
         filled = np.zeros((h, w), bool)
         for k in hit:
             t = self.tiles[int(self._entry_tile[k])]
@@ -386,17 +388,14 @@ class GeoRasterDataset(GeoDataset):
             a, m, _ = self.read(
                 int(self._entry_tile[k]), r0 - t.row0, c0 - t.col0, r1 - r0, c1 - c0
             )
-            if img is None:
-                img = np.zeros((a.shape[0], h, w), a.dtype)
-                mask = np.full((h, w), self.ignore_index, np.uint8)
             sl = (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
             free = ~filled[sl]
             img[:, sl[0], sl[1]][:, free] = a[:, free]
             mask[sl][free] = m[free]
             filled[sl] = True
-        if img is None:
+        if not filled.any():
             raise IndexError(f"query {query} is not in the index (bounds {self.bounds})")
-        return img, mask  # type: ignore[return-value]
+        return img, mask
 
     # ---- reading -----------------------------------------------------------------------------
 

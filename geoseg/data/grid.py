@@ -142,7 +142,8 @@ def _footprint(info: catalog.RasterInfo, crs: CRS) -> tuple[float, float, float,
     from rasterio.vrt import WarpedVRT
 
     with remote.env([info.path]), rasterio.open(info.path) as src, WarpedVRT(src, crs=crs) as vrt:
-        return tuple(vrt.bounds)  # type: ignore[return-value]
+        left, bottom, right, top = vrt.bounds
+        return left, bottom, right, top
 
 
 def warp_to(

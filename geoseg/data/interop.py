@@ -79,7 +79,8 @@ def sources_from_torchgeo(dataset: Any) -> Sources:
                 _name(ds),
             )
     images = [Path(p) for p in dict.fromkeys(image_ds.index["filepath"])]
-    bands = list(image_ds.band_indexes) if getattr(image_ds, "band_indexes", None) else None
+    band_indexes = getattr(image_ds, "band_indexes", None)  # set by RasterDataset(bands=...)
+    bands = list(band_indexes) if band_indexes else None
     crs = CRS.from_user_input(image_ds.crs.to_wkt())
     masks = None
     if mask_ds is not None:

@@ -405,10 +405,10 @@ def roi_split(tiles: list[Tile], sp: SplitConfig, grid: Grid, patch: int, gap: i
             -grid.res * cell,
             grid.y0 - top * grid.res,
         )
-        for s in range(3):
-            if trees[s] is None:
+        for s, tree in enumerate(trees):
+            if tree is None:
                 continue
-            near = [geoms[s][k] for k in trees[s].query(area, predicate="intersects").tolist()]
+            near = [geoms[s][k] for k in tree.query(area, predicate="intersects").tolist()]
             if near:
                 occ[s] = (
                     features.rasterize(
