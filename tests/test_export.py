@@ -249,6 +249,34 @@ def test_metadata_reads_as_deepness_and_geodeep_read_it(tmp_path: Path) -> None:
     assert json.loads(meta["band_names"]) == ["red", "green", "blue"]
 
 
+def test_geodeep_runs_the_input_scale_255_export(
+    trained: Path, exported: Path, demo_data, tmp_path: Path
+) -> None:
+    """GeoDeep itself reads the metadata, feeds a tile its way (uint8 / 255) and gets the
+    classes geoseg's raw-pixel export gives; its whole-raster run works too."""
+    import onnxruntime as ort
+    from geodeep import segment
+    from geodeep.inference import create_session
+    from geodeep.segmentation import execute_segmentation
+    from rasterio.windows import Window
+
+    model = export.onnx(trained, tmp_path / "geodeep.onnx", input_scale=255)
+    session, cfg = create_session(str(model))
+    assert cfg["model_type"] == "Segmentor" and cfg["tiles_size"] == 64
+    assert cfg["class_names"] == {"0": "background", "1": "building"}
+    assert cfg["resolution"] == pytest.approx(50.0) and cfg["tiles_overlap"] == 25.0
+    image = demo_data.images[1]
+    with rasterio.open(image) as src:
+        tiles = [src.read(window=Window(x, y, 64, 64)) for x, y in ((0, 0), (64, 128), (192, 64))]
+    raw = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    for tile in tiles:
+        theirs = execute_segmentation(tile, session, cfg)
+        ours = raw.run(None, {"pixels": tile[None].astype(np.float32)})[0].argmax(1)
+        assert np.mean(theirs == ours) >= 0.999
+    mask = segment(str(image), str(model), output_type="raw")  # tiles, median filter, sieve
+    assert mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 1}
+
+
 # ------------------------------------------------------------------------ STAC MLM
 
 
