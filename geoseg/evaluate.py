@@ -30,7 +30,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from geoseg import io, progress, vectorize
+from geoseg import io, progress, remote, vectorize
 from geoseg.errors import LabelError, RasterError
 
 log = logging.getLogger(__name__)
@@ -472,14 +472,15 @@ def evaluate(
         ``fn``, ``precision``, ``recall``, ``f1``, ``iou_threshold``, ``mean_iou``, ``matches``)
         and/or the pixel keys (``per_class``, ``miou``, ``accuracy``, ``confusion_matrix``).
     """
-    prediction, truth = Path(prediction), Path(truth)
+    prediction, truth = remote.as_path(prediction), remote.as_path(truth)
     if classes:  # "--classes a,b,c" and "--classes a --classes b" both work
         classes = [n.strip() for c in classes for n in str(c).split(",") if n.strip()]
-    with (
+    claim = (
         io.claim(report, overwrite=overwrite, inputs=[prediction, truth], option="--json")
         if report is not None
         else contextlib.nullcontext()
-    ) as output:
+    )
+    with claim as output, remote.env([prediction, truth]):
         out = _evaluate(prediction, truth, iou_threshold, classes)
         if output is not None:
             io.write_json(out, output, indent=_indent(out))
@@ -490,7 +491,7 @@ def _evaluate(
     prediction: Path, truth: Path, iou_threshold: float, classes: Sequence[str] | None
 ) -> dict[str, Any]:
     kinds = (io.file_kind(prediction), io.file_kind(truth))
-    out: dict[str, Any] = {"prediction": str(prediction), "truth": str(truth)}
+    out: dict[str, Any] = {"prediction": remote.to_url(prediction), "truth": remote.to_url(truth)}
     if kinds == ("raster", "raster"):
         out["mode"] = "pixels"
         out.update(pixels(prediction, truth, class_names=classes))

@@ -107,6 +107,8 @@ def file_kind(path: str | Path) -> Literal["raster", "vector"]:
         InputNotFoundError: ``path`` does not exist.
     """
     path = Path(path)
+    if remote.is_remote(path) and is_raster(path):  # opening it says if it is there
+        return "raster"
     if not path.exists():
         raise InputNotFoundError(f"{path}: no such file; check the path")
     if is_raster(path):

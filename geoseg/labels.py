@@ -23,7 +23,7 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from geoseg import io, progress
+from geoseg import io, progress, remote
 from geoseg.errors import InputNotFoundError, LabelError, RasterError
 from geoseg.io import is_vector  # noqa: F401 - re-exported: callers ask labels.is_vector
 
@@ -230,10 +230,13 @@ def rasterize(
         LabelError: no polygon overlaps ``like`` (e.g. a wrongly declared CRS), or bad class ids.
         RasterError: ``like`` is unreadable or has no CRS.
     """
-    labels, like, out = Path(labels), Path(like), Path(out)
-    if not like.exists():
+    labels, like, out = Path(labels), remote.as_path(like), Path(out)
+    if not remote.is_remote(like) and not like.exists():
         raise InputNotFoundError(f"{like}: image for --like not found; check the path")
-    with io.claim(out, overwrite=overwrite, inputs=[labels, like]) as output:
+    with (
+        remote.env([like]),  # an s3:// or https:// image is read in windows, with retries
+        io.claim(out, overwrite=overwrite, inputs=[labels, like]) as output,
+    ):
         gdf = read_vector(labels, attribute)
         with io.open_raster(like, hint="pass the image the mask is for") as src:
             if src.crs is None:

@@ -468,6 +468,20 @@ def run(
     Returns:
         A RunResult with the checkpoint, predictions, footprints, report and preview paths.
     """
+    from geoseg import remote
+
+    # Remote images (s3://, https://, STAC) are read with the remote GDAL options all run long.
+    with remote.env([*cfg.data.images, *(cfg.infer.inputs or [])]):
+        return _run(cfg, from_stage, until_stage, force, on_stage)
+
+
+def _run(
+    cfg: PipelineConfig,
+    from_stage: Stage | None,
+    until_stage: Stage | None,
+    force: bool,
+    on_stage: Callable[[StageOutcome], None] | None,
+) -> RunResult:
     from geoseg import config as config_mod
     from geoseg.errors import InputNotFoundError
 

@@ -562,7 +562,17 @@ def _build_scheduler(
     return None
 
 
-def _run(
+def _run(cfg: PipelineConfig, run_dir: Path, resume: bool, **rank_args: Any) -> TrainResult:
+    """One training process, with the GDAL options for remote images and labels (s3://,
+    https://) set for its whole run: the data loaders read them lazily, and forked DataLoader
+    workers inherit the options (spawned DDP ranks come through here themselves)."""
+    from geoseg import remote
+
+    with remote.env([*cfg.data.images, *([cfg.data.labels] if cfg.data.labels else [])]):
+        return _run_scoped(cfg, run_dir, resume, **rank_args)
+
+
+def _run_scoped(
     cfg: PipelineConfig,
     run_dir: Path,
     resume: bool,

@@ -228,3 +228,32 @@ def test_stac_search_with_no_items_or_without_the_asset(
             assert m.shape == (512, 512) and np.isin(m.read(1), [0, 1]).all()
     finally:
         api.stop()
+
+
+def test_rasterize_like_and_evaluate_on_s3(
+    s3_cogs: str, local_cogs: Path, demo_data, tmp_path: Path
+) -> None:
+    import json
+
+    for like, out in (
+        (f"s3://{s3_cogs}/images/tile_03.tif", tmp_path / "s3.tif"),
+        (local_cogs / "images" / "tile_03.tif", tmp_path / "local.tif"),
+    ):
+        res = _geoseg("rasterize", demo_data.buildings, "--like", like, "--out", out, "-q")
+        assert res.exit_code == 0, res.output
+    assert (tmp_path / "s3.tif").read_bytes() == (tmp_path / "local.tif").read_bytes()
+
+    reports = {}
+    for name, pred in (
+        ("s3", f"s3://{s3_cogs}/masks/tile_03.tif"),
+        ("local", local_cogs / "masks" / "tile_03.tif"),
+    ):
+        report = tmp_path / f"{name}.json"
+        truth = tmp_path / "local.tif"
+        res = _geoseg("evaluate", pred, truth, "--json", report, "-q")
+        assert res.exit_code == 0, res.output
+        reports[name] = json.loads(report.read_text())
+    assert reports["s3"]["prediction"] == f"s3://{s3_cogs}/masks/tile_03.tif"
+    for key in ("per_class", "miou", "accuracy", "confusion_matrix"):
+        assert reports["s3"][key] == reports["local"][key]
+    assert reports["s3"]["miou"] > 0.5  # the demo's truth mask against its burned buildings

@@ -13,8 +13,10 @@ Opt = typer.Option
 
 
 def evaluate(
-    prediction: Annotated[Path, typer.Argument(help="Predicted mask GeoTIFF or footprints file.")],
-    truth: Annotated[Path, typer.Argument(help="Truth mask GeoTIFF or polygon file.")],
+    prediction: Annotated[
+        str, typer.Argument(help="Predicted mask GeoTIFF (or its URL) or footprints file.")
+    ],
+    truth: Annotated[str, typer.Argument(help="Truth mask GeoTIFF (or its URL) or polygon file.")],
     iou_threshold: Annotated[
         float, Opt("--iou-threshold", min=0, max=1, help="A building match needs IoU above this.")
     ] = 0.5,
