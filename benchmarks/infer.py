@@ -281,7 +281,7 @@ def child_torchgeo(a: dict[str, Any]) -> dict[str, Any]:
     from torchgeo.datasets import RasterDataset, stack_samples
     from torchgeo.samplers import GridGeoSampler
 
-    from geoseg import checkpoint, infer
+    from geoseg import checkpoint
     from geoseg.device import resolve_device
 
     if a["threads"]:
