@@ -313,7 +313,6 @@ class Output:
         self.fsync = fsync
         self._temps: list[Path] = []
         self._lock_fd: int | None = None
-        self.committed = False
 
     # -- claiming ---------------------------------------------------------------------------
 
@@ -412,7 +411,6 @@ class Output:
             raise write_failure(self.path, err) from err
         if self.fsync:
             _fsync_path(self.path.parent)
-        self.committed = True
         return self.path
 
     def release(self) -> None:
