@@ -506,9 +506,9 @@ def _seed_everything(seed: int) -> None:
 def _rng_state(loader: Any) -> dict[str, Any]:
     from geoseg import checkpoint
 
+    # The loader's own sampling state (epoch, batches handed out): it draws from seeds.
     state = checkpoint.rng_state()
-    if callable(getattr(loader, "state_dict", None)):
-        state["loader_state"] = loader.state_dict()
+    state["loader_state"] = loader.state_dict()
     return state
 
 
@@ -516,7 +516,7 @@ def _set_rng_state(state: dict[str, Any], loader: Any) -> None:
     from geoseg import checkpoint
 
     checkpoint.restore_rng_state(state)
-    if "loader_state" in state and callable(getattr(loader, "load_state_dict", None)):
+    if "loader_state" in state:
         loader.load_state_dict(state["loader_state"])
 
 
