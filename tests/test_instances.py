@@ -343,3 +343,11 @@ def test_targets_on_a_geographic_grid_use_metres(tmp_path: Path, make_geotiff) -
         cls = src.read(1)
     row = cls[40, 15:45]
     assert (row[5:8] == EDGE).all() and row[8] == INTERIOR and row[4] == 0  # 3 px = 1.4 m
+
+
+def test_web_mercator_pixels_are_measured_on_the_ground() -> None:
+    # 0.2986 "metres" of EPSG:3857 at 27.6°N (Banepa) are 0.2986 * cos(27.6°) = 0.265 m
+    crs = rasterio.crs.CRS.from_epsg(3857)
+    y = 3_200_000.0  # ~27.6°N
+    px = instances.pixel_size_m(crs, from_origin(9_500_000, y, 0.2986, 0.2986), 2, 2)
+    assert px == pytest.approx(0.2986 * np.cos(np.radians(27.6)), rel=0.01)
