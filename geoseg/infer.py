@@ -131,6 +131,7 @@ class _Settings:
     num_classes: int
     class_values: tuple[int, ...]
     target_res: float | None = None  # resample the input to this pixel size on the fly
+    target_crs: str | None = None  # ... in this CRS (WKT; a geographic input's UTM zone)
     threads: int | None = None  # torch threads in a dask worker
     with_probabilities: bool = False
     # GDAL options for a remote input (geoseg.remote), so workers read it the same way;
@@ -296,8 +297,11 @@ def _make_forward(
 
 
 @contextmanager
-def _open_source(path: str | Path, target_res: float | None) -> Iterator[Any]:
-    """The raster to predict: the file itself, or a WarpedVRT of it at ``target_res``."""
+def _open_source(
+    path: str | Path, target_res: float | None, target_crs: str | None = None
+) -> Iterator[Any]:
+    """The raster to predict: the file itself, or a WarpedVRT of it at ``target_res`` (in the
+    input's CRS, or reprojected into ``target_crs``, WKT, with that CRS's units)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as src:
@@ -306,25 +310,46 @@ def _open_source(path: str | Path, target_res: float | None) -> Iterator[Any]:
                 return
             from rasterio.vrt import WarpedVRT
 
-            width, height, transform = _resampled_grid(src, target_res)
+            crs = rasterio.crs.CRS.from_wkt(target_crs) if target_crs else src.crs
+            width, height, transform = _resampled_grid(src, target_res, crs)
+            extra: dict[str, Any] = {}
+            if target_crs and src.nodata is None and not _has_alpha(src):
+                # Corners of the reprojected grid outside the input are nodata, not zeros.
+                extra["add_alpha"] = True
             with WarpedVRT(
                 src,
-                crs=src.crs,
+                crs=crs,
                 transform=transform,
                 width=width,
                 height=height,
                 resampling=Resampling.bilinear,
+                **extra,
             ) as vrt:
                 yield vrt
 
 
-def _resampled_grid(src: Any, target_res: float) -> tuple[int, int, Any]:
+def _resampled_grid(src: Any, target_res: float, crs: Any = None) -> tuple[int, int, Any]:
+    """(width, height, transform) of ``src``'s extent at ``target_res`` (in ``crs``, default the
+    source's own CRS: the same bounds, square pixels)."""
     from rasterio.transform import from_origin
 
+    if crs is not None and crs != src.crs:
+        from rasterio.warp import calculate_default_transform
+
+        transform, width, height = calculate_default_transform(
+            src.crs, crs, src.width, src.height, *src.bounds, resolution=target_res
+        )
+        return int(width), int(height), transform
     left, bottom, right, top = src.bounds
     width = max(1, math.ceil((right - left) / target_res - 1e-6))
     height = max(1, math.ceil((top - bottom) / target_res - 1e-6))
     return width, height, from_origin(left, top, target_res, target_res)
+
+
+def _has_alpha(src: Any) -> bool:
+    from rasterio.enums import ColorInterp
+
+    return ColorInterp.alpha in src.colorinterp
 
 
 def _all_valid(src: Any) -> bool:
@@ -336,6 +361,18 @@ def _valid_rows(src: Any, y0: int, y1: int) -> np.ndarray | None:
     if _all_valid(src):
         return None
     return src.dataset_mask(window=Window(0, y0, src.width, y1 - y0)) > 0
+
+
+def _output_valid(src: Any, y0: int, h: int, settings: _Settings) -> np.ndarray | None:
+    """Where rows [y0, y0 + h) of the predicted grid get a class (None = everywhere).
+
+    A resampled grid is predicted everywhere: the mask warped back onto the input's grid takes
+    its nodata from the input itself, and a resampled pixel half outside the input (or next to
+    its nodata) still gives the class of input pixels that are valid.
+    """
+    if settings.target_res is not None:
+        return None
+    return _valid_rows(src, y0, y0 + h)
 
 
 def _patch_index_range(plan: _Plan, rh: int, r1: int) -> tuple[int, int]:
@@ -719,8 +756,9 @@ def _write_block(
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with (
             rasterio.Env(**GDAL_ENV, **dict(settings.gdal_options)),
-            _open_source(src_path, settings.target_res) as src,
-            _open_source(src_path, settings.target_res) as mask_src,  # the reader thread has src
+            _open_source(src_path, settings.target_res, settings.target_crs) as src,
+            # the reader thread has src
+            _open_source(src_path, settings.target_res, settings.target_crs) as mask_src,
             io.reading(src_path),
             _Outputs(
                 profile,
@@ -736,7 +774,7 @@ def _write_block(
             try:
                 for y0, probs in _stream(src, plan, settings, forward, r0, r1):
                     h = probs.shape[1]
-                    cls, prb = _finalize(probs, _valid_rows(mask_src, y0, y0 + h), settings)
+                    cls, prb = _finalize(probs, _output_valid(mask_src, y0, h, settings), settings)
                     writer.put(y0 - start, cls, prb)
             finally:
                 writer.close()
@@ -887,26 +925,109 @@ def _check_inputs(src: Any, path: Path, card: Any, ckpt: Path, allow_ungeorefere
         )
 
 
-def _resolution_target(src: Any, path: Path, card: Any, resample: bool) -> float | None:
+def _resolution_target(
+    src: Any, path: Path, card: Any, resample: bool
+) -> tuple[float, str | None] | None:
+    """The pixel size (and CRS as WKT, None = the input's own) to predict ``src`` at, or None
+    to predict it as it is; warns when the pixel sizes differ and ``resample`` is off.
+
+    In the checkpoint's CRS (or without one) pixel sizes are compared in CRS units, as the
+    model saw them. Across CRSs (a UTM-trained model on a longitude/latitude or a feet raster)
+    they are compared as ground metres at the raster's centre (:mod:`geoseg.units`): the card's
+    0.5 m is never taken as 0.5°. A geographic raster is then predicted through the UTM zone of
+    its centre (square metre pixels) and the mask warped back onto its exact grid.
+    """
     if src.crs is None or not getattr(card, "res", None):
         return None
-    res = abs(src.res[0])
-    diff = abs(res - card.res) / card.res
+    card_crs = _card_crs(card)
+    if card_crs is None or card_crs == src.crs:
+        res = abs(src.res[0])
+        diff = abs(res - card.res) / card.res
+        if resample and diff > 0.01:
+            log.info(
+                "%s: resampling %.4g -> %.4g CRS units per pixel for the model",
+                path,
+                res,
+                card.res,
+            )
+            return float(card.res), None
+        if diff > RES_TOLERANCE:
+            log.warning(
+                "%s: pixel size %.4g differs from the training pixel size %.4g by %.0f%%; results "
+                "may be poor: pass --resample to resample on the fly",
+                path,
+                res,
+                card.res,
+                100 * diff,
+            )
+        return None
+    from geoseg import units
+
+    cx, cy = src.transform @ (src.width / 2, src.height / 2)
+    train_m = _card_res_m(card, card_crs, src.crs, cx, cy)
+    sx, sy = units.pixel_size_m(src.crs, src.transform, src.width, src.height)
+    diff = max(abs(sx - train_m), abs(sy - train_m)) / train_m
+    own = f"{abs(src.res[0]):.3g} x {abs(src.res[1]):.3g} " + (
+        "degrees" if src.crs.is_geographic else "CRS units"
+    )
     if resample and diff > 0.01:
-        log.info(
-            "%s: resampling %.4g -> %.4g CRS units per pixel for the model", path, res, card.res
-        )
-        return float(card.res)
+        if src.crs.is_geographic:
+            utm = units.utm_crs(src.crs, cx, cy)
+            log.info(
+                "%s: predicting through %s at %.4g m per pixel (the input's pixels: %.3g x %.3g m, "
+                "%s); the mask is warped back onto the input's grid",
+                path,
+                utm.to_string(),
+                train_m,
+                sx,
+                sy,
+                own,
+            )
+            return train_m, utm.to_wkt()
+        mx, my = units.metres_per_unit(src.crs, cx, cy)
+        res = train_m / math.sqrt(float(mx) * float(my))
+        log.info("%s: resampling %s -> %.4g CRS units per pixel (%.4g m)", path, own, res, train_m)
+        return res, None
     if diff > RES_TOLERANCE:
         log.warning(
-            "%s: pixel size %.4g differs from the training pixel size %.4g by %.0f%%; results may "
-            "be poor: pass --resample to resample on the fly",
+            "%s: pixel size %.2g x %.2g m (%s) differs from the training pixel size %.3g m by "
+            "%.0f%%; results may be poor: pass --resample to predict at %.3g m%s",
             path,
-            res,
-            card.res,
+            sx,
+            sy,
+            own,
+            train_m,
             100 * diff,
+            train_m,
+            " (through the raster's UTM zone)" if src.crs.is_geographic else "",
         )
     return None
+
+
+def _card_crs(card: Any) -> Any:
+    """The checkpoint's training CRS (rasterio), or None when the card has none."""
+    wkt = getattr(card, "crs_wkt", None)
+    if not wkt:
+        return None
+    try:
+        return rasterio.crs.CRS.from_wkt(wkt)
+    except rasterio.errors.CRSError:
+        return None
+
+
+def _card_res_m(card: Any, card_crs: Any, crs: Any, x: float, y: float) -> float:
+    """The card's training pixel size in metres: its CRS unit for a projected CRS, the ground
+    length of its degrees at the point (x, y) of ``crs`` for a geographic one."""
+    from geoseg import units
+
+    nominal = units.nominal_metres_per_unit(card_crs)
+    if nominal is not None:
+        return float(card.res) * nominal
+    from rasterio.warp import transform as warp_points
+
+    xs, ys = warp_points(crs, card_crs, [x], [y])
+    mx, my = units.metres_per_unit(card_crs, xs[0], ys[0])
+    return float(card.res) * math.sqrt(float(mx) * float(my))
 
 
 def settings_from(settings: InferConfig | None = None, **overrides: Any) -> InferConfig:
@@ -986,7 +1107,7 @@ def predict_raster(
         prec = "32"  # onnxruntime runs the exported graph in float32
     with io.open_raster(src, hint="check the file") as handle:
         _check_inputs(handle, src, card, ckpt, allow_ungeoreferenced)
-        target_res = _resolution_target(handle, src, card, cfg.resample)
+        target = _resolution_target(handle, src, card, cfg.resample)
         profile = dict(width=handle.width, height=handle.height, transform=handle.transform)
         if handle.crs is not None:
             profile["crs"] = handle.crs
@@ -1012,7 +1133,8 @@ def predict_raster(
         std=tuple(float(s) or 1.0 for s in card.std),
         num_classes=len(class_names),
         class_values=tuple(class_values),
-        target_res=target_res,
+        target_res=target[0] if target else None,
+        target_crs=target[1] if target else None,
         with_probabilities=probabilities is not None,
         gdal_options=tuple(remote.worker_options([src]).items()),
     )
@@ -1052,7 +1174,7 @@ def predict_raster(
         mask_tmp = job.mask_out.temp()
         prob_tmp = job.prob_out.temp() if job.prob_out is not None else None
         with remote.env([src], **GDAL_ENV):
-            if target_res is None:
+            if target is None:
                 _predict_to(src, job, mask_tmp, prob_tmp, final=not cfg.cog)
             else:
                 _predict_resampled(src, job, mask_tmp, prob_tmp, final=not cfg.cog)
@@ -1126,17 +1248,19 @@ def _predict_to(
     ``final``: written with the final compression (no COG copy follows).
     """
     settings = job.settings
-    with _open_source(src, settings.target_res) as source, io.reading(src):
+    with _open_source(src, settings.target_res, settings.target_crs) as source, io.reading(src):
         plan = _Plan.make(source.width, source.height, job.patch_size, job.overlap, job.batch_size)
         grid_profile = dict(
             job.profile, width=source.width, height=source.height, transform=source.transform
         )
+        if source.crs is not None:  # the work grid of a reprojected input has its own CRS
+            grid_profile["crs"] = source.crs
         with (
             client_for(job.workers, job.scheduler)
             if job.client is None
             else nullcontext(job.client) as cl,
             # GDAL handles are not thread-safe: the reader thread reads `source`, this one masks.
-            _open_source(src, settings.target_res) as mask_src,
+            _open_source(src, settings.target_res, settings.target_crs) as mask_src,
             _Outputs(
                 grid_profile,
                 mask_tmp,
@@ -1157,7 +1281,7 @@ def _predict_to(
                         source, plan, settings, forward, 0, len(plan.rows), bar=bar
                     ):
                         h = probs.shape[1]
-                        valid = _valid_rows(mask_src, y0, y0 + h)
+                        valid = _output_valid(mask_src, y0, h, settings)
                         writer.put(y0, *_finalize(probs, valid, settings))
                 else:
                     settings = _with_threads(settings, cl)
@@ -1241,7 +1365,7 @@ def _predict_resampled(
             prob_tmp,
             job.class_names,
             job.class_values,
-            dict(job.meta, resampled_from=str(job.settings.target_res)),
+            dict(job.meta, **_resampled_tags(job.settings)),
             final=final,
         ) as outputs,
     ):
@@ -1262,6 +1386,15 @@ def _predict_resampled(
             for ds in (vp, wp):
                 if ds is not None:
                     ds.close()
+
+
+def _resampled_tags(settings: _Settings) -> dict[str, str]:
+    """Mask tags saying at which pixel size (and CRS) the model saw the input."""
+    tags = {"resampled_from": str(settings.target_res)}
+    if settings.target_crs:
+        crs = rasterio.crs.CRS.from_wkt(settings.target_crs)
+        tags["resampled_crs"] = crs.to_string()
+    return tags
 
 
 def output_paths(inputs: list[Path], out: Path) -> list[Path]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import logging
 import math
@@ -48,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from geoseg import errors, io
+from geoseg import errors, io, remote
 from geoseg.config import PipelineConfig
 from geoseg.device import ResolvedPrecision, resolve_device, resolve_precision
 from geoseg.errors import CheckpointError, ConfigError, InputNotFoundError, OutputExistsError
@@ -709,9 +710,30 @@ class _Trainer:
             patch_size=self.cfg.train.patch_size,
             res=float(td.res),
             crs_wkt=td.crs_wkt,
+            dtype=self.image_dtype,
             epoch=epoch,
             metrics=metrics,
         )
+
+    @functools.cached_property
+    def image_dtype(self) -> str | None:
+        """The training images' dtype (the first tile's), recorded in the model card so that
+        ``infer`` can refuse inputs of another value range; None when there is no tile."""
+        recorded = getattr(self.td, "dtype", None)
+        if recorded:
+            return str(recorded)
+        if not self.td.tiles:
+            return None
+        import warnings
+
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            image = self.td.tiles[0].image
+            with remote.env([image]), rasterio.open(image) as src:
+                return str(src.dtypes[src.indexes.index(self.td.band_indexes[0])])
 
     @property
     def bare_model(self) -> nn.Module:

@@ -29,6 +29,8 @@ def make_checkpoint(
     patch_size: int = 32,
     classes: int = 2,
     seed: int = 0,
+    crs: str | None = None,
+    dtype: str | None = None,
 ) -> Path:
     """A tiny plain-UNet checkpoint (width 2) with a card that matches the given bands."""
     torch.manual_seed(seed)
@@ -46,6 +48,8 @@ def make_checkpoint(
         class_ids=list(range(classes)),
         patch_size=patch_size,
         res=res,
+        crs_wkt=rasterio.crs.CRS.from_user_input(crs).to_wkt() if crs else None,
+        dtype=dtype,
     )
     checkpoint.save(path, model=model, card=card)
     return path
@@ -361,3 +365,63 @@ def test_vectorize_writes_footprints_on_the_mask_grid(
     assert len(gdf) == 1 and gdf.crs.to_epsg() == 32631
     assert gdf.geometry.iloc[0].area == pytest.approx(20 * 28 * 0.25)  # 0.5 m pixels
     assert gdf["confidence"].iloc[0] > 0.9
+
+
+# ------------------------------------------------------------------------ units (issue 11, #4)
+
+
+def _square_scene(size: int = 120) -> np.ndarray:
+    data = np.full((3, size, size), 20, np.uint8)
+    data[:, size // 3 : 2 * size // 3, size // 3 : 2 * size // 3] = 250
+    return data
+
+
+def test_resample_of_a_geographic_raster_goes_through_metres(
+    tmp_path: Path, make_geotiff, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    # 0.3 m pixels at 48.85° N in longitude/latitude, a model trained at 0.5 m in UTM 31N: the
+    # card's 0.5 is metres, never 0.5° (which made a one-pixel grid and an all-nodata mask).
+    monkeypatch.setattr(infer, "_cached_model", lambda s: _Threshold().eval())
+    dlon, dlat = 0.3 / (111_320 * np.cos(np.radians(48.85))), 0.3 / 111_200
+    src = make_geotiff(
+        "lonlat.tif",
+        data=_square_scene(),
+        crs="EPSG:4326",
+        transform=from_origin(2.35, 48.85, dlon, dlat),
+    )
+    ck = make_checkpoint(tmp_path / "utm.ckpt", res=0.5, crs="EPSG:32631")
+    with caplog.at_level("WARNING", logger="geoseg.infer"):
+        infer.predict_raster(src, tmp_path / "plain.tif", checkpoint=ck, overlap=8, cog=False)
+    warning = next(r.getMessage() for r in caplog.records if "--resample" in r.getMessage())
+    assert "0.3 x 0.3 m" in warning and "0.5 m" in warning  # metres, not degrees
+
+    out = tmp_path / "resampled.tif"
+    res = _run(ck, src, "--out", out, "--resample", "--overlap", 8, "--no-cog")
+    assert res.exit_code == 0, res.stderr
+    _same_grid(out, src)  # the input's exact grid, CRS and size; nodata only where it has none
+    with rasterio.open(out) as d:
+        mask = d.read(1)
+        assert d.tags()["resampled_crs"] == "EPSG:32631"
+        assert float(d.tags()["resampled_from"]) == pytest.approx(0.5)
+    truth = _square_scene()[0] > 128
+    inter, union = (truth & (mask == 1)).sum(), (truth | (mask == 1)).sum()
+    assert inter / union > 0.9  # the square is found where it is, at the input's pixels
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no work files left
+
+
+def test_resample_across_projected_units(tmp_path: Path, make_geotiff, monkeypatch) -> None:
+    # A raster in US survey feet (NY Long Island) against a metre model: 0.5 m = 1.64 ft.
+    monkeypatch.setattr(infer, "_cached_model", lambda s: _Threshold().eval())
+    src = make_geotiff(
+        "feet.tif",
+        data=_square_scene(96),
+        crs="EPSG:2263",
+        transform=from_origin(1_000_000, 200_000, 1.0, 1.0),
+    )
+    ck = make_checkpoint(tmp_path / "utm.ckpt", res=0.5, crs="EPSG:32618")
+    out = tmp_path / "m.tif"
+    infer.predict_raster(src, out, checkpoint=ck, overlap=8, resample=True, cog=False)
+    _same_grid(out, src)
+    with rasterio.open(out) as d:
+        assert float(d.tags()["resampled_from"]) == pytest.approx(0.5 / 0.3048006, rel=1e-3)
+        assert (d.read(1) == 1).sum() == pytest.approx(32 * 32, rel=0.1)
