@@ -76,17 +76,22 @@ def metres_per_unit(crs: Any, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(dx, np.float64) / step, np.asarray(dy, np.float64) / step
 
 
-def true_scale(crs: Any, x: float, y: float) -> bool:
+def true_scale(crs: Any, x: float, y: float, *, area: bool = False) -> bool:
     """Whether ``crs`` is projected with a ground scale within :data:`TRUE_SCALE_TOLERANCE` of
-    its nominal unit at (x, y): then lengths in its units times that unit are metres."""
+    its nominal unit at (x, y): then lengths in its units times that unit are metres.
+
+    ``area``: only the areal scale counts (equal-area projections such as Albers stretch one
+    axis and shrink the other, keeping areas exact).
+    """
     nominal = nominal_metres_per_unit(crs)
     if nominal is None:
         return False
-    mx, my = metres_per_unit(crs, x, y)
-    return bool(
-        abs(float(mx) / nominal - 1) <= TRUE_SCALE_TOLERANCE
-        and abs(float(my) / nominal - 1) <= TRUE_SCALE_TOLERANCE
-    )
+    if _pyproj(crs).geodetic_crs is None:  # an engineering CRS: nothing to measure it against
+        return True
+    mx, my = (float(m) / nominal for m in metres_per_unit(crs, x, y))
+    if area:
+        return abs(mx * my - 1) <= TRUE_SCALE_TOLERANCE
+    return abs(mx - 1) <= TRUE_SCALE_TOLERANCE and abs(my - 1) <= TRUE_SCALE_TOLERANCE
 
 
 def pixel_size_m(crs: Any, transform: Any, width: int, height: int) -> tuple[float, float]:
