@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
@@ -347,8 +347,6 @@ def _resampled_grid(src: Any, target_res: float, crs: Any = None) -> tuple[int, 
 
 
 def _has_alpha(src: Any) -> bool:
-    from rasterio.enums import ColorInterp
-
     return ColorInterp.alpha in src.colorinterp
 
 
@@ -356,11 +354,28 @@ def _all_valid(src: Any) -> bool:
     return all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums)
 
 
-def _valid_rows(src: Any, y0: int, y1: int) -> np.ndarray | None:
-    """Boolean (h, W) of pixels where the input has data (any band valid), or None = all valid."""
-    if _all_valid(src):
-        return None
-    return src.dataset_mask(window=Window(0, y0, src.width, y1 - y0)) > 0
+def _valid_rows(
+    src: Any, y0: int, y1: int, bands: tuple[int, ...] = ()
+) -> np.ndarray | None:
+    """Boolean (h, W) of pixels where the input has data (any band valid, as GDAL's mask
+    says: nodata value, internal mask or alpha band) and, in a float raster, every one of
+    ``bands`` is finite: NaN is nodata whether or not the file declares it. None = all valid.
+    """
+    window = Window(0, y0, src.width, y1 - y0)
+    valid = None if _all_valid(src) else src.dataset_mask(window=window) > 0
+    if bands and np.dtype(src.dtypes[0]).kind == "f":
+        valid = _and_finite(valid, src.read(list(bands), window=window))
+    return valid
+
+
+def _and_finite(valid: np.ndarray | None, data: np.ndarray) -> np.ndarray | None:
+    """``valid`` and where every band of a float (C, h, W) block is finite (None = all)."""
+    if data.dtype.kind != "f":
+        return valid
+    finite = np.isfinite(data).all(0)
+    if finite.all():
+        return valid
+    return finite if valid is None else valid & finite
 
 
 def _output_valid(src: Any, y0: int, h: int, settings: _Settings) -> np.ndarray | None:
@@ -372,7 +387,7 @@ def _output_valid(src: Any, y0: int, h: int, settings: _Settings) -> np.ndarray 
     """
     if settings.target_res is not None:
         return None
-    return _valid_rows(src, y0, y0 + h)
+    return _valid_rows(src, y0, y0 + h, settings.band_indexes)
 
 
 def _patch_index_range(plan: _Plan, rh: int, r1: int) -> tuple[int, int]:
@@ -414,8 +429,9 @@ def _read_batches(
             if r not in strips:
                 y0 = plan.rows[r]
                 h = min(P, plan.height)
-                data = _torch_friendly(src.read(idx, window=Window(0, y0, plan.width, h)))
-                valid = _valid_rows(src, y0, y0 + h)
+                raw = src.read(idx, window=Window(0, y0, plan.width, h))
+                valid = _and_finite(_valid_rows(src, y0, y0 + h), raw)
+                data = _torch_friendly(raw)
                 strips.clear()  # patches come in row-major order: an old strip is never needed
                 strips[r] = (data, None if valid is None else ~valid)
             data, bad = strips[r]
@@ -912,9 +928,14 @@ def _run_dask(
 def _check_inputs(src: Any, path: Path, card: Any, ckpt: Path, allow_ungeoreferenced: bool) -> None:
     indexes = list(card.band_indexes or range(1, card.in_channels + 1))
     all_bands = indexes == list(range(1, card.in_channels + 1))
-    if max(indexes) > src.count or (all_bands and src.count != card.in_channels):
+    # An alpha band is no image band: training leaves it out (catalog.alpha_band) and uses it
+    # as the validity mask, and so does infer (GDAL's dataset mask is the alpha band).
+    alpha = [i for i, ci in enumerate(src.colorinterp, 1) if ci == ColorInterp.alpha]
+    image_bands = src.count - len([i for i in alpha if i not in indexes])
+    if max(indexes) > src.count or (all_bands and image_bands != card.in_channels):
+        found = f"{src.count} band(s)" + (f" (band {alpha[0]} alpha)" if alpha else "")
         raise RasterError(
-            f"{path}: has {src.count} band(s) but the checkpoint {ckpt.name} expects "
+            f"{path}: has {found} but the checkpoint {ckpt.name} expects "
             f"{card.in_channels} (bands {indexes}); use an image with {card.in_channels} band(s) "
             "or a checkpoint trained on this kind of image"
         )
@@ -1376,7 +1397,7 @@ def _predict_resampled(
                 win = Window(0, y0, W, min(BLOCKSIZE, H - y0))
                 cls = vm.read(1, window=win)
                 prb = vp.read(window=win) if vp is not None else None
-                valid = _valid_rows(orig, y0, y0 + win.height)
+                valid = _valid_rows(orig, y0, y0 + win.height, job.settings.band_indexes)
                 if valid is not None:
                     cls[~valid] = NODATA
                     if prb is not None:

@@ -290,9 +290,10 @@ def test_ungeoreferenced_only_when_allowed(tmp_path: Path, make_geotiff, ckpt3: 
 
 
 def test_band_count_mismatch_is_one_line(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
-    src = make_geotiff("four.tif", count=4)
+    # (a 4-band uint8 GeoTIFF is RGBA by GDAL's default, and its alpha band is accepted)
+    src = make_geotiff("five.tif", count=5)
     res = _run(ckpt3, src, "--out", tmp_path / "m.tif")
-    assert_one_line_error(res, "four.tif", "4 band(s)", "expects 3")
+    assert_one_line_error(res, "five.tif", "5 band(s)", "expects 3")
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint at all", "pickle"])
@@ -425,3 +426,85 @@ def test_resample_across_projected_units(tmp_path: Path, make_geotiff, monkeypat
     with rasterio.open(out) as d:
         assert float(d.tags()["resampled_from"]) == pytest.approx(0.5 / 0.3048006, rel=1e-3)
         assert (d.read(1) == 1).sum() == pytest.approx(32 * 32, rel=0.1)
+
+
+# ------------------------------------------------------------------------ nodata and bands (#6)
+
+
+def test_nan_pixels_of_a_float_input_are_nodata(tmp_path: Path, make_geotiff) -> None:
+    # NaN (and inf) pixels of a float raster without a declared nodata are nodata (255), and do
+    # not spread into their neighbours: the mask equals that of the same image with the
+    # pixels declared nodata (-9999).
+    ck = make_checkpoint(tmp_path / "f.ckpt", dtype="float32")
+    data = np.random.default_rng(0).uniform(20, 230, (3, 70, 90)).astype("float32")
+    data[:, 20:30, 40:55] = np.nan
+    data[1, 50, 10] = np.nan  # one band only
+    data[0, 5, 80] = np.inf
+    bad = ~np.isfinite(data).all(0)
+    src = make_geotiff("nan.tif", data=data)
+    declared = make_geotiff("declared.tif", data=np.where(bad, -9999, data), nodata=-9999)
+    for path in (src, declared):
+        out = tmp_path / f"{path.stem}_mask.tif"
+        res = _run(ck, path, "--out", out, "--overlap", 8, "--no-cog")
+        assert res.exit_code == 0, res.stderr
+    with rasterio.open(tmp_path / "nan_mask.tif") as a, rasterio.open(
+        tmp_path / "declared_mask.tif"
+    ) as b:
+        mask = a.read(1)
+        assert ((mask == 255) == bad).all()
+        assert set(np.unique(mask[~bad])) <= {0, 1}
+        assert (mask == b.read(1)).all()
+
+
+def test_nan_pixels_with_resample_and_probabilities(tmp_path: Path, make_geotiff) -> None:
+    ck = make_checkpoint(tmp_path / "f.ckpt", res=1.0)
+    data = np.random.default_rng(1).uniform(20, 230, (3, 64, 64)).astype("float64")
+    data[:, :10, :] = np.nan
+    src = make_geotiff("nan.tif", data=data)
+    out = tmp_path / "m.tif"
+    infer.predict_raster(
+        src, out, checkpoint=ck, overlap=8, resample=True, probabilities=tmp_path / "p.tif"
+    )
+    with rasterio.open(out) as m, rasterio.open(tmp_path / "p.tif") as p:
+        mask, prob = m.read(1), p.read()
+    assert (mask[:10] == 255).all() and (mask[10:] != 255).all()
+    assert (prob[:, :10] == 255).all() and (prob[:, 10:] <= 254).all()
+
+
+def _rgba(path: Path, size: tuple[int, int] = (64, 80), seed: int = 0) -> Path:
+    """An RGBA GeoTIFF (band 4 is alpha: 0 over the first 12 rows and 20 columns)."""
+    from rasterio.enums import ColorInterp
+
+    rng = np.random.default_rng(seed)
+    data = rng.integers(1, 255, (4, *size)).astype(np.uint8)
+    data[3] = 255
+    data[3, :12, :20] = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = dict(driver="GTiff", width=size[1], height=size[0], count=4, dtype="uint8",
+                   crs="EPSG:32631", transform=from_origin(500000, 5000000, 0.5, 0.5))
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    return path
+
+
+def test_rgba_input_is_accepted_and_alpha_is_the_validity_mask(tmp_path: Path, ckpt3: Path) -> None:
+    # Training leaves an alpha band out (the card lists bands 1-3); infer takes the same files
+    # and writes nodata where alpha is 0.
+    src = _rgba(tmp_path / "rgba.tif")
+    out = tmp_path / "m.tif"
+    res = _run(ckpt3, src, "--out", out, "--overlap", 8)
+    assert res.exit_code == 0, res.stderr
+    _same_grid(out, src)
+    with rasterio.open(out) as d:
+        mask = d.read(1)
+    assert (mask[:12, :20] == 255).all() and (mask[12:] != 255).all()
+    # A fourth band that is not alpha is still refused (the model never saw it)
+    four = tmp_path / "four.tif"
+    with rasterio.open(src) as s:
+        profile, data = s.profile, s.read()
+    with rasterio.open(four, "w", **profile, photometric="MINISBLACK") as d:
+        d.write(data)
+    with rasterio.open(four) as d:
+        assert rasterio.enums.ColorInterp.alpha not in d.colorinterp
+    assert_one_line_error(_run(ckpt3, four, "--out", tmp_path / "f.tif"), "4 band(s)", "expects 3")
