@@ -63,12 +63,29 @@ PROB_SCALE = 254  # probability p is stored as round(p * 254); 255 is nodata
 BLOCKSIZE = io.MASK_BLOCKSIZE
 EMIT_ROWS = 64  # finished rows are divided, argmax-ed and queued for writing in pieces this tall
 RES_TOLERANCE = 0.25
+#: An input band whose median lies further than this many training standard deviations from the
+#: training mean cannot be what the model learnt on (refused); beyond VALUE_Z_WARN: a warning.
+VALUE_Z_LIMIT = 10.0
+VALUE_Z_WARN = 4.0
+#: A float band whose values all lie within this fraction of the training values' size
+#: (|mean| + std) is scaled differently (reflectance 0-1 against 0-255 counts): refused.
+VALUE_SCALE_LIMIT = 0.02
+#: Refused when more sampled pixels than this lie outside the training dtype's range.
+OUT_OF_RANGE_LIMIT = 0.01
+VALUE_SAMPLE_SIDE = 512  # pixels per side of the sample read by check_values
 # GDAL's block cache, 64 MiB: bounds RSS yet holds the tiles a strip of patches shares with the
 # next one. rasterio hands an int to GDALSetCacheMax64, i.e. BYTES: the former value 64 meant 64
 # bytes, so every strip decoded (and, for a remote COG, fetched) its tiles again: 3x the bytes.
 GDAL_ENV = {"GDAL_CACHEMAX": 64 * 2**20, "GDAL_NUM_THREADS": "ALL_CPUS"}
 
-__all__ = ["predict_raster", "predict", "output_paths", "probability_path", "client_for"]
+__all__ = [
+    "check_values",
+    "client_for",
+    "output_paths",
+    "predict",
+    "predict_raster",
+    "probability_path",
+]
 
 # --------------------------------------------------------------------------------------------
 # Settings that travel to dask workers (plain, picklable data only)
@@ -1051,6 +1068,112 @@ def _card_res_m(card: Any, card_crs: Any, crs: Any, x: float, y: float) -> float
     return float(card.res) * math.sqrt(float(mx) * float(my))
 
 
+def _value_sample(src: Any, bands: list[int]) -> np.ndarray:
+    """Valid, finite pixel values of ``bands`` as float64 (C, N), from a small sample: an
+    overview-sized read when the raster has overviews, else up to 3 x 3 windows across it."""
+    side = VALUE_SAMPLE_SIDE
+    if src.overviews(bands[0]) or (src.width <= side and src.height <= side):
+        scale = max(1.0, max(src.width, src.height) / side)
+        shape = (len(bands), max(1, int(src.height / scale)), max(1, int(src.width / scale)))
+        parts = [src.read(bands, out_shape=shape, masked=True)]
+    else:
+        w, h = min(src.width, side // 3), min(src.height, side // 3)
+        parts = [
+            src.read(bands, window=Window(x, y, w, h), masked=True)
+            for y in np.linspace(0, src.height - h, 3).astype(int)
+            for x in np.linspace(0, src.width - w, 3).astype(int)
+        ]
+    cols = []
+    for part in parts:
+        data = np.ma.getdata(part).reshape(len(bands), -1).astype(np.float64)
+        ok = ~np.ma.getmaskarray(part).reshape(len(bands), -1).any(0)
+        ok &= np.isfinite(data).all(0)
+        cols.append(data[:, ok])
+    return np.concatenate(cols, axis=1)
+
+
+def check_values(src: Any, path: Path | str, card: Any, source: str = "the checkpoint") -> None:
+    """Refuse a raster whose pixel values the model cannot have learnt on.
+
+    From a small sample of the raster's valid pixels (about 512² values), per band of the
+    card's ``band_indexes``: more than 1 % of them outside the range of the training dtype
+    (``card.dtype``: uint16 values above 255 against a uint8-trained model, negative int16), a
+    median more than :data:`VALUE_Z_LIMIT` training standard deviations from the training mean,
+    or a float band whose values all lie within 2 % of the training values' size (|mean| + std:
+    reflectance 0-1 against a model trained on 0-255 counts). Such inputs give garbage masks without any
+    other sign; a median beyond :data:`VALUE_Z_WARN` standard deviations only warns.
+
+    Args:
+        src: The open raster (rasterio dataset).
+        path: Its name, for the message.
+        card: The model card (``mean``, ``std``, ``band_indexes``, optional ``dtype``).
+        source: The checkpoint's name, for the message.
+
+    Raises:
+        RasterError: naming the file, what was found and expected, and ``--no-check-values``.
+    """
+    bands = list(card.band_indexes or range(1, card.in_channels + 1))
+    sample = _value_sample(src, bands)
+    if sample.shape[1] < 64:  # (almost) all nodata: nothing to judge
+        return
+    dtype = np.dtype(src.dtypes[bands[0] - 1])
+    trained = np.dtype(card.dtype) if getattr(card, "dtype", None) else None
+    fix = (
+        "rescale it to the training range (e.g. gdal_translate -scale -ot "
+        f"{_gdal_type(trained) if trained is not None else 'Byte'}), use a checkpoint trained "
+        "on this kind of image, or pass --no-check-values to predict it anyway"
+    )
+    if trained is not None and trained.kind in "ui" and trained != dtype:
+        info = np.iinfo(trained)
+        outside = (sample < info.min) | (sample > info.max)
+        if outside.mean() > OUT_OF_RANGE_LIMIT:
+            raise RasterError(
+                f"{path}: {outside.mean():.0%} of its sampled pixels ({dtype}, "
+                f"{sample.min():g}..{sample.max():g}) are outside the {trained} range "
+                f"{info.min}..{info.max} that {source} was trained on; {fix}"
+            )
+    for k, band in enumerate(bands):
+        mean, std = float(card.mean[k]), float(card.std[k])
+        if not std > 1e-3 * max(1.0, abs(mean)):  # a constant training band: nothing to compare
+            continue
+        values = sample[k]
+        median = float(np.median(values))
+        z = (median - mean) / std
+        lo, hi = (float(v) for v in np.percentile(values, [1, 99]))
+        if abs(z) > VALUE_Z_LIMIT:
+            raise RasterError(
+                f"{path}: band {band} has a median of {median:g} ({dtype}, {lo:g}..{hi:g}), "
+                f"{abs(z):.0f} standard deviations from the training mean {mean:g} "
+                f"(std {std:g}{f', {trained}' if trained is not None else ''}) of {source}; "
+                f"{fix}"
+            )
+        scale = abs(mean) + std  # the size of the training values
+        if dtype.kind == "f" and lo < hi and max(abs(lo), abs(hi)) < VALUE_SCALE_LIMIT * scale:
+            raise RasterError(
+                f"{path}: band {band} spans only {lo:g}..{hi:g} ({dtype}) where the data "
+                f"{source} was trained on has a mean of {mean:g} (std {std:g}): scaled "
+                f"differently (e.g. reflectance 0-1 against counts 0-255); {fix}"
+            )
+        if abs(z) > VALUE_Z_WARN:
+            log.warning(
+                "%s: band %d has a median of %g, %.0f standard deviations from the training mean "
+                "%g (std %g) of %s; results may be poor",
+                path,
+                band,
+                median,
+                abs(z),
+                mean,
+                std,
+                source,
+            )
+
+
+def _gdal_type(dtype: np.dtype) -> str:
+    names = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32"}
+    names.update(int32="Int32", float32="Float32", float64="Float64")
+    return names.get(dtype.name, dtype.name)
+
+
 def settings_from(settings: InferConfig | None = None, **overrides: Any) -> InferConfig:
     """The inference settings a call stands for: ``settings`` (default: the schema's defaults)
     with ``overrides`` (names of :class:`~geoseg.config.InferConfig` fields) in place.
@@ -1128,6 +1251,9 @@ def predict_raster(
         prec = "32"  # onnxruntime runs the exported graph in float32
     with io.open_raster(src, hint="check the file") as handle:
         _check_inputs(handle, src, card, ckpt, allow_ungeoreferenced)
+        if cfg.check_values:
+            with io.reading(src):
+                check_values(handle, src, card, ckpt.name)
         target = _resolution_target(handle, src, card, cfg.resample)
         profile = dict(width=handle.width, height=handle.height, transform=handle.transform)
         if handle.crs is not None:

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from geoseg import checkpoint, infer, models
 from geoseg.cli.main import app
+from geoseg.errors import RasterError
 
 runner = CliRunner()
 
@@ -508,3 +509,50 @@ def test_rgba_input_is_accepted_and_alpha_is_the_validity_mask(tmp_path: Path, c
     with rasterio.open(four) as d:
         assert rasterio.enums.ColorInterp.alpha not in d.colorinterp
     assert_one_line_error(_run(ckpt3, four, "--out", tmp_path / "f.tif"), "4 band(s)", "expects 3")
+
+
+# ------------------------------------------------------------------------ value ranges (#6)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "low", "high", "card_dtype", "needles"),
+    [
+        ("uint16", 300, 4000, "uint8", ["uint16", "outside the uint8 range 0..255"]),
+        ("int16", -500, 200, "uint8", ["int16", "outside the uint8 range 0..255"]),
+        ("uint16", 2000, 4000, None, ["band 1", "standard deviations"]),  # a card without dtype
+        ("float32", 0.0, 0.6, "uint8", ["float32", "scaled differently"]),  # reflectance 0-1
+    ],
+)
+def test_values_a_model_cannot_have_seen_are_refused(
+    tmp_path: Path, make_geotiff, dtype, low, high, card_dtype, needles
+) -> None:
+    ck = make_checkpoint(tmp_path / "u8.ckpt", mean=100, std=50, dtype=card_dtype)
+    data = np.random.default_rng(0).uniform(low, high, (3, 48, 48)).astype(dtype)
+    src = make_geotiff("odd.tif", data=data)
+    out = tmp_path / "out" / "m.tif"
+    line = assert_one_line_error(_run(ck, src, "--out", out), "odd.tif", "--no-check-values")
+    for needle in needles:
+        assert needle in line
+    assert not out.parent.exists() or not list(out.parent.iterdir())  # nothing written
+    res = _run(ck, src, "--out", out, "--no-check-values", "--overlap", 8)
+    assert res.exit_code == 0, res.stderr
+    _same_grid(out, src)
+
+
+def test_values_of_the_training_kind_pass(tmp_path: Path, make_geotiff) -> None:
+    ck = make_checkpoint(tmp_path / "u8.ckpt", mean=100, std=50, dtype="uint8")
+    dark = np.random.default_rng(0).integers(10, 30, (3, 40, 40)).astype("uint8")  # water
+    black = np.zeros((3, 40, 40), "uint8")  # an empty tile of a mosaic, no nodata declared
+    as_float = np.random.default_rng(1).uniform(0, 255, (3, 40, 40)).astype("float32")
+    for name, data in (("dark", dark), ("black", black), ("float", as_float)):
+        src = make_geotiff(f"{name}.tif", data=data)
+        infer.predict_raster(src, tmp_path / f"{name}_m.tif", checkpoint=ck, overlap=8)
+    # a big 16-bit raster with overviews is sampled from them, and passes when its values fit
+    src = make_geotiff("big.tif", size=(1200, 900), dtype="uint16", tiled=True)  # 1..999
+    with rasterio.open(src, "r+") as d:
+        d.build_overviews([2, 4])
+    ck16 = make_checkpoint(tmp_path / "u16.ckpt", mean=500, std=290, dtype="uint16")
+    with rasterio.open(src) as d:
+        infer.check_values(d, src, checkpoint.load(ck16).card)
+    with rasterio.open(src) as d, pytest.raises(RasterError, match="outside the uint8 range"):
+        infer.check_values(d, src, checkpoint.load(ck).card)
