@@ -1206,7 +1206,8 @@ def predict_raster(
     Args:
         src: Input GeoTIFF; the checkpoint's ``band_indexes`` (1-based) are read from it.
         dst: Output mask: uint8 class ids (the card's ``class_ids``), 255 = nodata where the
-            input is nodata; exactly ``src``'s CRS, transform, width and height.
+            input is nodata (declared nodata, internal mask, alpha band 0, NaN or infinite in
+            a float band); exactly ``src``'s CRS, transform, width and height.
         checkpoint: A geoseg checkpoint (weights + model card; the card supplies bands,
             normalisation, class names, patch size and training pixel size).
         settings: The inference settings: ``patch_size`` (default: the card's; divisible by
@@ -1219,8 +1220,10 @@ def predict_raster(
             processes; 1 = in process, streaming), ``scheduler`` (``tcp://host:port`` of an
             existing dask cluster whose workers see the same paths), ``resample`` (predict at
             the training pixel size, WarpedVRT bilinear, and bring the mask back to the input
-            grid, nearest, when the pixel sizes differ), ``probabilities`` (write
-            ``<dst stem>_prob.tif`` when no ``probabilities`` path is given).
+            grid, nearest, when the pixel sizes differ; compared in ground metres across CRSs,
+            and a geographic input is predicted through its UTM zone), ``probabilities`` (write
+            ``<dst stem>_prob.tif`` when no ``probabilities`` path is given), ``check_values``
+            (refuse inputs whose values cannot match the training data: :func:`check_values`).
         probabilities: Also write a probability GeoTIFF here: one uint8 band per class,
             ``round(p * 254)`` (p = value / 254), 255 = nodata.
         overwrite: Replace existing outputs.
@@ -1233,7 +1236,7 @@ def predict_raster(
         input and the model's batch, independent of the raster's height.
 
     Raises:
-        InputNotFoundError, RasterError (bands, CRS), CheckpointError, OutputExistsError,
+        InputNotFoundError, RasterError (bands, CRS, values), CheckpointError, OutputExistsError,
         SchedulerError, ConfigError (bad settings, patch size or overlap).
     """
     cfg = settings_from(settings, **overrides)
