@@ -90,8 +90,8 @@ class ModelCard(BaseModel):
     is class i. ``patch_size`` is in pixels, ``res`` in CRS units per pixel, ``crs_wkt`` the
     training CRS as WKT, ``dtype`` the training images' pixel type (``uint8``, ``uint16``,
     ``float32``...; None in cards written before it was recorded): ``infer`` refuses inputs whose
-    values a model trained on it cannot have seen. Keys of cards written by other versions that are not fields here (such
-    as ``nodata``, never filled) are ignored when a checkpoint is read.
+    values a model trained on it cannot have seen. Keys of cards written by other versions that
+    are not fields here (such as ``nodata``, never filled) are ignored when a checkpoint is read.
     """
 
     model_config = ConfigDict(extra="ignore", validate_assignment=True)

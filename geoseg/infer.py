@@ -371,9 +371,7 @@ def _all_valid(src: Any) -> bool:
     return all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums)
 
 
-def _valid_rows(
-    src: Any, y0: int, y1: int, bands: tuple[int, ...] = ()
-) -> np.ndarray | None:
+def _valid_rows(src: Any, y0: int, y1: int, bands: tuple[int, ...] = ()) -> np.ndarray | None:
     """Boolean (h, W) of pixels where the input has data (any band valid, as GDAL's mask
     says: nodata value, internal mask or alpha band) and, in a float raster, every one of
     ``bands`` is finite: NaN is nodata whether or not the file declares it. None = all valid.
@@ -1100,8 +1098,8 @@ def check_values(src: Any, path: Path | str, card: Any, source: str = "the check
     (``card.dtype``: uint16 values above 255 against a uint8-trained model, negative int16), a
     median more than :data:`VALUE_Z_LIMIT` training standard deviations from the training mean,
     or a float band whose values all lie within 2 % of the training values' size (|mean| + std:
-    reflectance 0-1 against a model trained on 0-255 counts). Such inputs give garbage masks without any
-    other sign; a median beyond :data:`VALUE_Z_WARN` standard deviations only warns.
+    reflectance 0-1 against a model trained on 0-255 counts). Such inputs give garbage masks
+    without any other sign; a median beyond :data:`VALUE_Z_WARN` standard deviations only warns.
 
     Args:
         src: The open raster (rasterio dataset).

@@ -279,12 +279,22 @@ def fit(
             "torchrun --nnodes N --nproc-per-node G --rdzv-endpoint HOST:PORT "
             "$(which geoseg) train ..."
         )
-    _clear_run_dir(run_dir, resume)
-    if cfg.train.devices > 1:
-        return _spawn(cfg, run_dir, resume)
-    return _run(
-        cfg, run_dir, resume, rank=0, world_size=1, local_rank=0, init_group=False, prepare=False
-    )
+    # A run that fails before writing anything (bad labels, an empty catalog) leaves no empty
+    # run folder behind.
+    with io.new_folders(run_dir):
+        _clear_run_dir(run_dir, resume)
+        if cfg.train.devices > 1:
+            return _spawn(cfg, run_dir, resume)
+        return _run(
+            cfg,
+            run_dir,
+            resume,
+            rank=0,
+            world_size=1,
+            local_rank=0,
+            init_group=False,
+            prepare=False,
+        )
 
 
 def _torchrun_env() -> tuple[int, int, int] | None:

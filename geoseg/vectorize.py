@@ -55,6 +55,7 @@ def class_names(mask: Path | str) -> list[str]:
     0-1, else ``class_0 ... class_<max>``.
     """
     with io.open_raster(mask, hint="pass a GeoTIFF mask") as src, io.reading(mask):
+        io.check_mask(src, mask)
         return io.mask_class_names(src)
 
 
@@ -141,6 +142,7 @@ def polygons(
         raise ConfigError(f"block_size={block_size} is too small; use e.g. 2048 (pixels)")
     sources = [mask, *([probabilities] if probabilities else [])]
     with io.open_raster(mask, hint="pass a GeoTIFF mask") as src, io.reading(*sources):
+        io.check_mask(src, mask)
         if src.crs is None and not allow_ungeoreferenced:
             raise RasterError(
                 f"{mask}: the mask has no CRS, so polygons cannot be placed on the "

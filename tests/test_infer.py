@@ -448,9 +448,10 @@ def test_nan_pixels_of_a_float_input_are_nodata(tmp_path: Path, make_geotiff) ->
         out = tmp_path / f"{path.stem}_mask.tif"
         res = _run(ck, path, "--out", out, "--overlap", 8, "--no-cog")
         assert res.exit_code == 0, res.stderr
-    with rasterio.open(tmp_path / "nan_mask.tif") as a, rasterio.open(
-        tmp_path / "declared_mask.tif"
-    ) as b:
+    with (
+        rasterio.open(tmp_path / "nan_mask.tif") as a,
+        rasterio.open(tmp_path / "declared_mask.tif") as b,
+    ):
         mask = a.read(1)
         assert ((mask == 255) == bad).all()
         assert set(np.unique(mask[~bad])) <= {0, 1}
@@ -481,8 +482,15 @@ def _rgba(path: Path, size: tuple[int, int] = (64, 80), seed: int = 0) -> Path:
     data[3] = 255
     data[3, :12, :20] = 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    profile = dict(driver="GTiff", width=size[1], height=size[0], count=4, dtype="uint8",
-                   crs="EPSG:32631", transform=from_origin(500000, 5000000, 0.5, 0.5))
+    profile = dict(
+        driver="GTiff",
+        width=size[1],
+        height=size[0],
+        count=4,
+        dtype="uint8",
+        crs="EPSG:32631",
+        transform=from_origin(500000, 5000000, 0.5, 0.5),
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
         dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]

@@ -42,7 +42,9 @@ def test_local_metres_round_trip() -> None:
         [0.0001**2 * 55_800 * 111_412, 0.01**2 * 93_490 * 110_900], rel=2e-3
     )
     back = frame.inverse(local)
-    assert all(shapely.equals_exact(a, b, tolerance=1e-12) for a, b in zip(back, geoms))
+    assert all(
+        shapely.equals_exact(a, b, tolerance=1e-12) for a, b in zip(back, geoms, strict=True)
+    )
     utm = units.LocalMetres(geoms, CRS.from_epsg(32631))  # a metre CRS needs no frame
     assert not utm.scaled and utm.forward(geoms) is geoms
 
