@@ -486,29 +486,12 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loader_generators(loader: Any) -> list[torch.Generator]:
-    """The torch.Generators a data loader draws from (itself, its sampler, batch sampler)."""
-    found: list[torch.Generator] = []
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    for obj in (
-        loader,
-        getattr(loader, "sampler", None),
-        batch_sampler,
-        getattr(batch_sampler, "sampler", None),
-    ):
-        gen = getattr(obj, "generator", None)
-        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
-            found.append(gen)
-    return found
-
-
 def _rng_state(loader: Any) -> dict[str, Any]:
     from geoseg import checkpoint
 
+    # The loader's own sampling state (its epoch): data.Loader draws from seeds, not generators.
     state = checkpoint.rng_state()
-    state["loader"] = [g.get_state() for g in _loader_generators(loader)]
-    if callable(getattr(loader, "state_dict", None)):
-        state["loader_state"] = loader.state_dict()
+    state["loader_state"] = loader.state_dict()
     return state
 
 
@@ -516,9 +499,7 @@ def _set_rng_state(state: dict[str, Any], loader: Any) -> None:
     from geoseg import checkpoint
 
     checkpoint.restore_rng_state(state)
-    for gen, gen_state in zip(_loader_generators(loader), state.get("loader", []), strict=False):
-        gen.set_state(gen_state)
-    if "loader_state" in state and callable(getattr(loader, "load_state_dict", None)):
+    if "loader_state" in state:
         loader.load_state_dict(state["loader_state"])
 
 
