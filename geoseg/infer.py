@@ -1066,11 +1066,14 @@ def _card_res_m(card: Any, card_crs: Any, crs: Any, x: float, y: float) -> float
     return float(card.res) * math.sqrt(float(mx) * float(my))
 
 
-def _value_sample(src: Any, bands: list[int]) -> np.ndarray:
+def _value_sample(src: Any, bands: list[int], *, overviews: bool = True) -> np.ndarray:
     """Valid, finite pixel values of ``bands`` as float64 (C, N), from a small sample: an
-    overview-sized read when the raster has overviews, else up to 3 x 3 windows across it."""
+    overview-sized read when the raster has overviews (and ``overviews``), else up to 3 x 3
+    windows across it. A remote raster is sampled in windows: full-resolution tiles that the
+    prediction reads next come from GDAL's HTTP cache, an overview's would be fetched too."""
     side = VALUE_SAMPLE_SIDE
-    if src.overviews(bands[0]) or (src.width <= side and src.height <= side):
+    small = src.width <= side and src.height <= side
+    if small or (overviews and src.overviews(bands[0])):
         scale = max(1.0, max(src.width, src.height) / side)
         shape = (len(bands), max(1, int(src.height / scale)), max(1, int(src.width / scale)))
         parts = [src.read(bands, out_shape=shape, masked=True)]
@@ -1090,7 +1093,9 @@ def _value_sample(src: Any, bands: list[int]) -> np.ndarray:
     return np.concatenate(cols, axis=1)
 
 
-def check_values(src: Any, path: Path | str, card: Any, source: str = "the checkpoint") -> None:
+def check_values(
+    src: Any, path: Path | str, card: Any, source: str = "the checkpoint", *, overviews: bool = True
+) -> None:
     """Refuse a raster whose pixel values the model cannot have learnt on.
 
     From a small sample of the raster's valid pixels (about 512² values), per band of the
@@ -1106,12 +1111,13 @@ def check_values(src: Any, path: Path | str, card: Any, source: str = "the check
         path: Its name, for the message.
         card: The model card (``mean``, ``std``, ``band_indexes``, optional ``dtype``).
         source: The checkpoint's name, for the message.
+        overviews: Sample the raster's overviews when it has some (False for remote rasters).
 
     Raises:
         RasterError: naming the file, what was found and expected, and ``--no-check-values``.
     """
     bands = list(card.band_indexes or range(1, card.in_channels + 1))
-    sample = _value_sample(src, bands)
+    sample = _value_sample(src, bands, overviews=overviews)
     if sample.shape[1] < 64:  # (almost) all nodata: nothing to judge
         return
     dtype = np.dtype(src.dtypes[bands[0] - 1])
@@ -1252,9 +1258,6 @@ def predict_raster(
         prec = "32"  # onnxruntime runs the exported graph in float32
     with io.open_raster(src, hint="check the file") as handle:
         _check_inputs(handle, src, card, ckpt, allow_ungeoreferenced)
-        if cfg.check_values:
-            with io.reading(src):
-                check_values(handle, src, card, ckpt.name)
         target = _resolution_target(handle, src, card, cfg.resample)
         profile = dict(width=handle.width, height=handle.height, transform=handle.transform)
         if handle.crs is not None:
@@ -1310,6 +1313,9 @@ def predict_raster(
         scheduler=cfg.scheduler,
         client=client,
     )
+    if cfg.check_values:
+        overviews = not remote.reads_remote(src)
+        job.check = lambda ds: check_values(ds, src, card, ckpt.name, overviews=overviews)
     with ExitStack() as claims:
         # Claimed before the work: an existing output, an output that is an input, another
         # run writing it or an unwritable folder fail now, not after the prediction.
@@ -1386,6 +1392,9 @@ class _Job:
     client: Any
     mask_out: io.Output | None = None  # the claimed outputs (their temporary files die with them)
     prob_out: io.Output | None = None
+    # check_values on the raster handle the prediction reads (its tiles stay in GDAL's block
+    # cache: a remote raster's are not fetched twice); None = not checked
+    check: Callable[[Any], None] | None = None
 
 
 def _predict_to(
@@ -1397,6 +1406,8 @@ def _predict_to(
     """
     settings = job.settings
     with _open_source(src, settings.target_res, settings.target_crs) as source, io.reading(src):
+        if job.check is not None:
+            job.check(source)
         plan = _Plan.make(source.width, source.height, job.patch_size, job.overlap, job.batch_size)
         grid_profile = dict(
             job.profile, width=source.width, height=source.height, transform=source.transform
