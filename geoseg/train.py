@@ -220,7 +220,12 @@ def _clear_run_dir(run_dir: Path, resume: bool) -> None:
 
 
 def fit(
-    cfg: PipelineConfig, run_dir: Path, *, resume: bool = False, overwrite: bool = False
+    cfg: PipelineConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    dataset: Any = None,
 ) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` and write the run folder (see the module docstring).
 
@@ -234,6 +239,11 @@ def fit(
         resume: Continue from ``run_dir/last.ckpt`` (settings of the new ``cfg`` apply, e.g. more
             ``epochs``; the model must be the same).
         overwrite: Start again in a run folder that holds a previous run's outputs.
+        dataset: Train on a user's torchgeo datasets instead of ``cfg.data.images``/``labels``:
+            ``Images(...) & Masks(...)`` (RasterDataset subclasses with their own
+            ``filename_regex``/bands), an (images, masks) pair, or an image dataset alone with
+            masks from ``cfg.data.labels``. Their files, bands, CRS and resolution are used;
+            config.yaml records the image files.
 
     Returns:
         A :class:`TrainResult` with the best and last checkpoints and the best epoch's metrics.
@@ -247,6 +257,13 @@ def fit(
     """
     run_dir = Path(run_dir)
     validate(cfg)
+    sources = None
+    if dataset is not None:
+        from geoseg import data
+
+        sources = data.sources_from_torchgeo(dataset)
+        cfg = cfg.model_copy(deep=True)
+        cfg.data.images = [str(p) for p in sources.images]
     _check_run_dir(run_dir, resume, overwrite)
     env = _torchrun_env()
     if env is not None:
@@ -272,6 +289,7 @@ def fit(
             local_rank=local_rank,
             init_group=True,
             prepare=True,
+            sources=sources,
         )
     if cfg.train.num_nodes > 1:
         raise ConfigError(
@@ -284,7 +302,7 @@ def fit(
     with io.new_folders(run_dir):
         _clear_run_dir(run_dir, resume)
         if cfg.train.devices > 1:
-            return _spawn(cfg, run_dir, resume)
+            return _spawn(cfg, run_dir, resume, sources)
         return _run(
             cfg,
             run_dir,
@@ -294,6 +312,7 @@ def fit(
             local_rank=0,
             init_group=False,
             prepare=False,
+            sources=sources,
         )
 
 
@@ -313,7 +332,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _spawn(cfg: PipelineConfig, run_dir: Path, resume: bool) -> TrainResult:
+def _spawn(cfg: PipelineConfig, run_dir: Path, resume: bool, sources: Any = None) -> TrainResult:
     import torch.multiprocessing as mp
 
     n = cfg.train.devices
@@ -336,7 +355,7 @@ def _spawn(cfg: PipelineConfig, run_dir: Path, resume: bool) -> TrainResult:
     try:
         mp.spawn(
             _spawned,
-            args=(n, port, cfg, run_dir, resume, queue, progress.enabled(), level),
+            args=(n, port, cfg, run_dir, resume, queue, progress.enabled(), level, sources),
             nprocs=n,
             join=True,
         )
@@ -367,6 +386,7 @@ def _spawned(
     queue: Any,
     bars: bool,
     level: int,
+    sources: Any = None,
 ) -> None:
     from geoseg import progress
 
@@ -387,6 +407,7 @@ def _spawned(
             local_rank=rank,
             init_group=True,
             prepare=False,
+            sources=sources,
         )
     except errors.GeosegError as err:
         queue.put(("error", (type(err).__name__, str(err))))
@@ -489,7 +510,7 @@ def _seed_everything(seed: int) -> None:
 def _rng_state(loader: Any) -> dict[str, Any]:
     from geoseg import checkpoint
 
-    # The loader's own sampling state (its epoch): data.Loader draws from seeds, not generators.
+    # The loader's own sampling state (epoch, batches handed out): it draws from seeds.
     state = checkpoint.rng_state()
     state["loader_state"] = loader.state_dict()
     return state
@@ -571,6 +592,7 @@ def _run_scoped(
     local_rank: int,
     init_group: bool,
     prepare: bool,
+    sources: Any = None,
 ) -> TrainResult:
     from geoseg import data
 
@@ -615,6 +637,7 @@ def _run_scoped(
             rank=rank,
             world_size=world_size,
             patches_per_epoch=cfg.train.patches_per_epoch,
+            sources=sources,
         )
         if dist_.main:
             dist_.barrier()
@@ -710,9 +733,9 @@ class _Trainer:
     def image_dtype(self) -> str | None:
         """The training images' dtype (the first tile's), recorded in the model card so that
         ``infer`` can refuse inputs of another value range; None when there is no tile."""
-        recorded = getattr(self.td, "dtype", None)
-        if recorded:
-            return str(recorded)
+        dataset = getattr(self.td, "dataset", None)
+        if dataset is not None and hasattr(dataset, "image_dtype"):  # geoseg's GeoRasterDataset
+            return str(np.dtype(dataset.image_dtype))
         if not self.td.tiles:
             return None
         import warnings
