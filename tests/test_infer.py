@@ -564,3 +564,55 @@ def test_values_of_the_training_kind_pass(tmp_path: Path, make_geotiff) -> None:
         infer.check_values(d, src, checkpoint.load(ck16).card)
     with rasterio.open(src) as d, pytest.raises(RasterError, match="outside the uint8 range"):
         infer.check_values(d, src, checkpoint.load(ck).card)
+
+
+@pytest.mark.slow
+def test_rgba_files_a_model_was_trained_on_are_predicted(demo_data, tmp_path: Path) -> None:
+    # Train on RGBA copies of the demo tiles (alpha 0 = outside the image), then predict the
+    # same files: the card lists bands 1-3 and the training dtype; alpha 0 becomes nodata.
+    from rasterio.enums import ColorInterp
+
+    rgba = tmp_path / "rgba"
+    rgba.mkdir()
+    # (the tiles in the first tile's UTM zone: warping an RGBA file onto another zone's grid
+    # fails in geoseg.data's warp cache, reported to the data package)
+    same_zone = [
+        i
+        for i, w in zip(demo_data.images, demo_data.crs_wkts, strict=True)
+        if w == demo_data.crs_wkts[0]
+    ]
+    for image in same_zone:
+        with rasterio.open(image) as src:
+            profile, data, valid = src.profile, src.read(), src.dataset_mask()
+        valid[:32, :48] = 0
+        profile.update(count=4, nodata=None)
+        with rasterio.open(rgba / image.name, "w", **profile) as dst:
+            dst.write(np.concatenate([data, valid[None]]))
+            dst.colorinterp = [
+                ColorInterp.red,
+                ColorInterp.green,
+                ColorInterp.blue,
+                ColorInterp.alpha,
+            ]
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text(
+        "data:\n  split: {method: blocks, block_size: 128, ratios: [0.6, 0.2, 0.2], seed: 0}\n"
+        "train:\n  patches_per_epoch: 8\n"
+    )
+    run = tmp_path / "run"
+    tiny = ["--width", "8", "--patch-size", "64", "--batch-size", "4", "--epochs", "1"]
+    res = runner.invoke(
+        app,
+        ["-q", "train", str(rgba), "--labels", str(demo_data.masks[0].parent), "--out", str(run)]
+        + ["--config", str(cfg), *tiny],
+    )
+    assert res.exit_code == 0, (res.output, res.exception)
+    card = checkpoint.load(run / "best.ckpt").card
+    assert card.band_indexes == [1, 2, 3] and card.in_channels == 3 and card.dtype == "uint8"
+    src = rgba / demo_data.images[0].name
+    out = tmp_path / "m.tif"
+    res = _run(run / "best.ckpt", src, "--out", out, "--overlap", 16)
+    assert res.exit_code == 0, res.stderr
+    _same_grid(out, src)
+    with rasterio.open(out) as d:
+        assert (d.read(1)[:32, :48] == 255).all()
