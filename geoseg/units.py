@@ -10,6 +10,7 @@ national grids) keep their nominal unit, so their numbers stay exactly as writte
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -89,6 +90,8 @@ def true_scale(crs: Any, x: float, y: float, *, area: bool = False) -> bool:
     if _pyproj(crs).geodetic_crs is None:  # an engineering CRS: nothing to measure it against
         return True
     mx, my = (float(m) / nominal for m in metres_per_unit(crs, x, y))
+    if not (math.isfinite(mx) and math.isfinite(my)):  # outside the projection's domain
+        return True
     if area:
         return abs(mx * my - 1) <= TRUE_SCALE_TOLERANCE
     return abs(mx - 1) <= TRUE_SCALE_TOLERANCE and abs(my - 1) <= TRUE_SCALE_TOLERANCE
@@ -101,8 +104,11 @@ def pixel_size_m(crs: Any, transform: Any, width: int, height: int) -> tuple[flo
     if crs is None:
         return abs(transform.a), abs(transform.e)
     cx, cy = transform @ (width / 2, height / 2)
-    mx, my = metres_per_unit(crs, cx, cy)
-    return abs(transform.a) * float(mx), abs(transform.e) * float(my)
+    mx, my = (float(m) for m in metres_per_unit(crs, cx, cy))
+    if not (math.isfinite(mx) and math.isfinite(my) and mx > 0 and my > 0):
+        # outside the projection's domain: its nominal unit (degrees: at the equator)
+        mx = my = nominal_metres_per_unit(crs) or 111_320.0
+    return abs(transform.a) * mx, abs(transform.e) * my
 
 
 def utm_crs(crs: Any, x: float, y: float) -> Any:
@@ -150,7 +156,9 @@ class LocalMetres:
             return
         centre = shapely.get_coordinates(shapely.centroid(geoms))
         mx, my = metres_per_unit(crs, centre[:, 0], centre[:, 1])
-        self.factor = np.column_stack([mx, my])
+        factor = np.column_stack([mx, my])
+        ok = np.isfinite(factor) & (factor > 0)  # (outside the projection's domain: nominal)
+        self.factor = np.where(ok, factor, nominal or 111_320.0)
         self.centre = centre
         self.scaled = True
 
