@@ -88,8 +88,10 @@ class ModelCard(BaseModel):
     numbers of the source rasters, ``mean``/``std`` the normalisation per band, in the rasters'
     units). ``class_ids[i]`` is the mask value written for ``class_names[i]``; logits channel i
     is class i. ``patch_size`` is in pixels, ``res`` in CRS units per pixel, ``crs_wkt`` the
-    training CRS as WKT. Keys of cards written by other versions that are not fields here (such
-    as ``nodata``, never filled) are ignored when a checkpoint is read.
+    training CRS as WKT, ``dtype`` the training images' pixel type (``uint8``, ``uint16``,
+    ``float32``...; None in cards written before it was recorded): ``infer`` refuses inputs whose
+    values a model trained on it cannot have seen. Keys of cards written by other versions that
+    are not fields here (such as ``nodata``, never filled) are ignored when a checkpoint is read.
     ``target`` is what the classes mean: ``semantic`` (the classes as named) or ``instances``
     (background, interior, edge, contact of buildings, see :mod:`geoseg.instances`; the masks
     ``infer`` writes are then tagged so that ``vectorize`` separates touching buildings), with
@@ -112,6 +114,7 @@ class ModelCard(BaseModel):
     patch_size: int = Field(ge=1)
     res: float | None = None
     crs_wkt: str | None = None
+    dtype: str | None = None
     epoch: int = 0
     metrics: dict[str, Any] = Field(default_factory=dict)
     created: str = Field(default_factory=_now)

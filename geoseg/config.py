@@ -216,6 +216,9 @@ class InferConfig(_Section):
     """Also write per-class probabilities next to each mask (``*_prob.tif``)."""
     resample: bool = False
     """Predict at the training pixel size (resampled on the fly) when an input's differs."""
+    check_values: bool = True
+    """Refuse inputs whose pixel values cannot match the training data (e.g. uint16 against a
+    uint8-trained model, reflectance 0-1 against 0-255); false = predict them anyway."""
 
     @field_validator("inputs", mode="before")
     @classmethod

@@ -75,8 +75,8 @@ def objects(
         'matches'}``; ``matches`` lists ``{'prediction': row, 'truth': row, 'iou'}`` (rows are
         positions in the inputs as read).
     """
-    pred_name, pred = _read_vector(prediction)
-    truth_name, ref = _read_vector(truth)
+    pred_name, pred = _read_vector(prediction, role="prediction")
+    truth_name, ref = _read_vector(truth, role="truth")
     pred, pred_pos = _in_regions(pred, regions)
     ref, ref_pos = _in_regions(ref, regions)
     pred, ref = _common_projected_crs(pred, ref, pred_name, truth_name)
@@ -219,13 +219,16 @@ def _polygonal(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return geoms[keep], rows[keep]
 
 
-def _read_vector(source: Path | str | Any) -> tuple[str, Any]:
+def _read_vector(source: Path | str | Any, role: str = "polygons") -> tuple[str, Any]:
     import geopandas as gpd
 
     if isinstance(source, gpd.GeoDataFrame):
-        return "<GeoDataFrame>", source.reset_index(drop=True)
+        gdf = source.reset_index(drop=True)
+        io.require_polygons(gdf, "<GeoDataFrame>", role=role)
+        return "<GeoDataFrame>", gdf
     path = Path(source)
     gdf = io.read_vector(path)
+    io.require_polygons(gdf, path, role=role)
     if gdf.crs is not None and gdf.crs.is_geographic and len(gdf):
         # A common mistake: projected coordinates in a file that declares longitude/latitude.
         b = gdf.total_bounds
@@ -338,6 +341,8 @@ def confusion_matrix(
         io.open_raster(truth_path, hint="pass a mask GeoTIFF") as ref,
         io.reading(pred_path, truth_path),
     ):
+        io.check_mask(pred, pred_path, role="prediction")
+        io.check_mask(ref, truth_path, role="truth")
         same = (
             ref.crs == pred.crs
             and ref.transform.almost_equals(pred.transform)
@@ -491,6 +496,7 @@ def _pixels_with_vector(
     from geoseg.metrics import ConfusionMatrix
 
     with io.open_raster(raster, hint="pass a mask GeoTIFF") as src, io.reading(raster):
+        io.check_mask(src, raster, role="prediction" if raster_is_prediction else "truth")
         geoms = (
             polygons.to_crs(src.crs).geometry.values.to_numpy()
             if (polygons.crs is not None and src.crs is not None)
@@ -586,6 +592,12 @@ def _evaluate(
 ) -> dict[str, Any]:
     kinds = (io.file_kind(prediction), io.file_kind(truth))
     out: dict[str, Any] = {"prediction": remote.to_url(prediction), "truth": remote.to_url(truth)}
+    # A raster must be a mask (one band of class ids), before any work (a vector file is checked
+    # for polygons when it is read).
+    for path, kind, role in ((prediction, kinds[0], "prediction"), (truth, kinds[1], "truth")):
+        if kind == "raster":
+            with io.open_raster(path, hint="pass a mask GeoTIFF") as src, io.reading(path):
+                io.check_mask(src, path, role=role)
     if kinds == ("raster", "raster"):
         out["mode"] = "pixels"
         out.update(pixels(prediction, truth, class_names=class_names))
@@ -595,11 +607,11 @@ def _evaluate(
     else:
         raster, vector = (prediction, truth) if kinds[0] == "raster" else (truth, prediction)
         out["mode"] = "objects+pixels"
+        _, vec = _read_vector(vector, role="truth" if kinds[0] == "raster" else "prediction")
         names = list(class_names) if class_names else vectorize.class_names(raster)
         lower = [n.lower() for n in names]
         building = lower.index("building") if "building" in lower else len(names) - 1
         polys = vectorize.polygons(raster, classes=[building], allow_ungeoreferenced=True)
-        _, vec = _read_vector(vector)
         scored = (polys, vec) if kinds[0] == "raster" else (vec, polys)
         # Pixel metrics first: they give the clearer no-overlap error (with the raster's extent).
         pix = _pixels_with_vector(

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
@@ -63,12 +63,29 @@ PROB_SCALE = 254  # probability p is stored as round(p * 254); 255 is nodata
 BLOCKSIZE = io.MASK_BLOCKSIZE
 EMIT_ROWS = 64  # finished rows are divided, argmax-ed and queued for writing in pieces this tall
 RES_TOLERANCE = 0.25
+#: An input band whose median lies further than this many training standard deviations from the
+#: training mean cannot be what the model learnt on (refused); beyond VALUE_Z_WARN: a warning.
+VALUE_Z_LIMIT = 10.0
+VALUE_Z_WARN = 4.0
+#: A float band whose values all lie within this fraction of the training values' size
+#: (|mean| + std) is scaled differently (reflectance 0-1 against 0-255 counts): refused.
+VALUE_SCALE_LIMIT = 0.02
+#: Refused when more sampled pixels than this lie outside the training dtype's range.
+OUT_OF_RANGE_LIMIT = 0.01
+VALUE_SAMPLE_SIDE = 512  # pixels per side of the sample read by check_values
 # GDAL's block cache, 64 MiB: bounds RSS yet holds the tiles a strip of patches shares with the
 # next one. rasterio hands an int to GDALSetCacheMax64, i.e. BYTES: the former value 64 meant 64
 # bytes, so every strip decoded (and, for a remote COG, fetched) its tiles again: 3x the bytes.
 GDAL_ENV = {"GDAL_CACHEMAX": 64 * 2**20, "GDAL_NUM_THREADS": "ALL_CPUS"}
 
-__all__ = ["predict_raster", "predict", "output_paths", "probability_path", "client_for"]
+__all__ = [
+    "check_values",
+    "client_for",
+    "output_paths",
+    "predict",
+    "predict_raster",
+    "probability_path",
+]
 
 # --------------------------------------------------------------------------------------------
 # Settings that travel to dask workers (plain, picklable data only)
@@ -131,6 +148,7 @@ class _Settings:
     num_classes: int
     class_values: tuple[int, ...]
     target_res: float | None = None  # resample the input to this pixel size on the fly
+    target_crs: str | None = None  # ... in this CRS (WKT; a geographic input's UTM zone)
     threads: int | None = None  # torch threads in a dask worker
     with_probabilities: bool = False
     # GDAL options for a remote input (geoseg.remote), so workers read it the same way;
@@ -296,8 +314,11 @@ def _make_forward(
 
 
 @contextmanager
-def _open_source(path: str | Path, target_res: float | None) -> Iterator[Any]:
-    """The raster to predict: the file itself, or a WarpedVRT of it at ``target_res``."""
+def _open_source(
+    path: str | Path, target_res: float | None, target_crs: str | None = None
+) -> Iterator[Any]:
+    """The raster to predict: the file itself, or a WarpedVRT of it at ``target_res`` (in the
+    input's CRS, or reprojected into ``target_crs``, WKT, with that CRS's units)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as src:
@@ -306,36 +327,82 @@ def _open_source(path: str | Path, target_res: float | None) -> Iterator[Any]:
                 return
             from rasterio.vrt import WarpedVRT
 
-            width, height, transform = _resampled_grid(src, target_res)
+            crs = rasterio.crs.CRS.from_wkt(target_crs) if target_crs else src.crs
+            width, height, transform = _resampled_grid(src, target_res, crs)
+            extra: dict[str, Any] = {}
+            if target_crs and src.nodata is None and not _has_alpha(src):
+                # Corners of the reprojected grid outside the input are nodata, not zeros.
+                extra["add_alpha"] = True
             with WarpedVRT(
                 src,
-                crs=src.crs,
+                crs=crs,
                 transform=transform,
                 width=width,
                 height=height,
                 resampling=Resampling.bilinear,
+                **extra,
             ) as vrt:
                 yield vrt
 
 
-def _resampled_grid(src: Any, target_res: float) -> tuple[int, int, Any]:
+def _resampled_grid(src: Any, target_res: float, crs: Any = None) -> tuple[int, int, Any]:
+    """(width, height, transform) of ``src``'s extent at ``target_res`` (in ``crs``, default the
+    source's own CRS: the same bounds, square pixels)."""
     from rasterio.transform import from_origin
 
+    if crs is not None and crs != src.crs:
+        from rasterio.warp import calculate_default_transform
+
+        transform, width, height = calculate_default_transform(
+            src.crs, crs, src.width, src.height, *src.bounds, resolution=target_res
+        )
+        return int(width), int(height), transform
     left, bottom, right, top = src.bounds
     width = max(1, math.ceil((right - left) / target_res - 1e-6))
     height = max(1, math.ceil((top - bottom) / target_res - 1e-6))
     return width, height, from_origin(left, top, target_res, target_res)
 
 
+def _has_alpha(src: Any) -> bool:
+    return ColorInterp.alpha in src.colorinterp
+
+
 def _all_valid(src: Any) -> bool:
     return all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums)
 
 
-def _valid_rows(src: Any, y0: int, y1: int) -> np.ndarray | None:
-    """Boolean (h, W) of pixels where the input has data (any band valid), or None = all valid."""
-    if _all_valid(src):
+def _valid_rows(src: Any, y0: int, y1: int, bands: tuple[int, ...] = ()) -> np.ndarray | None:
+    """Boolean (h, W) of pixels where the input has data (any band valid, as GDAL's mask
+    says: nodata value, internal mask or alpha band) and, in a float raster, every one of
+    ``bands`` is finite: NaN is nodata whether or not the file declares it. None = all valid.
+    """
+    window = Window(0, y0, src.width, y1 - y0)
+    valid = None if _all_valid(src) else src.dataset_mask(window=window) > 0
+    if bands and np.dtype(src.dtypes[0]).kind == "f":
+        valid = _and_finite(valid, src.read(list(bands), window=window))
+    return valid
+
+
+def _and_finite(valid: np.ndarray | None, data: np.ndarray) -> np.ndarray | None:
+    """``valid`` and where every band of a float (C, h, W) block is finite (None = all)."""
+    if data.dtype.kind != "f":
+        return valid
+    finite = np.isfinite(data).all(0)
+    if finite.all():
+        return valid
+    return finite if valid is None else valid & finite
+
+
+def _output_valid(src: Any, y0: int, h: int, settings: _Settings) -> np.ndarray | None:
+    """Where rows [y0, y0 + h) of the predicted grid get a class (None = everywhere).
+
+    A resampled grid is predicted everywhere: the mask warped back onto the input's grid takes
+    its nodata from the input itself, and a resampled pixel half outside the input (or next to
+    its nodata) still gives the class of input pixels that are valid.
+    """
+    if settings.target_res is not None:
         return None
-    return src.dataset_mask(window=Window(0, y0, src.width, y1 - y0)) > 0
+    return _valid_rows(src, y0, y0 + h, settings.band_indexes)
 
 
 def _patch_index_range(plan: _Plan, rh: int, r1: int) -> tuple[int, int]:
@@ -377,8 +444,9 @@ def _read_batches(
             if r not in strips:
                 y0 = plan.rows[r]
                 h = min(P, plan.height)
-                data = _torch_friendly(src.read(idx, window=Window(0, y0, plan.width, h)))
-                valid = _valid_rows(src, y0, y0 + h)
+                raw = src.read(idx, window=Window(0, y0, plan.width, h))
+                valid = _and_finite(_valid_rows(src, y0, y0 + h), raw)
+                data = _torch_friendly(raw)
                 strips.clear()  # patches come in row-major order: an old strip is never needed
                 strips[r] = (data, None if valid is None else ~valid)
             data, bad = strips[r]
@@ -719,8 +787,9 @@ def _write_block(
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with (
             rasterio.Env(**GDAL_ENV, **dict(settings.gdal_options)),
-            _open_source(src_path, settings.target_res) as src,
-            _open_source(src_path, settings.target_res) as mask_src,  # the reader thread has src
+            _open_source(src_path, settings.target_res, settings.target_crs) as src,
+            # the reader thread has src
+            _open_source(src_path, settings.target_res, settings.target_crs) as mask_src,
             io.reading(src_path),
             _Outputs(
                 profile,
@@ -736,7 +805,7 @@ def _write_block(
             try:
                 for y0, probs in _stream(src, plan, settings, forward, r0, r1):
                     h = probs.shape[1]
-                    cls, prb = _finalize(probs, _valid_rows(mask_src, y0, y0 + h), settings)
+                    cls, prb = _finalize(probs, _output_valid(mask_src, y0, h, settings), settings)
                     writer.put(y0 - start, cls, prb)
             finally:
                 writer.close()
@@ -874,9 +943,14 @@ def _run_dask(
 def _check_inputs(src: Any, path: Path, card: Any, ckpt: Path, allow_ungeoreferenced: bool) -> None:
     indexes = list(card.band_indexes or range(1, card.in_channels + 1))
     all_bands = indexes == list(range(1, card.in_channels + 1))
-    if max(indexes) > src.count or (all_bands and src.count != card.in_channels):
+    # An alpha band is no image band: training leaves it out (catalog.alpha_band) and uses it
+    # as the validity mask, and so does infer (GDAL's dataset mask is the alpha band).
+    alpha = [i for i, ci in enumerate(src.colorinterp, 1) if ci == ColorInterp.alpha]
+    image_bands = src.count - len([i for i in alpha if i not in indexes])
+    if max(indexes) > src.count or (all_bands and image_bands != card.in_channels):
+        found = f"{src.count} band(s)" + (f" (band {alpha[0]} alpha)" if alpha else "")
         raise RasterError(
-            f"{path}: has {src.count} band(s) but the checkpoint {ckpt.name} expects "
+            f"{path}: has {found} but the checkpoint {ckpt.name} expects "
             f"{card.in_channels} (bands {indexes}); use an image with {card.in_channels} band(s) "
             "or a checkpoint trained on this kind of image"
         )
@@ -887,26 +961,221 @@ def _check_inputs(src: Any, path: Path, card: Any, ckpt: Path, allow_ungeorefere
         )
 
 
-def _resolution_target(src: Any, path: Path, card: Any, resample: bool) -> float | None:
+def _resolution_target(
+    src: Any, path: Path, card: Any, resample: bool
+) -> tuple[float, str | None] | None:
+    """The pixel size (and CRS as WKT, None = the input's own) to predict ``src`` at, or None
+    to predict it as it is; warns when the pixel sizes differ and ``resample`` is off.
+
+    In the checkpoint's CRS (or without one) pixel sizes are compared in CRS units, as the
+    model saw them. Across CRSs (a UTM-trained model on a longitude/latitude or a feet raster)
+    they are compared as ground metres at the raster's centre (:mod:`geoseg.units`): the card's
+    0.5 m is never taken as 0.5°. A geographic raster is then predicted through the UTM zone of
+    its centre (square metre pixels) and the mask warped back onto its exact grid.
+    """
     if src.crs is None or not getattr(card, "res", None):
         return None
-    res = abs(src.res[0])
-    diff = abs(res - card.res) / card.res
+    card_crs = _card_crs(card)
+    if card_crs is None or card_crs == src.crs:
+        res = abs(src.res[0])
+        diff = abs(res - card.res) / card.res
+        if resample and diff > 0.01:
+            log.info(
+                "%s: resampling %.4g -> %.4g CRS units per pixel for the model",
+                path,
+                res,
+                card.res,
+            )
+            return float(card.res), None
+        if diff > RES_TOLERANCE:
+            log.warning(
+                "%s: pixel size %.4g differs from the training pixel size %.4g by %.0f%%; results "
+                "may be poor: pass --resample to resample on the fly",
+                path,
+                res,
+                card.res,
+                100 * diff,
+            )
+        return None
+    from geoseg import units
+
+    cx, cy = src.transform @ (src.width / 2, src.height / 2)
+    train_m = _card_res_m(card, card_crs, src.crs, cx, cy)
+    sx, sy = units.pixel_size_m(src.crs, src.transform, src.width, src.height)
+    diff = max(abs(sx - train_m), abs(sy - train_m)) / train_m
+    own = f"{abs(src.res[0]):.3g} x {abs(src.res[1]):.3g} " + (
+        "degrees" if src.crs.is_geographic else "CRS units"
+    )
     if resample and diff > 0.01:
-        log.info(
-            "%s: resampling %.4g -> %.4g CRS units per pixel for the model", path, res, card.res
-        )
-        return float(card.res)
+        if src.crs.is_geographic:
+            utm = units.utm_crs(src.crs, cx, cy)
+            log.info(
+                "%s: predicting through %s at %.4g m per pixel (the input's pixels: %.3g x %.3g m, "
+                "%s); the mask is warped back onto the input's grid",
+                path,
+                utm.to_string(),
+                train_m,
+                sx,
+                sy,
+                own,
+            )
+            return train_m, utm.to_wkt()
+        mx, my = units.metres_per_unit(src.crs, cx, cy)
+        res = train_m / math.sqrt(float(mx) * float(my))
+        log.info("%s: resampling %s -> %.4g CRS units per pixel (%.4g m)", path, own, res, train_m)
+        return res, None
     if diff > RES_TOLERANCE:
         log.warning(
-            "%s: pixel size %.4g differs from the training pixel size %.4g by %.0f%%; results may "
-            "be poor: pass --resample to resample on the fly",
+            "%s: pixel size %.2g x %.2g m (%s) differs from the training pixel size %.3g m by "
+            "%.0f%%; results may be poor: pass --resample to predict at %.3g m%s",
             path,
-            res,
-            card.res,
+            sx,
+            sy,
+            own,
+            train_m,
             100 * diff,
+            train_m,
+            " (through the raster's UTM zone)" if src.crs.is_geographic else "",
         )
     return None
+
+
+def _card_crs(card: Any) -> Any:
+    """The checkpoint's training CRS (rasterio), or None when the card has none."""
+    wkt = getattr(card, "crs_wkt", None)
+    if not wkt:
+        return None
+    try:
+        return rasterio.crs.CRS.from_wkt(wkt)
+    except rasterio.errors.CRSError:
+        return None
+
+
+def _card_res_m(card: Any, card_crs: Any, crs: Any, x: float, y: float) -> float:
+    """The card's training pixel size in metres: its CRS unit for a projected CRS, the ground
+    length of its degrees at the point (x, y) of ``crs`` for a geographic one."""
+    from geoseg import units
+
+    nominal = units.nominal_metres_per_unit(card_crs)
+    if nominal is not None:
+        return float(card.res) * nominal
+    from rasterio.warp import transform as warp_points
+
+    xs, ys = warp_points(crs, card_crs, [x], [y])
+    mx, my = units.metres_per_unit(card_crs, xs[0], ys[0])
+    return float(card.res) * math.sqrt(float(mx) * float(my))
+
+
+def _value_sample(src: Any, bands: list[int], *, overviews: bool = True) -> np.ndarray:
+    """Valid, finite pixel values of ``bands`` as float64 (C, N), from a small sample: an
+    overview-sized read when the raster has overviews (and ``overviews``), else up to 3 x 3
+    windows across it. A remote raster is sampled in windows: full-resolution tiles that the
+    prediction reads next come from GDAL's HTTP cache, an overview's would be fetched too."""
+    side = VALUE_SAMPLE_SIDE
+    small = src.width <= side and src.height <= side
+    if small or (overviews and src.overviews(bands[0])):
+        scale = max(1.0, max(src.width, src.height) / side)
+        shape = (len(bands), max(1, int(src.height / scale)), max(1, int(src.width / scale)))
+        parts = [src.read(bands, out_shape=shape, masked=True)]
+    else:
+        w, h = min(src.width, side // 3), min(src.height, side // 3)
+        parts = [
+            src.read(bands, window=Window(x, y, w, h), masked=True)
+            for y in np.linspace(0, src.height - h, 3).astype(int)
+            for x in np.linspace(0, src.width - w, 3).astype(int)
+        ]
+    cols = []
+    for part in parts:
+        data = np.ma.getdata(part).reshape(len(bands), -1).astype(np.float64)
+        ok = ~np.ma.getmaskarray(part).reshape(len(bands), -1).any(0)
+        ok &= np.isfinite(data).all(0)
+        cols.append(data[:, ok])
+    return np.concatenate(cols, axis=1)
+
+
+def check_values(
+    src: Any, path: Path | str, card: Any, source: str = "the checkpoint", *, overviews: bool = True
+) -> None:
+    """Refuse a raster whose pixel values the model cannot have learnt on.
+
+    From a small sample of the raster's valid pixels (about 512² values), per band of the
+    card's ``band_indexes``: more than 1 % of them outside the range of the training dtype
+    (``card.dtype``: uint16 values above 255 against a uint8-trained model, negative int16), a
+    median more than :data:`VALUE_Z_LIMIT` training standard deviations from the training mean,
+    or a float band whose values all lie within 2 % of the training values' size (|mean| + std:
+    reflectance 0-1 against a model trained on 0-255 counts). Such inputs give garbage masks
+    without any other sign; a median beyond :data:`VALUE_Z_WARN` standard deviations only warns.
+
+    Args:
+        src: The open raster (rasterio dataset).
+        path: Its name, for the message.
+        card: The model card (``mean``, ``std``, ``band_indexes``, optional ``dtype``).
+        source: The checkpoint's name, for the message.
+        overviews: Sample the raster's overviews when it has some (False for remote rasters).
+
+    Raises:
+        RasterError: naming the file, what was found and expected, and ``--no-check-values``.
+    """
+    bands = list(card.band_indexes or range(1, card.in_channels + 1))
+    sample = _value_sample(src, bands, overviews=overviews)
+    if sample.shape[1] < 64:  # (almost) all nodata: nothing to judge
+        return
+    dtype = np.dtype(src.dtypes[bands[0] - 1])
+    trained = np.dtype(card.dtype) if getattr(card, "dtype", None) else None
+    fix = (
+        "rescale it to the training range (e.g. gdal_translate -scale -ot "
+        f"{_gdal_type(trained) if trained is not None else 'Byte'}), use a checkpoint trained "
+        "on this kind of image, or pass --no-check-values to predict it anyway"
+    )
+    if trained is not None and trained.kind in "ui" and trained != dtype:
+        info = np.iinfo(trained)
+        outside = (sample < info.min) | (sample > info.max)
+        if outside.mean() > OUT_OF_RANGE_LIMIT:
+            raise RasterError(
+                f"{path}: {outside.mean():.0%} of its sampled pixels ({dtype}, "
+                f"{sample.min():g}..{sample.max():g}) are outside the {trained} range "
+                f"{info.min}..{info.max} that {source} was trained on; {fix}"
+            )
+    for k, band in enumerate(bands):
+        mean, std = float(card.mean[k]), float(card.std[k])
+        if not std > 1e-3 * max(1.0, abs(mean)):  # a constant training band: nothing to compare
+            continue
+        values = sample[k]
+        median = float(np.median(values))
+        z = (median - mean) / std
+        lo, hi = (float(v) for v in np.percentile(values, [1, 99]))
+        if abs(z) > VALUE_Z_LIMIT:
+            raise RasterError(
+                f"{path}: band {band} has a median of {median:g} ({dtype}, {lo:g}..{hi:g}), "
+                f"{abs(z):.0f} standard deviations from the training mean {mean:g} "
+                f"(std {std:g}{f', {trained}' if trained is not None else ''}) of {source}; "
+                f"{fix}"
+            )
+        scale = abs(mean) + std  # the size of the training values
+        if dtype.kind == "f" and lo < hi and max(abs(lo), abs(hi)) < VALUE_SCALE_LIMIT * scale:
+            raise RasterError(
+                f"{path}: band {band} spans only {lo:g}..{hi:g} ({dtype}) where the data "
+                f"{source} was trained on has a mean of {mean:g} (std {std:g}): scaled "
+                f"differently (e.g. reflectance 0-1 against counts 0-255); {fix}"
+            )
+        if abs(z) > VALUE_Z_WARN:
+            log.warning(
+                "%s: band %d has a median of %g, %.0f standard deviations from the training mean "
+                "%g (std %g) of %s; results may be poor",
+                path,
+                band,
+                median,
+                abs(z),
+                mean,
+                std,
+                source,
+            )
+
+
+def _gdal_type(dtype: np.dtype) -> str:
+    names = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32"}
+    names.update(int32="Int32", float32="Float32", float64="Float64")
+    return names.get(dtype.name, dtype.name)
 
 
 def settings_from(settings: InferConfig | None = None, **overrides: Any) -> InferConfig:
@@ -941,7 +1210,8 @@ def predict_raster(
     Args:
         src: Input GeoTIFF; the checkpoint's ``band_indexes`` (1-based) are read from it.
         dst: Output mask: uint8 class ids (the card's ``class_ids``), 255 = nodata where the
-            input is nodata; exactly ``src``'s CRS, transform, width and height.
+            input is nodata (declared nodata, internal mask, alpha band 0, NaN or infinite in
+            a float band); exactly ``src``'s CRS, transform, width and height.
         checkpoint: A geoseg checkpoint (weights + model card; the card supplies bands,
             normalisation, class names, patch size and training pixel size).
         settings: The inference settings: ``patch_size`` (default: the card's; divisible by
@@ -954,8 +1224,10 @@ def predict_raster(
             processes; 1 = in process, streaming), ``scheduler`` (``tcp://host:port`` of an
             existing dask cluster whose workers see the same paths), ``resample`` (predict at
             the training pixel size, WarpedVRT bilinear, and bring the mask back to the input
-            grid, nearest, when the pixel sizes differ), ``probabilities`` (write
-            ``<dst stem>_prob.tif`` when no ``probabilities`` path is given).
+            grid, nearest, when the pixel sizes differ; compared in ground metres across CRSs,
+            and a geographic input is predicted through its UTM zone), ``probabilities`` (write
+            ``<dst stem>_prob.tif`` when no ``probabilities`` path is given), ``check_values``
+            (refuse inputs whose values cannot match the training data: :func:`check_values`).
         probabilities: Also write a probability GeoTIFF here: one uint8 band per class,
             ``round(p * 254)`` (p = value / 254), 255 = nodata.
         overwrite: Replace existing outputs.
@@ -968,7 +1240,7 @@ def predict_raster(
         input and the model's batch, independent of the raster's height.
 
     Raises:
-        InputNotFoundError, RasterError (bands, CRS), CheckpointError, OutputExistsError,
+        InputNotFoundError, RasterError (bands, CRS, values), CheckpointError, OutputExistsError,
         SchedulerError, ConfigError (bad settings, patch size or overlap).
     """
     cfg = settings_from(settings, **overrides)
@@ -986,7 +1258,7 @@ def predict_raster(
         prec = "32"  # onnxruntime runs the exported graph in float32
     with io.open_raster(src, hint="check the file") as handle:
         _check_inputs(handle, src, card, ckpt, allow_ungeoreferenced)
-        target_res = _resolution_target(handle, src, card, cfg.resample)
+        target = _resolution_target(handle, src, card, cfg.resample)
         profile = dict(width=handle.width, height=handle.height, transform=handle.transform)
         if handle.crs is not None:
             profile["crs"] = handle.crs
@@ -1012,7 +1284,8 @@ def predict_raster(
         std=tuple(float(s) or 1.0 for s in card.std),
         num_classes=len(class_names),
         class_values=tuple(class_values),
-        target_res=target_res,
+        target_res=target[0] if target else None,
+        target_crs=target[1] if target else None,
         with_probabilities=probabilities is not None,
         gdal_options=tuple(remote.worker_options([src]).items()),
     )
@@ -1042,6 +1315,9 @@ def predict_raster(
         scheduler=cfg.scheduler,
         client=client,
     )
+    if cfg.check_values:
+        overviews = not remote.reads_remote(src)
+        job.check = lambda ds: check_values(ds, src, card, ckpt.name, overviews=overviews)
     with ExitStack() as claims:
         # Claimed before the work: an existing output, an output that is an input, another
         # run writing it or an unwritable folder fail now, not after the prediction.
@@ -1054,7 +1330,7 @@ def predict_raster(
         mask_tmp = job.mask_out.temp()
         prob_tmp = job.prob_out.temp() if job.prob_out is not None else None
         with remote.env([src], **GDAL_ENV):
-            if target_res is None:
+            if target is None:
                 _predict_to(src, job, mask_tmp, prob_tmp, final=not cfg.cog)
             else:
                 _predict_resampled(src, job, mask_tmp, prob_tmp, final=not cfg.cog)
@@ -1117,6 +1393,9 @@ class _Job:
     client: Any
     mask_out: io.Output | None = None  # the claimed outputs (their temporary files die with them)
     prob_out: io.Output | None = None
+    # check_values on the raster handle the prediction reads (its tiles stay in GDAL's block
+    # cache: a remote raster's are not fetched twice); None = not checked
+    check: Callable[[Any], None] | None = None
 
 
 def _predict_to(
@@ -1127,17 +1406,21 @@ def _predict_to(
     ``final``: written with the final compression (no COG copy follows).
     """
     settings = job.settings
-    with _open_source(src, settings.target_res) as source, io.reading(src):
+    with _open_source(src, settings.target_res, settings.target_crs) as source, io.reading(src):
+        if job.check is not None:
+            job.check(source)
         plan = _Plan.make(source.width, source.height, job.patch_size, job.overlap, job.batch_size)
         grid_profile = dict(
             job.profile, width=source.width, height=source.height, transform=source.transform
         )
+        if source.crs is not None:  # the work grid of a reprojected input has its own CRS
+            grid_profile["crs"] = source.crs
         with (
             client_for(job.workers, job.scheduler)
             if job.client is None
             else nullcontext(job.client) as cl,
             # GDAL handles are not thread-safe: the reader thread reads `source`, this one masks.
-            _open_source(src, settings.target_res) as mask_src,
+            _open_source(src, settings.target_res, settings.target_crs) as mask_src,
             _Outputs(
                 grid_profile,
                 mask_tmp,
@@ -1158,7 +1441,7 @@ def _predict_to(
                         source, plan, settings, forward, 0, len(plan.rows), bar=bar
                     ):
                         h = probs.shape[1]
-                        valid = _valid_rows(mask_src, y0, y0 + h)
+                        valid = _output_valid(mask_src, y0, h, settings)
                         writer.put(y0, *_finalize(probs, valid, settings))
                 else:
                     settings = _with_threads(settings, cl)
@@ -1242,7 +1525,7 @@ def _predict_resampled(
             prob_tmp,
             job.class_names,
             job.class_values,
-            dict(job.meta, resampled_from=str(job.settings.target_res)),
+            dict(job.meta, **_resampled_tags(job.settings)),
             final=final,
         ) as outputs,
     ):
@@ -1253,7 +1536,7 @@ def _predict_resampled(
                 win = Window(0, y0, W, min(BLOCKSIZE, H - y0))
                 cls = vm.read(1, window=win)
                 prb = vp.read(window=win) if vp is not None else None
-                valid = _valid_rows(orig, y0, y0 + win.height)
+                valid = _valid_rows(orig, y0, y0 + win.height, job.settings.band_indexes)
                 if valid is not None:
                     cls[~valid] = NODATA
                     if prb is not None:
@@ -1263,6 +1546,15 @@ def _predict_resampled(
             for ds in (vp, wp):
                 if ds is not None:
                     ds.close()
+
+
+def _resampled_tags(settings: _Settings) -> dict[str, str]:
+    """Mask tags saying at which pixel size (and CRS) the model saw the input."""
+    tags = {"resampled_from": str(settings.target_res)}
+    if settings.target_crs:
+        crs = rasterio.crs.CRS.from_wkt(settings.target_crs)
+        tags["resampled_crs"] = crs.to_string()
+    return tags
 
 
 def output_paths(inputs: list[Path], out: Path) -> list[Path]:

@@ -83,31 +83,11 @@ TARGET_WINDOW = 2048
 
 
 def pixel_size_m(crs: Any, transform: Any, width: int, height: int) -> float:
-    """Side of a pixel on the ground in metres (geometric mean of its two sides).
+    """Side of a pixel on the ground in metres: the geometric mean of its two sides
+    (:func:`geoseg.units.pixel_size_m`; geographic and Web Mercator grids in ground metres)."""
+    from geoseg import units
 
-    Measured on the ellipsoid (pyproj ``Geod``) between the centre pixel's corners, so also
-    geographic CRSs and Web Mercator (whose "metres" grow by 1 / cos(latitude)) give ground
-    metres. Without a CRS the transform's units are taken as metres.
-    """
-    side = math.sqrt(abs(transform.a * transform.e - transform.b * transform.d))
-    if crs is None:
-        return side
-    from pyproj import CRS as ProjCRS
-    from pyproj import Geod, Transformer
-
-    proj = ProjCRS.from_wkt(crs.to_wkt())
-    geodetic = proj.geodetic_crs or ProjCRS.from_epsg(4326)
-    to_lonlat = Transformer.from_crs(proj, geodetic, always_xy=True)
-    geod = geodetic.get_geod() or Geod(ellps="WGS84")
-    cols = np.array([width / 2, width / 2 + 1, width / 2])
-    rows = np.array([height / 2, height / 2, height / 2 + 1])
-    xs, ys = transform @ (cols, rows)
-    lon, lat = to_lonlat.transform(xs, ys)
-    dx = geod.inv(lon[0], lat[0], lon[1], lat[1])[2]
-    dy = geod.inv(lon[0], lat[0], lon[2], lat[2])[2]
-    if not (math.isfinite(dx) and math.isfinite(dy)) or dx * dy <= 0:
-        factor = crs.linear_units_factor[1] if crs.is_projected else 1.0
-        return side * factor  # outside the projection's domain: its nominal units
+    dx, dy = units.pixel_size_m(crs, transform, width, height)
     return math.sqrt(dx * dy)
 
 

@@ -807,6 +807,53 @@ def read_vector(path: str | Path, *, what: str = "polygons") -> Any:  # GeoDataF
         ) from None
 
 
+def require_polygons(gdf: Any, path: str | Path, *, role: str = "labels") -> np.ndarray:
+    """Which rows of ``gdf`` have an area (polygons), refusing a file that has none.
+
+    Points and lines have no area: burned as labels they would mark single pixels or nothing,
+    scored as buildings they match nothing (F1 0). A file with a few of them among polygons
+    gets a warning (they are left out by the caller).
+
+    Args:
+        gdf: The GeoDataFrame as read.
+        path: Its name, for the message.
+        role: What the caller takes it as (``labels``, ``truth``, ``prediction``).
+
+    Returns:
+        A bool array, True for the rows with a (Multi)Polygon, or a collection with an area.
+
+    Raises:
+        LabelError: geometries are present but none has an area (names the kind found).
+    """
+    import shapely
+
+    geoms = np.asarray(gdf.geometry.values, dtype=object)
+    present = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)
+    kind = shapely.get_type_id(geoms)
+    polygon = (kind == shapely.GeometryType.POLYGON) | (kind == shapely.GeometryType.MULTIPOLYGON)
+    areal = present & polygon  # (an invalid bow-tie of area 0 too: it is repaired later)
+    collection = present & (kind == shapely.GeometryType.GEOMETRYCOLLECTION)
+    areal[collection] = shapely.area(geoms[collection]) > 0
+    other = present & ~areal
+    if other.any():
+        kinds = sorted({str(t) for t in gdf.geometry[other].geom_type.unique()})
+        if not areal.any():
+            raise LabelError(
+                f"{path}: holds {int(other.sum())} {'/'.join(kinds)} geometries and no polygon, "
+                f"but {role} must be polygons (building outlines, class areas); buffer points or "
+                "lines into polygons first (e.g. geopandas: gdf.buffer(2) in metres of a "
+                "projected CRS)"
+            )
+        log.warning(
+            "%s: %d %s geometries without an area are left out of the %s",
+            path,
+            int(other.sum()),
+            "/".join(kinds),
+            role,
+        )
+    return areal
+
+
 # ============================================================================ the mask format
 
 #: Mask value for "no data / unknown": image nodata, outside the image, unlabelled.
@@ -1000,6 +1047,81 @@ def class_table(src: Any) -> dict[int, str] | None:
         if table:
             return dict(sorted(table.items()))
     return None
+
+
+#: An untagged single-band raster with more distinct values than this in a sample of its pixels
+#: is an image or a scaled probability map, not class ids.
+MASK_MAX_DISTINCT = 100
+
+
+def check_mask(src: Any, path: str | Path, *, role: str = "mask") -> None:
+    """Refuse a raster that is not a class mask, before any work: one line saying what it is.
+
+    A mask is one band of integer class ids (geoseg's mask format: uint8, 255 = nodata; an alpha
+    band besides is accepted). Refused: a probability raster (``geoseg infer --probabilities``'
+    one band per class, or any float raster), several bands (an RGB image), and an untagged
+    band with more than :data:`MASK_MAX_DISTINCT` distinct values in a sample of about 512²
+    pixels (a grey image, probabilities scaled to 0-255).
+
+    Args:
+        src: The open raster.
+        path: Its name, for the message.
+        role: What the caller takes it as (``mask``, ``prediction``, ``truth``), for the message.
+
+    Raises:
+        RasterError: naming the file, what was found and what a mask is.
+    """
+    from rasterio.enums import ColorInterp
+
+    expected = (
+        f"a {role} is one band of integer class ids (uint8, 255 = nodata) as geoseg infer and "
+        "geoseg rasterize write"
+    )
+    tags = {k.lower(): v for k, v in src.tags().items()}
+    descriptions = [d or "" for d in src.descriptions]
+    if "round(p*" in tags.get("encoding", "") or any(d.startswith("p(") for d in descriptions):
+        stem = Path(str(path)).stem
+        mask = f"{stem[:-5]}.tif" if stem.endswith("_prob") else "the mask next to it"
+        raise RasterError(
+            f"{path}: is a probability raster ({src.count} bands, one per class, from geoseg infer "
+            f"--probabilities); {expected}: pass {mask} (vectorize takes this file as "
+            "--probabilities)"
+        )
+    bands = [i for i, ci in enumerate(src.colorinterp, 1) if ci != ColorInterp.alpha]
+    if len(bands) > 1:
+        interp = [ci.name for ci in src.colorinterp]
+        kind = " (an RGB image)" if interp[:3] == ["red", "green", "blue"] else ""
+        raise RasterError(
+            f"{path}: has {src.count} bands of {src.dtypes[0]}{kind}; {expected}: pass a mask, "
+            "not an image"
+        )
+    dtype = np.dtype(src.dtypes[0])
+    if dtype.kind not in "ui":
+        raise RasterError(
+            f"{path}: has {dtype} pixels (probabilities or measurements?); {expected}: threshold "
+            "probabilities first (gdal_calc.py -A in.tif --calc='A>0.5' --type=Byte), or convert "
+            "whole-number classes (gdal_translate -ot Byte)"
+        )
+    if class_table(src) is None:
+        values = _sample_values(src)
+        if len(values) > MASK_MAX_DISTINCT:
+            raise RasterError(
+                f"{path}: has {len(values)} distinct values ({values.min()}..{values.max()}) in a "
+                f"sample, no class names: an image or probabilities scaled to integers, not class "
+                f"ids; {expected}"
+            )
+
+
+def _sample_values(src: Any, side: int = 512) -> np.ndarray:
+    """Distinct values of band 1 outside nodata, in up to 3 x 3 windows across the raster."""
+    w, h = min(src.width, side // 3), min(src.height, side // 3)
+    nodata = src.nodata if src.nodata is not None else MASK_NODATA
+    found: set[int] = set()
+    for y in sorted({int(v) for v in np.linspace(0, src.height - h, 3)}):
+        for x in sorted({int(v) for v in np.linspace(0, src.width - w, 3)}):
+            block = src.read(1, window=Window(x, y, w, h))
+            found.update(np.unique(block[block != nodata]).tolist())
+    return np.array(sorted(found), dtype=np.int64)
 
 
 def max_class_id(src: Any) -> int:

@@ -62,7 +62,7 @@ def read_vector(path: str | Path, attribute: str | None = None):
     gdf = io.read_vector(path, what="labels")
     if gdf.crs is None:
         raise LabelError(f"{path}: the labels have no CRS; set one (e.g. ogr2ogr -a_srs EPSG:XXXX)")
-    gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
+    gdf = gdf[io.require_polygons(gdf, path, role="labels")]
     if attribute:
         if attribute not in gdf.columns:
             cols = ", ".join(c for c in gdf.columns if c != "geometry")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import logging
 import math
@@ -48,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from geoseg import errors, io
+from geoseg import errors, io, remote
 from geoseg.config import PipelineConfig
 from geoseg.device import ResolvedPrecision, resolve_device, resolve_precision
 from geoseg.errors import CheckpointError, ConfigError, InputNotFoundError, OutputExistsError
@@ -314,20 +315,23 @@ def fit(
             "torchrun --nnodes N --nproc-per-node G --rdzv-endpoint HOST:PORT "
             "$(which geoseg) train ..."
         )
-    _clear_run_dir(run_dir, resume)
-    if cfg.train.devices > 1:
-        return _spawn(cfg, run_dir, resume, sources)
-    return _run(
-        cfg,
-        run_dir,
-        resume,
-        rank=0,
-        world_size=1,
-        local_rank=0,
-        init_group=False,
-        prepare=False,
-        sources=sources,
-    )
+    # A run that fails before writing anything (bad labels, an empty catalog) leaves no empty
+    # run folder behind.
+    with io.new_folders(run_dir):
+        _clear_run_dir(run_dir, resume)
+        if cfg.train.devices > 1:
+            return _spawn(cfg, run_dir, resume, sources)
+        return _run(
+            cfg,
+            run_dir,
+            resume,
+            rank=0,
+            world_size=1,
+            local_rank=0,
+            init_group=False,
+            prepare=False,
+            sources=sources,
+        )
 
 
 def _torchrun_env() -> tuple[int, int, int] | None:
@@ -744,10 +748,31 @@ class _Trainer:
             patch_size=self.cfg.train.patch_size,
             res=float(td.res),
             crs_wkt=td.crs_wkt,
+            dtype=self.image_dtype,
             epoch=epoch,
             metrics=metrics,
             **_target_card(self.cfg),
         )
+
+    @functools.cached_property
+    def image_dtype(self) -> str | None:
+        """The training images' dtype (the first tile's), recorded in the model card so that
+        ``infer`` can refuse inputs of another value range; None when there is no tile."""
+        dataset = getattr(self.td, "dataset", None)
+        if dataset is not None and hasattr(dataset, "image_dtype"):  # geoseg's GeoRasterDataset
+            return str(np.dtype(dataset.image_dtype))
+        if not self.td.tiles:
+            return None
+        import warnings
+
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            image = self.td.tiles[0].image
+            with remote.env([image]), rasterio.open(image) as src:
+                return str(src.dtypes[src.indexes.index(self.td.band_indexes[0])])
 
     @property
     def bare_model(self) -> nn.Module:

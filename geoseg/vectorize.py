@@ -33,7 +33,7 @@ from rasterio.windows import Window
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from geoseg import instances, io, progress, windows
+from geoseg import instances, io, progress, units, windows
 from geoseg.errors import ConfigError, RasterError
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ COLUMNS = ["class_id", "class_name", "area_m2", "perimeter_m", "confidence"]
 SHAPEFILE_NAMES = {"perimeter_m": "perim_m"}
 #: Below this IoU with the polygon it came from, a regularised outline is rejected.
 REGULARIZE_MIN_IOU = 0.7
-_METRES_PER_DEGREE = 111_320.0  # one degree of latitude (and at most one of longitude)
 
 
 # ----------------------------------------------------------------------------- class names
@@ -56,6 +55,7 @@ def class_names(mask: Path | str) -> list[str]:
     0-1, else ``class_0 ... class_<max>``.
     """
     with io.open_raster(mask, hint="pass a GeoTIFF mask") as src, io.reading(mask):
+        io.check_mask(src, mask)
         return io.mask_class_names(src)
 
 
@@ -142,6 +142,7 @@ def polygons(
         raise ConfigError(f"block_size={block_size} is too small; use e.g. 2048 (pixels)")
     sources = [mask, *([probabilities] if probabilities else [])]
     with io.open_raster(mask, hint="pass a GeoTIFF mask") as src, io.reading(*sources):
+        io.check_mask(src, mask)
         if src.crs is None and not allow_ungeoreferenced:
             raise RasterError(
                 f"{mask}: the mask has no CRS, so polygons cannot be placed on the "
@@ -168,7 +169,7 @@ def polygons(
                 _ProbabilityReader(Path(probabilities), src, names, ids) if probabilities else None
             )
         crs = _gpd_crs(src.crs)
-        transform = src.transform
+        grid = (src.crs, src.transform, src.width, src.height)
         try:
             geoms, class_id, conf_sum, conf_n = _polygonize(
                 src, ids, block_size, prob, separate=buildings, probabilities=probabilities
@@ -183,15 +184,11 @@ def polygons(
     if min_area_m2 > 0 and len(geoms):
         keep = keep[_metric_area_length(geoms, crs)[0] >= min_area_m2]
     geometry = geoms[keep]
-    tol = _crs_units(simplify_m, crs) if simplify_m > 0 else 0.0
-    if tol > 0:
-        geometry = shapely.simplify(geometry, tol, preserve_topology=True)
-    if regularize and len(geometry):
-        pixel = math.sqrt(abs(transform.determinant))
-        geometry = regularize_polygons(geometry, tolerance=max(tol, pixel))
+    if (simplify_m > 0 or regularize) and len(geometry):
+        geometry = _clean_in_metres(geometry, crs, grid, simplify_m, regularize)
     # Polygons straight from GDAL's polygoniser and GEOS's union are valid (checked on dense
     # random masks in the tests), so only cleaned-up outlines are checked and repaired.
-    geometry, parts_of = _valid_polygons(geometry, check=tol > 0 or regularize)
+    geometry, parts_of = _valid_polygons(geometry, check=simplify_m > 0 or regularize)
     keep = keep[parts_of]
     area, length = _metric_area_length(geometry, crs)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -652,31 +649,46 @@ def _valid_polygons(geoms: np.ndarray, *, check: bool = True) -> tuple[np.ndarra
 
 
 def _metric_area_length(geoms: np.ndarray, crs: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Area (m²) and perimeter (m) of each geometry, in a projected CRS.
+    """Area (m²) and perimeter (m) of each geometry, on the ground.
 
-    Geographic CRSs go through their estimated UTM zone; without a CRS the units are the
-    transform's.
+    Geographic CRSs, and projected ones whose areal scale is not true where the polygons are
+    (Web Mercator: 1/cos²(latitude), 27 % too large at 27° N), go through their estimated UTM
+    zone; other projected CRSs (UTM, equal-area Albers) use their unit; without a CRS the units
+    are the transform's.
     """
     if not len(geoms) or crs is None:
         return shapely.area(geoms), shapely.length(geoms)
-    if crs.is_geographic:
+    box = shapely.total_bounds(geoms)
+    centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+    if crs.is_geographic or not units.true_scale(crs, *centre, area=True):
         import geopandas as gpd
 
         series = gpd.GeoSeries(geoms, crs=crs)
         geoms = series.to_crs(series.estimate_utm_crs()).values.to_numpy()
         return shapely.area(geoms), shapely.length(geoms)
-    factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    factor = units.nominal_metres_per_unit(crs) or 1.0
     return shapely.area(geoms) * factor**2, shapely.length(geoms) * factor
 
 
-def _crs_units(metres: float, crs: Any) -> float:
-    """A length in metres as CRS units (degrees: per degree of latitude, the conservative way)."""
-    if crs is None:
-        return metres
-    if crs.is_geographic:
-        return metres / _METRES_PER_DEGREE
-    factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-    return metres / factor
+def _clean_in_metres(
+    geoms: np.ndarray, crs: Any, grid: tuple[Any, Any, int, int], simplify_m: float, square: bool
+) -> np.ndarray:
+    """Simplify (tolerance in metres) and regularise polygons in a local metric frame per
+    polygon (:class:`geoseg.units.LocalMetres`): on a geographic raster a degree of longitude
+    is shorter than one of latitude, so a tolerance or a right angle in degrees is not one on
+    the ground."""
+    frame = units.LocalMetres(geoms, crs)
+    local = frame.forward(geoms)
+    if simplify_m > 0:
+        local = shapely.simplify(local, simplify_m, preserve_topology=True)
+    if square:
+        # about a pixel: in metres in the local frames, else in the CRS's (metre) units
+        if frame.scaled:
+            pixel = math.sqrt(math.prod(units.pixel_size_m(*grid)))
+        else:
+            pixel = math.sqrt(abs(grid[1].determinant))
+        local = regularize_polygons(local, tolerance=max(simplify_m, pixel))
+    return frame.inverse(local)
 
 
 # ----------------------------------------------------------------------------- output
