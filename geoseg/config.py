@@ -70,9 +70,9 @@ class DataConfig(_Section):
     """What the model learns: ``semantic`` (the mask's classes) or ``instances`` (background,
     building interior, building edge, contact between buildings: touching buildings come out as
     separate footprints; needs building polygons or instance-id rasters as labels)."""
-    edge_width_m: float = Field(1.0, gt=0)
+    edge_width_m: float = Field(default=1.0, gt=0)
     """``target: instances``: width of the edge band inside each outline, in metres (>= 1 pixel)."""
-    contact_distance_m: float = Field(2.5, ge=0)
+    contact_distance_m: float = Field(default=2.5, ge=0)
     """``target: instances``: background this close (metres) to two buildings is ``contact``."""
     all_touched: bool = False
     """Vector labels: burn every pixel a polygon touches, not only those whose centre it covers."""

@@ -688,7 +688,7 @@ class BuildingLabels:
         erode = 0 if by_prob else self.settings.erosion_px
         big, rows, cols = _grown(core, erode, self.src.width, self.src.height)
         cls = self.src.read(1, window=big)
-        p = self.prob.interior(big) if by_prob else None
+        p = self.prob.interior(big) if by_prob and self.prob is not None else None
         seed = _seed_mask(cls, p, self.settings)[rows, cols]
         building = _building(cls[rows, cols])
         seed &= building

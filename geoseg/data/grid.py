@@ -376,7 +376,7 @@ def _attach_instance_targets(tiles: list[Tile], cfg: DataConfig, cache: Path | N
     """Background/interior/edge/contact masks from building polygons or instance-id rasters."""
     from geoseg import instances
 
-    if remote.is_remote(cfg.labels) or cache is None:
+    if cfg.labels is None or remote.is_remote(cfg.labels) or cache is None:
         raise LabelError(
             f"{cfg.labels}: data.target: instances needs local building polygons or instance-id "
             "rasters (burned into the run's cache); copy them to a local folder"
