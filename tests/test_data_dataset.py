@@ -144,3 +144,34 @@ def test_plain_torchgeo_script_trains_a_step(scene, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "(4, 3, 32, 32) torch.int64" in done.stdout
+
+
+def test_entry_lookup_is_the_same_for_few_and_many_entries(scene) -> None:
+    """Queries go to the first index entry containing them: a loop over few entries, an R-tree
+    over many; both must agree."""
+    ds = GeoRasterDataset(scene[0], masks=scene[1])
+    rng = np.random.default_rng(0)
+    entries = [
+        (int(rng.integers(0, 4)), (int(r), int(c), int(h), int(w)))
+        for r, c, h, w in zip(
+            rng.integers(0, 100, 150),
+            rng.integers(0, 100, 150),
+            rng.integers(8, 40, 150),
+            rng.integers(8, 40, 150),
+            strict=True,
+        )
+    ]
+    view = ds.with_entries(entries)
+    rows, cols = rng.integers(0, 120, 300), rng.integers(0, 120, 300)
+    many = view.entry_of(rows, cols, 6, 6)  # 150 entries: the R-tree
+    few = np.concatenate(
+        [view.entry_of(rows[i : i + 3], cols[i : i + 3], 6, 6) for i in range(0, 300, 3)]
+    )
+    assert np.array_equal(many, few) and (many >= 0).sum() > 50
+    for k, r, c in zip(many, rows, cols, strict=True):
+        inside = [
+            j
+            for j, (_, (er, ec, eh, ew)) in enumerate(entries)
+            if er <= r and ec <= c and r + 6 <= er + eh and c + 6 <= ec + ew
+        ]
+        assert k == (inside[0] if inside else -1)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from geoseg.data import BatchTransform
-from geoseg.data.transforms import _dihedral
+from geoseg.data.transforms import _cpu_batch, _dihedral
 
 
 def _batch(b: int = 6, size: int = 16) -> dict:
@@ -27,14 +28,16 @@ def test_normalises_and_keeps_other_keys() -> None:
 
 
 def test_the_eight_flips_and_turns_keep_image_and_mask_aligned() -> None:
-    x = torch.arange(2 * 5 * 5, dtype=torch.uint8).view(2, 5, 5)
-    seen = set()
-    for code in range(8):
-        fast = _dihedral(x, code, torch.empty_like(x))  # the CPU path (transpose via a buffer)
-        plain = _dihedral(x, code)
-        assert torch.equal(fast, plain)
-        seen.add(tuple(plain.flatten().tolist()))
-    assert len(seen) == 8  # all different: the whole dihedral group
+    x = torch.arange(8 * 2 * 5 * 5, dtype=torch.int64).remainder(251).to(torch.uint8)
+    x = x.view(8, 2, 5, 5)
+    y = x[:, 0].clone()
+    codes = list(range(8))
+    zero, one = np.zeros((1, 2, 1, 1), np.float32), np.ones((1, 2, 1, 1), np.float32)
+    image, mask = _cpu_batch(x, y, codes, zero, one)  # the CPU path, in numpy
+    for k, code in enumerate(codes):  # the device path, in torch
+        assert torch.equal(image[k], _dihedral(x[k], code).float())
+        assert torch.equal(mask[k], _dihedral(y[k][None], code)[0].long())
+    assert len({tuple(_dihedral(x[0], c).flatten().tolist()) for c in codes}) == 8
     transform = BatchTransform([0.0, 0.0, 0.0], [1.0, 1.0, 1.0], augment=True)
     batch = _batch(b=32)
     out = transform(batch, torch.Generator().manual_seed(1))

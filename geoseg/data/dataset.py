@@ -346,10 +346,15 @@ class GeoRasterDataset(GeoDataset):
         img_dtype = self.image_dtype if self.native_dtypes else np.float32
         images = np.empty((n, c, h, w), img_dtype)
         masks = np.empty((n, h, w), np.uint8 if self.native_dtypes else np.int64)
+        direct = self.arrays is None and self.native_dtypes  # reads land in the batch itself
         for k, (row, col, *_) in enumerate(wins):
             t = int(self._entry_tile[ent[k]])
             tile = self.tiles[t]
-            img, mask, _ = self.read(t, row - tile.row0, col - tile.col0, h, w)
+            r, c = row - tile.row0, col - tile.col0
+            if direct and r >= 0 and c >= 0 and r + h <= tile.height and c + w <= tile.width:
+                self._read_file(t, Window(c, r, w, h), images[k], masks[k])
+                continue
+            img, mask, _ = self.read(t, r, c, h, w)
             np.copyto(images[k], img, casting="unsafe")
             np.copyto(masks[k], mask, casting="unsafe")
         image_t, mask_t = _tensor(images), torch.from_numpy(masks)
@@ -467,16 +472,28 @@ class GeoRasterDataset(GeoDataset):
         self.arrays = arrays
         self._handles = {}
 
-    def _read_file(self, i: int, win: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def _read_file(
+        self,
+        i: int,
+        win: Window,
+        img_out: np.ndarray | None = None,
+        mask_out: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Window ``win`` of tile ``i`` from its files: image, mask (ignore baked in),
+        validity. ``img_out``/``mask_out`` (file dtype, uint8): read into these instead."""
         t = self.tiles[i]
         src, msrc = self._open(i)
         with self._gdal_env(), io.reading(t.image, *([t.mask] if t.mask else [])):
-            img = src.read(self.bands, window=win)
+            same = img_out is not None and img_out.dtype == np.dtype(src.dtypes[0])
+            img = src.read(self.bands, window=win, out=img_out if same else None)
+            if img_out is not None and not same:
+                np.copyto(img_out, img, casting="unsafe")
             if msrc is not None and t.warp_mask:
                 data = msrc.read([1, msrc.count], window=win)
                 mask = mask_from_warped(data, t.lut, self.ignore_index)
             elif msrc is not None:
-                raw = msrc.read(1, window=win)
+                into = mask_out if msrc.dtypes[0] == "uint8" else None
+                raw = msrc.read(1, window=win, out=into)
                 if raw.dtype != np.uint8:
                     if raw.size and (raw.min() < 0 or raw.max() > 255):
                         raise LabelError(
@@ -487,6 +504,9 @@ class GeoRasterDataset(GeoDataset):
                 mask = raw if self._plain_lut[i] else t.lut[raw]
             else:
                 mask = np.zeros((int(win.height), int(win.width)), np.uint8)
+            if mask_out is not None and mask is not mask_out:
+                mask_out[...] = mask
+                mask = mask_out
             valid = None
             if t.check_valid:  # the image's nodata, read for this window only (never whole)
                 valid = src.dataset_mask(window=win) > 0

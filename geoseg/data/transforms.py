@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -62,11 +63,15 @@ class BatchTransform:
             if self.augment
             else [0] * b
         )
-        if any(codes):  # flips and turns on the small (e.g. uint8) batch, one sample at a time
-            x, y = _augmented(x, codes), None if y is None else _augmented(y[:, None], codes)[:, 0]
-        image = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-        image.copy_(x).sub_(shift).mul_(scale)
-        mask = None if y is None else y.to(torch.int64)
+        if x.device.type == "cpu":
+            image, mask = _cpu_batch(x, y, codes, shift.numpy(), scale.numpy())
+        else:
+            if any(codes):  # flips and turns on the small (e.g. uint8) batch
+                x = torch.stack([_dihedral(x[k], c) for k, c in enumerate(codes)])
+                if y is not None:
+                    y = torch.stack([_dihedral(y[k][None], c)[0] for k, c in enumerate(codes)])
+            image = x.to(torch.float32).sub_(shift).mul_(scale)
+            mask = None if y is None else y.to(torch.int64)
         if self.color_jitter > 0:
             j = self.color_jitter
             u = torch.rand((2, b, 1, 1, 1), generator=generator).to(x.device)
@@ -78,23 +83,46 @@ class BatchTransform:
         return out
 
 
-def _augmented(x: torch.Tensor, codes: list[int]) -> torch.Tensor:
-    """A copy of ``x`` [B, C, H, W] with sample k flipped/turned by ``codes[k]``."""
-    out = x.clone()
-    buffer = torch.empty(x.shape[1:], dtype=x.dtype) if x.device.type == "cpu" else None
+def _cpu_batch(
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    codes: list[int],
+    shift: np.ndarray,
+    scale: np.ndarray,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The CPU path of :class:`BatchTransform`, in numpy: it casts and broadcasts ~4x faster
+    than torch's CPU kernels here (51 vs 210 us per 3x256x256 patch, measured). Each sample is
+    turned/flipped on its small (e.g. uint8) pixels, then cast into the batch. The arrays
+    become tensors without a copy."""
+    xs = x.numpy()
+    image = np.empty(xs.shape, np.float32)
+    mask = None if y is None else np.empty(tuple(y.shape), np.int64)
+    ys = None if y is None else y.numpy()
+    turned = np.empty(xs.shape[1:], xs.dtype)
+    mturned = None if ys is None else np.empty((1, *ys.shape[1:]), ys.dtype)
     for k, code in enumerate(codes):
-        if code:
-            out[k] = _dihedral(x[k], code, buffer)
-    return out
+        a = xs[k]
+        m = None if ys is None else ys[k][None]
+        if code & 1:
+            a = _transpose_np(a, turned)
+            m = None if m is None else _transpose_np(m, mturned)  # type: ignore[arg-type]
+        if code & 6:  # reversed axes would make the casting copy 4-5x slower: torch flips
+            dims = [d for bit, d in ((2, -2), (4, -1)) if code & bit]
+            a = torch.from_numpy(a).flip(dims).numpy()
+            m = None if m is None else torch.from_numpy(m).flip(dims).numpy()
+        np.copyto(image[k], a, casting="unsafe")
+        if mask is not None and m is not None:
+            np.copyto(mask[k], m[0], casting="unsafe")
+    image -= shift
+    image *= scale
+    return torch.from_numpy(image), None if mask is None else torch.from_numpy(mask)
 
 
-def _dihedral(a: torch.Tensor, code: int, buffer: torch.Tensor | None = None) -> torch.Tensor:
+def _dihedral(a: torch.Tensor, code: int) -> torch.Tensor:
     """One of the 8 flips/90° turns of a square [C, H, W]: optional transpose, then optional
-    flips of rows and of columns (bits 1, 2, 4 of ``code``). On the CPU the transpose goes
-    through ``buffer`` (see :func:`_transpose`); flips are copies (torch has no negative
-    strides) but fast ones, one axis at a time."""
+    flips of rows and of columns (bits 1, 2, 4 of ``code``)."""
     if code & 1:
-        a = a.transpose(-1, -2) if buffer is None else _transpose(a, buffer)
+        a = a.transpose(-1, -2)
     if code & 2:
         a = a.flip(-2)
     if code & 4:
@@ -102,11 +130,10 @@ def _dihedral(a: torch.Tensor, code: int, buffer: torch.Tensor | None = None) ->
     return a
 
 
-def _transpose(a: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``a`` [C, H, W] with H and W swapped, into ``out`` (CPU). Neither numpy nor torch has a
+def _transpose_np(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``a`` [C, H, W] with H and W swapped, into ``out``. Neither numpy nor torch has a
     cache-blocked transpose on the CPU; copying bands of 128 source rows keeps the strided reads
     in cache: ~1.5x faster than a transposing cast, on 4x fewer bytes than float32."""
-    src, dst = a.numpy(), out.numpy()
-    for i in range(0, src.shape[1], 128):
-        dst[:, :, i : i + 128] = src[:, i : i + 128, :].transpose(0, 2, 1)
+    for i in range(0, a.shape[1], 128):
+        out[:, :, i : i + 128] = a[:, i : i + 128, :].transpose(0, 2, 1)
     return out
