@@ -5,6 +5,7 @@ any number of them) to class logits ``[B, num_classes, H, W]`` at the same size.
 ``W`` must be divisible by :func:`downsampling` of the model.
 
 Names: ``unet`` is the seed's plain UNet (no encoder; ``width`` sets its base channels).
+``linear`` is one 1x1 convolution (a per-pixel baseline that costs next to nothing).
 ``<arch>-<encoder>`` names (``unet-resnet34``, ``deeplabv3plus-resnet34``, ...) are smp models
 built with ``encoder_weights=None``: nothing is ever downloaded. A local encoder weights file can
 be given with ``encoder_weights="/path/to/encoder.pth"`` (a state dict of the encoder, e.g.
@@ -171,8 +172,17 @@ def _smp_factory(arch: str, encoder: str, **defaults: Any) -> Callable[..., nn.M
     return factory
 
 
+def _build_linear(*, in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    if kwargs:
+        raise ConfigError(f"model linear: unknown option(s) {sorted(kwargs)}; it takes none")
+    return nn.Conv2d(in_channels, num_classes, kernel_size=1)
+
+
 _REGISTRY: dict[str, _Entry] = {
     "unet": _Entry(_build_unet, 16, "the seed's plain UNet (width=64 by default)"),
+    # Next to no compute: a per-pixel baseline, and the zero-cost model with which
+    # benchmarks/infer.py measures the ceiling of geoseg's own data path.
+    "linear": _Entry(_build_linear, 1, "a per-pixel linear classifier (one 1x1 convolution)"),
 }
 
 # smp models that build offline with smp 0.6. The encoders' output stride sets the divisor:
