@@ -34,7 +34,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +68,7 @@ BLOCKSIZE = 512
 EMIT_ROWS = 64  # finished rows are divided, argmax-ed and queued for writing in pieces this tall
 RES_TOLERANCE = 0.25
 GDAL_ENV = {"GDAL_CACHEMAX": 64, "GDAL_NUM_THREADS": "ALL_CPUS"}  # MB; keeps RSS bounded
+READ_AHEAD_BYTES = 128 * 2**20  # input strips read ahead at most (several reader threads)
 
 __all__ = ["predict_raster", "predict", "output_paths", "resolve_device", "resolve_precision"]
 
@@ -296,11 +297,13 @@ def _tta_ops(tta: str) -> list[tuple[Callable[[Any], Any], Callable[[Any], Any]]
 
 def _make_forward(
     model: Any, settings: _Settings
-) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
+) -> Callable[[np.ndarray, np.ndarray | None], Any]:
     """A function: raw batch (B, C, P, P) + nodata mask (B, P, P) -> probabilities (B, K, P, P).
 
-    The batch is normalised on the device with the card's mean/std; nodata pixels become 0
-    (the band mean). Probabilities are float32, averaged over the TTA transforms.
+    The batch crosses to the model's device in its own dtype (a quarter of float32 for uint8;
+    page-locked and asynchronous on CUDA) and is normalised there with the card's mean/std;
+    nodata pixels become 0 (the band mean). The probabilities are a float32 tensor on the
+    model's device, averaged over the TTA transforms: blending and argmax happen there too.
     """
     import torch
 
@@ -311,11 +314,11 @@ def _make_forward(
     mean = torch.tensor(settings.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
     inv_std = (1 / torch.tensor(settings.std, dtype=torch.float32, device=dev)).view(1, -1, 1, 1)
 
-    def forward(batch: np.ndarray, invalid: np.ndarray | None) -> np.ndarray:
+    def forward(batch: np.ndarray, invalid: np.ndarray | None) -> Any:
         x = torch.from_numpy(batch).to(dev, non_blocking=True).float()
         x = (x - mean) * inv_std
         if invalid is not None:
-            x = x.masked_fill(torch.from_numpy(invalid).to(dev)[:, None], 0.0)
+            x = x.masked_fill(torch.from_numpy(invalid).to(dev, non_blocking=True)[:, None], 0.0)
         x = x.contiguous(memory_format=fmt)
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             total = None
@@ -331,7 +334,7 @@ def _make_forward(
             assert total is not None  # ops is never empty
             if len(ops) > 1:
                 total = total / len(ops)
-        return total.contiguous().cpu().numpy()
+        return total
 
     return forward
 
@@ -399,8 +402,77 @@ def _torch_friendly(a: np.ndarray) -> np.ndarray:
     return a
 
 
+@contextmanager
+def _reader_handles(src_path: str | Path, plan: _Plan, settings: _Settings) -> Iterator[list[Any]]:
+    """Handles on the source for the strip readers: one per core, up to 4, as many as
+    READ_AHEAD_BYTES of strips allow. Opened and closed in the calling thread."""
+    from contextlib import ExitStack
+
+    h = min(plan.patch_size, plan.height)
+    with ExitStack() as stack:
+        handles = [stack.enter_context(_open_source(src_path, settings.target_res))]
+        itemsize = np.dtype(handles[0].dtypes[settings.band_indexes[0] - 1]).itemsize
+        strip = len(settings.band_indexes) * h * plan.width * itemsize
+        n = max(1, min(4, os.cpu_count() or 1, READ_AHEAD_BYTES // max(1, strip) - 1))
+        for _ in range(n - 1):
+            handles.append(stack.enter_context(_open_source(src_path, settings.target_res)))
+        yield handles
+
+
+def _read_strips(
+    handles: list[Any], plan: _Plan, settings: _Settings, rows: range
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """Strips of patch rows ``rows``, in order: ``(r, data (C, h, W), nodata mask (h, W) or None)``.
+
+    One thread per handle reads the next strips at once (GDAL handles are not thread-safe: no
+    two threads ever read through one), so decoding runs on several cores whatever the format;
+    at most ``len(handles)`` strips are in flight, which bounds the memory.
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import islice
+
+    idx = list(settings.band_indexes)
+    h = min(plan.patch_size, plan.height)
+    free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    for handle in handles:
+        free.put(handle)
+
+    def read(r: int) -> tuple[int, np.ndarray, np.ndarray | None]:
+        handle = free.get()
+        try:
+            y0 = plan.rows[r]
+            data = _torch_friendly(handle.read(idx, window=Window(0, y0, plan.width, h)))
+            valid = _valid_rows(handle, y0, y0 + h)
+        finally:
+            free.put(handle)
+        return r, data, None if valid is None else ~valid
+
+    n = len(handles)
+    with ThreadPoolExecutor(n, thread_name_prefix="geoseg-read") as pool:
+        try:
+            todo = iter(rows)
+            pending = deque(pool.submit(read, r) for r in islice(todo, n))
+            while pending:
+                strip = pending.popleft().result()
+                pending.extend(pool.submit(read, r) for r in islice(todo, 1))
+                yield strip
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _host_array(shape: tuple[int, ...], dtype: np.dtype, pinned: bool) -> np.ndarray:
+    """An empty array; page-locked when it will be copied to a GPU (the copy is then async)."""
+    if not pinned:
+        return np.empty(shape, dtype)
+    import torch
+
+    like = torch.from_numpy(np.empty(0, dtype))
+    return torch.empty(shape, dtype=like.dtype, pin_memory=True).numpy()
+
+
 def _read_batches(
-    src: Any, plan: _Plan, settings: _Settings, i0: int, i1: int
+    handles: list[Any], plan: _Plan, settings: _Settings, i0: int, i1: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None, range]]:
     """Raw batches (B, C, P, P) in the input's dtype, their nodata masks (B, P, P) or None,
     and the global patch indices [i0, i1) they hold.
@@ -411,25 +483,32 @@ def _read_batches(
     happens on the model's device (:func:`_make_forward`): a uint8 batch crosses to a GPU at a
     quarter of the float32 size.
     """
+    nc = len(plan.cols)
+    with closing(_read_strips(handles, plan, settings, range(i0 // nc, -(-i1 // nc)))) as strips:
+        yield from _assemble(strips, plan, settings, i0, i1)
+
+
+def _assemble(
+    strips: Iterator[tuple[int, np.ndarray, np.ndarray | None]],
+    plan: _Plan,
+    settings: _Settings,
+    i0: int,
+    i1: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray | None, range]]:
+    """The batches of patches [i0, i1) cut from ``strips`` (see :func:`_read_batches`)."""
     P, nc = plan.patch_size, len(plan.cols)
-    idx = list(settings.band_indexes)
-    strips: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+    pinned = settings.device.startswith("cuda")
+    r_have, data, bad = -1, np.empty(0), None
     for b0 in range(i0, i1, plan.batch_size):
         b1 = min(b0 + plan.batch_size, plan.n_patches)
         batch: np.ndarray | None = None
         invalid: np.ndarray | None = None
         for n, i in enumerate(range(b0, b1)):
             r, c = divmod(i, nc)
-            if r not in strips:
-                y0 = plan.rows[r]
-                h = min(P, plan.height)
-                data = _torch_friendly(src.read(idx, window=Window(0, y0, plan.width, h)))
-                valid = _valid_rows(src, y0, y0 + h)
-                strips.clear()  # patches come in row-major order: an old strip is never needed
-                strips[r] = (data, None if valid is None else ~valid)
-            data, bad = strips[r]
+            while r_have < r:  # patches come in row-major order: an old strip is never needed
+                r_have, data, bad = next(strips)
             if batch is None:
-                batch = np.empty((b1 - b0, len(idx), P, P), data.dtype)
+                batch = _host_array((b1 - b0, len(settings.band_indexes), P, P), data.dtype, pinned)
             x0 = plan.cols[c]
             w = min(P, plan.width)
             patch = data[:, :, x0 : x0 + w]
@@ -439,7 +518,8 @@ def _read_batches(
             batch[n] = patch
             if bad is not None:
                 if invalid is None:
-                    invalid = np.zeros((b1 - b0, P, P), bool)
+                    invalid = _host_array((b1 - b0, P, P), np.dtype(bool), pinned)
+                    invalid[:] = False
                 m = bad[:, x0 : x0 + w]
                 invalid[n] = np.pad(m, pad, mode="reflect") if pad[0][1] or pad[1][1] else m
         assert batch is not None  # b1 > b0
@@ -466,6 +546,10 @@ def _threaded(it: Iterator[Any], maxsize: int = 2) -> Iterator[Any]:
             q.put(done)
         except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
             q.put(err)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()  # the generator's own cleanup (reader handles) runs in this thread
 
     t = threading.Thread(target=run, name="geoseg-reader", daemon=True)
     t.start()
@@ -483,7 +567,7 @@ def _threaded(it: Iterator[Any], maxsize: int = 2) -> Iterator[Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Blending and streaming
+# Blending and streaming (on the model's device)
 # --------------------------------------------------------------------------------------------
 
 
@@ -499,24 +583,31 @@ def _weight_sum(length: int, patch_size: int, overlap: int) -> np.ndarray:
 
 
 def _stream(
-    src: Any,
+    src_path: str | Path,
     plan: _Plan,
     settings: _Settings,
-    forward: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
+    forward: Callable[[np.ndarray, np.ndarray | None], Any],
     r0: int,
     r1: int,
     *,
     threaded: bool = True,
     bar: Any = None,
-) -> Iterator[tuple[int, np.ndarray]]:
+) -> Iterator[tuple[int, Any]]:
     """Blended probabilities of the row-block of patch rows [r0, r1), in finished pieces.
 
-    With ``threaded`` a reader thread reads ``src``: the caller must not use that handle
-    meanwhile (GDAL datasets are not thread-safe; open a second one for other reads).
+    The input is read from ``src_path`` (resampled to ``settings.target_res`` if set) through
+    handles of the stream's own; with ``threaded`` the batches are cut in a thread of their own.
+    ``forward`` maps a raw batch to probabilities (B, K, P, P) on ``settings.device`` (a tensor;
+    numpy arrays are taken too); the accumulator lives there, so on a GPU nothing but the
+    batches crosses the bus until :func:`_finalize` brings back uint8.
 
-    Yields ``(y0, probs)`` with probs float32 (K, h, W) for output rows [y0, y0 + h), in order,
-    covering exactly ``plan.owned(r0, r1)``. Only ``patch_size`` accumulator rows are held.
+    Yields ``(y0, probs)`` with probs a float32 tensor (K, h, W) on the device for output rows
+    [y0, y0 + h), in order, covering exactly ``plan.owned(r0, r1)``. Only ``patch_size``
+    accumulator rows are held.
     """
+    import torch
+
+    dev = torch.device(settings.device)
     P, ov = plan.patch_size, plan.overlap
     nc, H, W = len(plan.cols), plan.height, plan.width
     ph, pw = min(P, H), min(P, W)
@@ -524,61 +615,89 @@ def _stream(
     start, stop = plan.owned(r0, r1)
     rh = plan.halo_start(r0)
     i0, i1 = _patch_index_range(plan, rh, r1)
-    wsum_rows = _weight_sum(H, P, ov)
-    wsum_cols = _weight_sum(W, P, ov)
-    weights: dict[tuple[bool, bool, bool, bool], np.ndarray] = {}
+    wsum_rows = torch.from_numpy(_weight_sum(H, P, ov)).to(dev)
+    wsum_cols = torch.from_numpy(_weight_sum(W, P, ov)).to(dev)
+    weights: dict[tuple[bool, bool, bool, bool], Any] = {}
 
-    acc = np.zeros((K, ph, W), np.float32)
+    acc = torch.zeros((K, ph, W), dtype=torch.float32, device=dev)
     band_row = rh  # patch row whose offset is the accumulator's first row
     band_top = plan.rows[rh]
 
-    def emit(y_end: int) -> Iterator[tuple[int, np.ndarray]]:
+    def emit(y_end: int) -> Iterator[tuple[int, Any]]:
         # Rows [band_top, y_end) are final: divide by the weight sum, hand out the owned part.
         n = y_end - band_top
         lo, hi = max(band_top, start), min(y_end, stop)
         # In pieces of EMIT_ROWS rows: the float temporaries stay small on wide rasters.
         for a in range(lo, hi, EMIT_ROWS):
             b = min(hi, a + EMIT_ROWS)
-            denom = np.outer(wsum_rows[a:b], wsum_cols)
+            denom = torch.outer(wsum_rows[a:b], wsum_cols)
             yield a, acc[:, a - band_top : b - band_top] / denom
-        acc[:, : ph - n] = acc[:, n:]
+        acc[:, : ph - n] = acc[:, n:].clone()  # the rows later patches still add to
         acc[:, ph - n :] = 0.0
 
-    batches = _read_batches(src, plan, settings, i0, i1)
-    if threaded:
-        batches = _threaded(batches)
-    for batch, invalid, indexes in batches:
-        probs = forward(batch, invalid)
-        if bar is not None:
-            bar.advance(len(indexes))
-        for n, i in enumerate(indexes):
-            r, c = divmod(i, nc)
-            if r < rh or r >= r1:
-                continue  # a batch-mate outside this block: computed only to keep batches equal
-            if r != band_row:
-                yield from emit(plan.rows[r])
-                band_row, band_top = r, plan.rows[r]
-            key = (c == 0, r == 0, c == nc - 1, r == len(plan.rows) - 1)
-            if key not in weights:
-                weights[key] = windows.blend_weights(
-                    P, ov, left=key[0], top=key[1], right=key[2], bottom=key[3]
-                )[:ph, :pw]
-            x0 = plan.cols[c]
-            acc[:, :, x0 : x0 + pw] += probs[n, :, :ph, :pw] * weights[key]
+    with _reader_handles(src_path, plan, settings) as handles:
+        batches = _read_batches(handles, plan, settings, i0, i1)
+        if threaded:
+            batches = _threaded(batches)
+        with closing(batches):
+            for batch, invalid, indexes in batches:
+                probs = torch.as_tensor(forward(batch, invalid), device=dev)
+                if bar is not None:
+                    bar.advance(len(indexes))
+                for n, i in enumerate(indexes):
+                    r, c = divmod(i, nc)
+                    if r < rh or r >= r1:
+                        continue  # a batch-mate outside this block: computed to keep batches equal
+                    if r != band_row:
+                        yield from emit(plan.rows[r])
+                        band_row, band_top = r, plan.rows[r]
+                    key = (c == 0, r == 0, c == nc - 1, r == len(plan.rows) - 1)
+                    if key not in weights:
+                        w = windows.blend_weights(
+                            P, ov, left=key[0], top=key[1], right=key[2], bottom=key[3]
+                        )[:ph, :pw]
+                        weights[key] = torch.from_numpy(np.ascontiguousarray(w)).to(dev)
+                    x0 = plan.cols[c]
+                    acc[:, :, x0 : x0 + pw] += probs[n, :, :ph, :pw] * weights[key]
     end = H if r1 >= len(plan.rows) else plan.rows[r1]
     yield from emit(end)
 
 
+def _argmax0(probs: Any) -> Any:
+    """Index of the first largest value along axis 0 of a (K, h, W) tensor, uint8 (h, W).
+
+    Hand-written: torch's argmax over the leading axis is ~15x slower than these K passes on a
+    CPU, and the result (first maximum wins) is numpy's and torch's argmax.
+    """
+    import torch
+
+    best = probs[0].clone()
+    index = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
+    for k in range(1, probs.shape[0]):
+        index.masked_fill_(probs[k] > best, k)
+        torch.maximum(best, probs[k], out=best)
+    return index
+
+
 def _finalize(
-    probs: np.ndarray, valid: np.ndarray | None, settings: _Settings
+    probs: Any, valid: np.ndarray | None, settings: _Settings
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Class ids (uint8, 255 = nodata) and optional uint8 probabilities from (K, h, W) floats."""
-    arg = probs.argmax(0)
-    values = np.asarray(settings.class_values, np.uint8)
-    classes = values[arg]
+    """Class ids (uint8, 255 = nodata) and optional uint8 probabilities from (K, h, W) floats.
+
+    Argmax and the probability encoding run where ``probs`` is (the model's device): only the
+    uint8 results cross back to the host.
+    """
+    import torch
+
+    probs = torch.as_tensor(probs)
+    index = _argmax0(probs)
+    if settings.class_values != tuple(range(len(settings.class_values))):
+        values = torch.tensor(settings.class_values, dtype=torch.uint8, device=probs.device)
+        index = values[index.long()]
+    classes = index.cpu().numpy()
     prob8 = None
     if settings.with_probabilities:
-        prob8 = np.rint(np.clip(probs, 0.0, 1.0) * PROB_SCALE).astype(np.uint8)
+        prob8 = torch.round(probs.clamp(0.0, 1.0) * PROB_SCALE).to(torch.uint8).cpu().numpy()
     if valid is not None:
         classes[~valid] = NODATA
         if prob8 is not None:
@@ -752,8 +871,7 @@ def _block_task(
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with (
             rasterio.Env(**GDAL_ENV),
-            _open_source(src_path, settings.target_res) as src,
-            _open_source(src_path, settings.target_res) as mask_src,  # the reader thread has src
+            _open_source(src_path, settings.target_res) as mask_src,
             _Outputs(
                 profile,
                 Path(mask_path),
@@ -766,7 +884,7 @@ def _block_task(
         ):
             writer = _Writer(outputs)
             try:
-                for y0, probs in _stream(src, plan, settings, forward, r0, r1):
+                for y0, probs in _stream(src_path, plan, settings, forward, r0, r1):
                     h = probs.shape[1]
                     cls, prb = _finalize(probs, _valid_rows(mask_src, y0, y0 + h), settings)
                     writer.put(y0 - start, cls, prb)
@@ -1152,7 +1270,7 @@ def _predict_to(
                     model = _cached_model(settings)
                     forward = _make_forward(model, settings)
                     for y0, probs in _stream(
-                        source, plan, settings, forward, 0, len(plan.rows), bar=bar
+                        src, plan, settings, forward, 0, len(plan.rows), bar=bar
                     ):
                         h = probs.shape[1]
                         valid = _valid_rows(mask_src, y0, y0 + h)
