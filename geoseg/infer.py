@@ -302,8 +302,9 @@ def _make_forward(
 
     The batch crosses to the model's device in its own dtype (a quarter of float32 for uint8;
     page-locked and asynchronous on CUDA) and is normalised there with the card's mean/std;
-    nodata pixels become 0 (the band mean). The probabilities are a float32 tensor on the
-    model's device, averaged over the TTA transforms: blending and argmax happen there too.
+    nodata pixels become 0 (the band mean). The probabilities are float32, averaged over the
+    TTA transforms: a tensor on a GPU (blending and argmax happen there too), a numpy array on
+    the CPU (see :func:`_stream`).
     """
     import torch
 
@@ -334,9 +335,15 @@ def _make_forward(
             assert total is not None  # ops is never empty
             if len(ops) > 1:
                 total = total / len(ops)
-        return total
+        return total.contiguous().numpy() if _host_arrays(dev.type) else total
 
     return forward
+
+
+def _host_arrays(device_type: str) -> bool:
+    """Whether blending and argmax run in numpy on the host (the CPU) rather than in torch on
+    the model's device (a GPU). Tests switch it off to run the device code on CPU tensors."""
+    return device_type == "cpu"
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,17 +604,25 @@ def _stream(
 
     The input is read from ``src_path`` (resampled to ``settings.target_res`` if set) through
     handles of the stream's own; with ``threaded`` the batches are cut in a thread of their own.
-    ``forward`` maps a raw batch to probabilities (B, K, P, P) on ``settings.device`` (a tensor;
-    numpy arrays are taken too); the accumulator lives there, so on a GPU nothing but the
-    batches crosses the bus until :func:`_finalize` brings back uint8.
+    ``forward`` maps a raw batch to probabilities (B, K, P, P).
 
-    Yields ``(y0, probs)`` with probs a float32 tensor (K, h, W) on the device for output rows
-    [y0, y0 + h), in order, covering exactly ``plan.owned(r0, r1)``. Only ``patch_size``
-    accumulator rows are held.
+    The accumulator lives where the probabilities are: on a GPU a tensor there, so nothing but
+    the batches crosses the bus until :func:`_finalize` brings back uint8; on the CPU a numpy
+    array (numpy's single-threaded arithmetic beats torch's here: its OpenMP barrier per small
+    op costs more than the op when other processes share the cores). Same arithmetic, same bytes.
+
+    Yields ``(y0, probs)`` with probs float32 (K, h, W) (numpy, or a tensor on the device) for
+    output rows [y0, y0 + h), in order, covering exactly ``plan.owned(r0, r1)``. Only
+    ``patch_size`` accumulator rows are held.
     """
     import torch
 
     dev = torch.device(settings.device)
+    host = _host_arrays(dev.type)
+
+    def on_device(a: np.ndarray) -> Any:
+        return a if host else torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+
     P, ov = plan.patch_size, plan.overlap
     nc, H, W = len(plan.cols), plan.height, plan.width
     ph, pw = min(P, H), min(P, W)
@@ -615,11 +630,11 @@ def _stream(
     start, stop = plan.owned(r0, r1)
     rh = plan.halo_start(r0)
     i0, i1 = _patch_index_range(plan, rh, r1)
-    wsum_rows = torch.from_numpy(_weight_sum(H, P, ov)).to(dev)
-    wsum_cols = torch.from_numpy(_weight_sum(W, P, ov)).to(dev)
+    wsum_rows = on_device(_weight_sum(H, P, ov)[:, None])
+    wsum_cols = on_device(_weight_sum(W, P, ov)[None, :])
     weights: dict[tuple[bool, bool, bool, bool], Any] = {}
 
-    acc = torch.zeros((K, ph, W), dtype=torch.float32, device=dev)
+    acc = on_device(np.zeros((K, ph, W), np.float32))
     band_row = rh  # patch row whose offset is the accumulator's first row
     band_top = plan.rows[rh]
 
@@ -630,9 +645,9 @@ def _stream(
         # In pieces of EMIT_ROWS rows: the float temporaries stay small on wide rasters.
         for a in range(lo, hi, EMIT_ROWS):
             b = min(hi, a + EMIT_ROWS)
-            denom = torch.outer(wsum_rows[a:b], wsum_cols)
-            yield a, acc[:, a - band_top : b - band_top] / denom
-        acc[:, : ph - n] = acc[:, n:].clone()  # the rows later patches still add to
+            yield a, acc[:, a - band_top : b - band_top] / (wsum_rows[a:b] * wsum_cols)
+        # The rows later patches still add to move up (numpy copies overlapping slices safely).
+        acc[:, : ph - n] = acc[:, n:] if host else acc[:, n:].clone()
         acc[:, ph - n :] = 0.0
 
     with _reader_handles(src_path, plan, settings) as handles:
@@ -641,7 +656,9 @@ def _stream(
             batches = _threaded(batches)
         with closing(batches):
             for batch, invalid, indexes in batches:
-                probs = torch.as_tensor(forward(batch, invalid), device=dev)
+                probs = forward(batch, invalid)
+                if not host:
+                    probs = torch.as_tensor(probs, device=dev)
                 if bar is not None:
                     bar.advance(len(indexes))
                 for n, i in enumerate(indexes):
@@ -653,10 +670,11 @@ def _stream(
                         band_row, band_top = r, plan.rows[r]
                     key = (c == 0, r == 0, c == nc - 1, r == len(plan.rows) - 1)
                     if key not in weights:
-                        w = windows.blend_weights(
-                            P, ov, left=key[0], top=key[1], right=key[2], bottom=key[3]
-                        )[:ph, :pw]
-                        weights[key] = torch.from_numpy(np.ascontiguousarray(w)).to(dev)
+                        weights[key] = on_device(
+                            windows.blend_weights(
+                                P, ov, left=key[0], top=key[1], right=key[2], bottom=key[3]
+                            )[:ph, :pw]
+                        )
                     x0 = plan.cols[c]
                     acc[:, :, x0 : x0 + pw] += probs[n, :, :ph, :pw] * weights[key]
     end = H if r1 >= len(plan.rows) else plan.rows[r1]
@@ -664,18 +682,24 @@ def _stream(
 
 
 def _argmax0(probs: Any) -> Any:
-    """Index of the first largest value along axis 0 of a (K, h, W) tensor, uint8 (h, W).
+    """Index of the first largest value along axis 0 of (K, h, W) probabilities: uint8 (h, W).
 
-    Hand-written: torch's argmax over the leading axis is ~15x slower than these K passes on a
-    CPU, and the result (first maximum wins) is numpy's and torch's argmax.
+    Hand-written (numpy array or torch tensor alike): numpy's and torch's argmax over the
+    leading axis are 2-15x slower than these K passes; the result (first maximum) is theirs.
     """
-    import torch
+    if isinstance(probs, np.ndarray):
+        best = probs[0].copy()
+        index = np.zeros(probs.shape[1:], np.uint8)
+        maximum: Any = np.maximum
+    else:
+        import torch
 
-    best = probs[0].clone()
-    index = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
+        best = probs[0].clone()
+        index = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
+        maximum = torch.maximum
     for k in range(1, probs.shape[0]):
-        index.masked_fill_(probs[k] > best, k)
-        torch.maximum(best, probs[k], out=best)
+        index[probs[k] > best] = k
+        maximum(best, probs[k], out=best)
     return index
 
 
@@ -684,20 +708,25 @@ def _finalize(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Class ids (uint8, 255 = nodata) and optional uint8 probabilities from (K, h, W) floats.
 
-    Argmax and the probability encoding run where ``probs`` is (the model's device): only the
-    uint8 results cross back to the host.
+    ``probs`` is a numpy array or a tensor on the model's device; argmax and the probability
+    encoding run there, and only the uint8 results cross back to the host.
     """
-    import torch
-
-    probs = torch.as_tensor(probs)
     index = _argmax0(probs)
-    if settings.class_values != tuple(range(len(settings.class_values))):
-        values = torch.tensor(settings.class_values, dtype=torch.uint8, device=probs.device)
-        index = values[index.long()]
-    classes = index.cpu().numpy()
+    identity = settings.class_values == tuple(range(len(settings.class_values)))
     prob8 = None
-    if settings.with_probabilities:
-        prob8 = torch.round(probs.clamp(0.0, 1.0) * PROB_SCALE).to(torch.uint8).cpu().numpy()
+    if isinstance(probs, np.ndarray):
+        classes = index if identity else np.asarray(settings.class_values, np.uint8)[index]
+        if settings.with_probabilities:
+            prob8 = np.rint(np.clip(probs, 0.0, 1.0) * PROB_SCALE).astype(np.uint8)
+    else:
+        import torch
+
+        if not identity:
+            values = torch.tensor(settings.class_values, dtype=torch.uint8, device=probs.device)
+            index = values[index.long()]
+        classes = index.cpu().numpy()
+        if settings.with_probabilities:
+            prob8 = torch.round(probs.clamp(0.0, 1.0) * PROB_SCALE).to(torch.uint8).cpu().numpy()
     if valid is not None:
         classes[~valid] = NODATA
         if prob8 is not None:

@@ -172,10 +172,30 @@ def _smp_factory(arch: str, encoder: str, **defaults: Any) -> Callable[..., nn.M
     return factory
 
 
+class PixelLinear(nn.Conv2d):
+    """A per-pixel linear classifier: a 1x1 convolution (the weights of ``nn.Conv2d``).
+
+    Computed as ``in_channels`` multiply-adds of whole band planes: for a handful of bands
+    that is cheaper than oneDNN's 1x1 convolution, which on a CPU whose cores are shared with
+    other processes was measured 50x slower with 2 threads than with 1.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__(in_channels, num_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, K, H, W]`` logits: ``bias + sum_c weight[:, c] * x[:, c]``."""
+        w = self.weight[:, :, 0, 0]
+        out = self.bias.view(1, -1, 1, 1) + w[:, 0].view(1, -1, 1, 1) * x[:, :1]
+        for c in range(1, x.shape[1]):
+            out = out + w[:, c].view(1, -1, 1, 1) * x[:, c : c + 1]
+        return out
+
+
 def _build_linear(*, in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
     if kwargs:
         raise ConfigError(f"model linear: unknown option(s) {sorted(kwargs)}; it takes none")
-    return nn.Conv2d(in_channels, num_classes, kernel_size=1)
+    return PixelLinear(in_channels, num_classes)
 
 
 _REGISTRY: dict[str, _Entry] = {
