@@ -295,31 +295,56 @@ def _tta_ops(tta: str) -> list[tuple[Callable[[Any], Any], Callable[[Any], Any]]
     raise ConfigError(f"tta={tta!r} is not one of none, flip, d4")
 
 
-def _make_forward(
-    model: Any, settings: _Settings
-) -> Callable[[np.ndarray, np.ndarray | None], Any]:
-    """A function: raw batch (B, C, P, P) + nodata mask (B, P, P) -> probabilities (B, K, P, P).
+@dataclass(frozen=True)
+class _Forward:
+    """The model applied to raw batches, in two halves that run in different threads.
 
-    The batch crosses to the model's device in its own dtype (a quarter of float32 for uint8;
-    page-locked and asynchronous on CUDA) and is normalised there with the card's mean/std;
-    nodata pixels become 0 (the band mean). The probabilities are float32, averaged over the
-    TTA transforms: a tensor on a GPU (blending and argmax happen there too), a numpy array on
-    the CPU (see :func:`_stream`).
+    ``prepare(batch, invalid)`` runs on the host in the thread that cuts the batches: on the CPU
+    it normalises them there (numpy), next to the main thread's model work; for a GPU it leaves
+    them raw (uint8 crosses the bus at a quarter of float32). ``run(prepared)`` returns the
+    probabilities (B, K, P, P), float32, averaged over the TTA transforms: a tensor on a GPU
+    (blending and argmax happen there too), a numpy array on the CPU (see :func:`_stream`).
     """
+
+    prepare: Callable[[np.ndarray, np.ndarray | None], Any]
+    run: Callable[[Any], Any]
+
+
+def _make_forward(model: Any, settings: _Settings) -> _Forward:
+    """:class:`_Forward` for ``model``: normalised with the card's mean/std (nodata pixels
+    become 0, the band mean), bf16 autocast and channels_last as the settings say."""
     import torch
 
     ops = _tta_ops(settings.tta)
     dev = torch.device(settings.device)
+    host = _host_arrays(dev.type)
     bf16 = settings.precision == "bf16"
     fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
-    mean = torch.tensor(settings.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
-    inv_std = (1 / torch.tensor(settings.std, dtype=torch.float32, device=dev)).view(1, -1, 1, 1)
+    mean32 = np.asarray(settings.mean, np.float32).reshape(1, -1, 1, 1)
+    inv_std32 = (1 / np.asarray(settings.std, np.float32)).reshape(1, -1, 1, 1)
+    mean, inv_std = torch.from_numpy(mean32).to(dev), torch.from_numpy(inv_std32).to(dev)
 
-    def forward(batch: np.ndarray, invalid: np.ndarray | None) -> Any:
-        x = torch.from_numpy(batch).to(dev, non_blocking=True).float()
-        x = (x - mean) * inv_std
+    def normalise_on_host(batch: np.ndarray, invalid: np.ndarray | None) -> np.ndarray:
+        # The arithmetic of the device branch below, in numpy: the same float32 values.
+        x = np.subtract(batch, mean32, dtype=np.float32)
+        x *= inv_std32
         if invalid is not None:
-            x = x.masked_fill(torch.from_numpy(invalid).to(dev, non_blocking=True)[:, None], 0.0)
+            x[np.broadcast_to(invalid[:, None], x.shape)] = 0.0
+        return x
+
+    def raw(batch: np.ndarray, invalid: np.ndarray | None) -> tuple[np.ndarray, Any]:
+        return batch, invalid
+
+    def run(prepared: Any) -> Any:
+        if host:
+            x = torch.from_numpy(prepared)
+        else:
+            batch, invalid = prepared
+            x = torch.from_numpy(batch).to(dev, non_blocking=True).float()
+            x = (x - mean) * inv_std
+            if invalid is not None:
+                bad = torch.from_numpy(invalid).to(dev, non_blocking=True)
+                x = x.masked_fill(bad[:, None], 0.0)
         x = x.contiguous(memory_format=fmt)
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             total = None
@@ -335,9 +360,9 @@ def _make_forward(
             assert total is not None  # ops is never empty
             if len(ops) > 1:
                 total = total / len(ops)
-        return total.contiguous().numpy() if _host_arrays(dev.type) else total
+        return total.contiguous().numpy() if host else total
 
-    return forward
+    return _Forward(prepare=normalise_on_host if host else raw, run=run)
 
 
 def _host_arrays(device_type: str) -> bool:
@@ -533,6 +558,15 @@ def _assemble(
         yield batch, invalid, range(b0, b1)
 
 
+def _prepared(
+    batches: Iterator[tuple[np.ndarray, np.ndarray | None, range]],
+    prepare: Callable[[np.ndarray, np.ndarray | None], Any],
+) -> Iterator[tuple[Any, range]]:
+    with closing(batches):
+        for batch, invalid, indexes in batches:
+            yield prepare(batch, invalid), indexes
+
+
 def _threaded(it: Iterator[Any], maxsize: int = 2) -> Iterator[Any]:
     """Run an iterator in a reader thread with a bounded queue (I/O overlaps compute)."""
     q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
@@ -593,7 +627,7 @@ def _stream(
     src_path: str | Path,
     plan: _Plan,
     settings: _Settings,
-    forward: Callable[[np.ndarray, np.ndarray | None], Any],
+    forward: _Forward,
     r0: int,
     r1: int,
     *,
@@ -603,8 +637,8 @@ def _stream(
     """Blended probabilities of the row-block of patch rows [r0, r1), in finished pieces.
 
     The input is read from ``src_path`` (resampled to ``settings.target_res`` if set) through
-    handles of the stream's own; with ``threaded`` the batches are cut in a thread of their own.
-    ``forward`` maps a raw batch to probabilities (B, K, P, P).
+    handles of the stream's own; with ``threaded`` the batches are cut and ``forward.prepare``-d
+    in a thread of their own. ``forward.run`` maps them to probabilities (B, K, P, P).
 
     The accumulator lives where the probabilities are: on a GPU a tensor there, so nothing but
     the batches crosses the bus until :func:`_finalize` brings back uint8; on the CPU a numpy
@@ -651,12 +685,12 @@ def _stream(
         acc[:, ph - n :] = 0.0
 
     with _reader_handles(src_path, plan, settings) as handles:
-        batches = _read_batches(handles, plan, settings, i0, i1)
+        batches = _prepared(_read_batches(handles, plan, settings, i0, i1), forward.prepare)
         if threaded:
             batches = _threaded(batches)
         with closing(batches):
-            for batch, invalid, indexes in batches:
-                probs = forward(batch, invalid)
+            for prepared, indexes in batches:
+                probs = forward.run(prepared)
                 if not host:
                     probs = torch.as_tensor(probs, device=dev)
                 if bar is not None:

@@ -185,10 +185,10 @@ class PixelLinear(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> ``[B, K, H, W]`` logits: ``bias + sum_c weight[:, c] * x[:, c]``."""
-        w = self.weight[:, :, 0, 0]
-        out = self.bias.view(1, -1, 1, 1) + w[:, 0].view(1, -1, 1, 1) * x[:, :1]
-        for c in range(1, x.shape[1]):
-            out = out + w[:, c].view(1, -1, 1, 1) * x[:, c : c + 1]
+        w = self.weight[:, :, 0, 0, None, None]  # (K, C, 1, 1)
+        out = self.bias.view(1, -1, 1, 1)
+        for c in range(x.shape[1]):
+            out = torch.addcmul(out, w[:, c], x[:, c : c + 1])
         return out
 
 

@@ -116,7 +116,9 @@ def _stitch(
         ) as dst:
             dst.write(data)
         for r0, r1 in blocks or [(0, len(plan.rows))]:
-            forward = lambda raw, invalid: _pointwise(_normalized(raw, invalid, s))  # noqa: E731
+            forward = infer._Forward(
+                prepare=lambda raw, invalid: _normalized(raw, invalid, s), run=_pointwise
+            )
             for y0, probs in infer._stream(
                 mem.name, plan, s, forward, r0, r1, threaded=r0 % 2 == 0
             ):
