@@ -186,20 +186,21 @@ def make_checkpoint(path: Path, model: str, width: int, patch: int) -> Path:
 
 
 def _resolved_precision(precision: str, device: str) -> str:
-    from geoseg import infer
+    from geoseg.device import resolve_device, resolve_precision
 
-    return infer.resolve_precision(precision, infer.resolve_device(device))
+    return resolve_precision(precision, resolve_device(device))
 
 
 def child_model(a: dict[str, Any]) -> dict[str, Any]:
     """(a) forward passes on in-memory batches, the same count as the raster's grid needs."""
     import torch
 
-    from geoseg import checkpoint, infer, windows
+    from geoseg import checkpoint, windows
+    from geoseg.device import resolve_device
 
     if a["threads"]:
         torch.set_num_threads(a["threads"])
-    device = infer.resolve_device(a["device"])
+    device = resolve_device(a["device"]).type
     model, card = checkpoint.load_model(Path(a["checkpoint"]), device=device)
     P, bs = a["patch"], a["batch_size"]
     n_patches = len(windows.grid(a["size"], a["size"], P, a["overlap"]))
@@ -300,11 +301,12 @@ def child_torchgeo(a: dict[str, Any]) -> dict[str, Any]:
     from torchgeo.datasets import RasterDataset, stack_samples
     from torchgeo.samplers import GridGeoSampler
 
-    from geoseg import checkpoint, infer
+    from geoseg import checkpoint
+    from geoseg.device import resolve_device
 
     if a["threads"]:
         torch.set_num_threads(a["threads"])
-    device = infer.resolve_device(a["device"])
+    device = resolve_device(a["device"]).type
     model, card = checkpoint.load_model(Path(a["checkpoint"]), device=device)
     src_path = Path(a["input"])
 
@@ -514,9 +516,9 @@ def main() -> None:
     if ns.child:
         print(json.dumps(CHILDREN[ns.child](json.loads(ns.child_args))))
         return
-    from geoseg import infer
+    from geoseg.device import resolve_device
 
-    device = infer.resolve_device(ns.device)
+    device = resolve_device(ns.device).type
     if ns.size is None:
         # The CPU default stays within ~15 minutes on 2 shared cores (fp32 ResNet18-UNet runs
         # ~0.5 MP/s there); the pipeline's own ceiling is measured at 8k by (n) and (f) anyway.

@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from geoseg import config, data, losses, models, progress, synthetic, train  # noqa: E402
+from geoseg.device import resolve_device, resolve_precision  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -91,8 +92,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     progress.set_enabled(False)
 
-    device = train.resolve_device(args.device)
-    precision = train.resolve_precision(args.precision, device)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device, fp16=True)
     work = Path(tempfile.mkdtemp(prefix="geoseg-train-step-"))
     demo = synthetic.make_demo_data(
         work / "data", tiles=2, size=max(512, 4 * args.patch_size), seed=0
@@ -191,7 +192,7 @@ def main() -> None:
     base = rates["fp32"]
     for name, rate in rates.items():
         print(f"{name:<20} {rate:8.2f} img/s   x{rate / base:.2f} vs fp32")
-    auto = train.resolve_precision("auto", device)
+    auto = resolve_precision("auto", device, fp16=True)
     print(f"precision auto on this {device.type} -> {auto}")
     if args.json:
         args.json.write_text(

@@ -1,16 +1,18 @@
-"""Find and index the rasters of a catalog: a folder, a glob, a list file or a local STAC JSON.
+"""Find and index the rasters of a catalog: a folder, a glob, a list file, STAC, or URLs.
 
-``find_rasters`` turns what a user typed into a sorted list of raster paths; ``index`` opens
-each one once and records its grid (CRS as WKT, bounds, resolution, size, transform), band
-count, dtype and nodata, so later stages never re-open files to learn them. Mixed CRSs and
-resolutions are allowed: :meth:`Catalog.target` picks one target grid (the first file's CRS
-and resolution unless given) onto which the others are warped, as torchgeo does.
+``find_rasters`` turns what a user typed into a sorted list of raster paths: local files, remote
+GeoTIFFs (``s3://bucket/key.tif``, ``https://…/x.tif``, GDAL's ``/vsis3/``, ``/vsicurl/``),
+``s3://bucket/prefix/`` folders and STAC catalogs or API searches (:mod:`geoseg.stac`). Remote
+rasters are carried in GDAL's spelling (:mod:`geoseg.remote`) and read with range requests.
+``index`` opens each one once and records its grid (CRS as WKT, bounds, resolution, size,
+transform), band count, dtype and nodata, so later stages never re-open files to learn them.
+Mixed CRSs and resolutions are allowed: :meth:`Catalog.target` picks one target grid (the first
+file's CRS and resolution unless given) onto which the others are warped, as torchgeo does.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -20,14 +22,15 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
+from geoseg import io, remote, stac
 from geoseg.errors import CatalogError, InputNotFoundError, RasterError
 
 log = logging.getLogger(__name__)
 
-#: File name endings treated as rasters when a folder is searched.
-RASTER_SUFFIXES = (".tif", ".tiff", ".gtif", ".vrt")
-#: Endings of plain (non-georeferenced) image tiles, used by ``layout: tiles``.
-TILE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+#: File name endings treated as rasters when a folder is searched (defined in geoseg.io).
+RASTER_SUFFIXES = io.CATALOG_SUFFIXES
+#: Endings of plain (non-georeferenced) image tiles, used by ``layout: tiles`` (geoseg.io).
+TILE_SUFFIXES = io.TILE_SUFFIXES
 _GLOB_CHARS = set("*?[")
 
 
@@ -120,74 +123,68 @@ class Catalog:
         return target_crs, float(res)
 
 
-def _is_stac(path: Path) -> bool:
-    return path.suffix.lower() in (".json", ".geojson")
-
-
-def _stac_hrefs(path: Path) -> list[Path]:
-    """GeoTIFF asset hrefs of a local STAC ItemCollection (or single Item), resolved."""
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CatalogError(
-            f"{path}: not a readable STAC JSON ({err.__class__.__name__}); check the file"
-        ) from None
-    items = doc.get("features") if isinstance(doc, dict) else None
-    if items is None and isinstance(doc, dict) and doc.get("type") == "Feature":
-        items = [doc]
-    if not isinstance(items, list):
-        raise CatalogError(f"{path}: expected a STAC ItemCollection (a 'features' list of items)")
-    out: list[Path] = []
-    for item in items:
-        assets = (item or {}).get("assets") or {}
-        tiffs = []
-        for asset in assets.values():
-            href = str(asset.get("href", ""))
-            kind = str(asset.get("type", "")).lower()
-            if "tiff" in kind or href.lower().endswith((".tif", ".tiff")):
-                tiffs.append(asset)
-        # Prefer assets with the "data" role (an item may also carry a thumbnail or a mask).
-        data = [a for a in tiffs if "data" in (a.get("roles") or [])]
-        for asset in data or tiffs:
-            href = str(asset["href"])
-            if href.startswith("file://"):
-                href = href[len("file://") :]
-            p = Path(href)
-            out.append(p if p.is_absolute() else (path.parent / p).resolve())
-    return out
-
-
 def _list_file(path: Path) -> list[Path]:
     out = []
     for line in path.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        if remote.is_remote(line):
+            out.append(remote.as_path(line))
+            continue
         p = Path(line)
-        out.append(p if p.is_absolute() or line.startswith("/vsi") else (path.parent / p).resolve())
+        out.append(p if p.is_absolute() else (path.parent / p).resolve())
     return out
 
 
+def _remote_source(s: str, suffixes: tuple[str, ...], asset: str | None) -> list[Path]:
+    """Rasters of one remote source: an s3 folder or glob, a STAC source, or one raster URL."""
+    if stac.is_stac(s):
+        return stac.rasters(s, asset=asset)
+    if remote.is_s3_folder(s):
+        found = remote.list_s3(s, suffixes)
+        if not found:
+            raise CatalogError(
+                f"{remote.to_url(s)}: no rasters ({', '.join(suffixes)}) under this S3 prefix; "
+                "check the bucket and prefix"
+            )
+        return found
+    return [remote.as_path(s)]
+
+
 def find_rasters(
-    sources: list[str] | str | Path, *, suffixes: tuple[str, ...] = RASTER_SUFFIXES
+    sources: list[str] | str | Path,
+    *,
+    suffixes: tuple[str, ...] = RASTER_SUFFIXES,
+    asset: str | None = None,
 ) -> list[Path]:
     """Expand what a user gave as IMAGES into raster paths.
 
     Each source may be a folder (searched recursively for GeoTIFFs), a glob (``data/*.tif``,
-    ``**`` allowed), a text file with one path per line (relative paths are relative to the
-    file), a local STAC ItemCollection JSON (GeoTIFF asset hrefs; relative ones resolved against
-    the JSON's folder) or a raster file. Order: as given, each source's files sorted; duplicates
-    dropped.
+    ``**`` allowed), a text file with one path or URL per line (relative paths are relative to
+    the file), a raster file, a remote raster (``s3://bucket/key.tif``, ``https://…/x.tif``,
+    ``/vsis3/…``, ``/vsicurl/…``), an S3 folder or glob (``s3://bucket/prefix/``,
+    ``s3://bucket/scenes/*.tif``), or a STAC source: a catalog, collection, item or
+    ItemCollection JSON (local, HTTP or S3) or a STAC API ``…/search?…`` URL (see
+    :mod:`geoseg.stac`; ``asset`` is the default asset key, ``#asset=KEY`` overrides it per
+    source). Remote rasters come back in GDAL's spelling (``/vsis3/bucket/key.tif``). Order:
+    as given, each source's files sorted; duplicates dropped.
 
     Raises:
-        InputNotFoundError: a source (or a path listed in a list file / STAC) does not exist.
-        CatalogError: nothing raster-like was found.
+        InputNotFoundError: a source (or a local path listed in a list file / STAC) does not
+            exist.
+        CatalogError: nothing raster-like was found; a STAC search matched nothing or an item
+            lacks the asset.
+        RemoteError: a server or bucket cannot be reached or denies access.
     """
     if isinstance(sources, str | Path):
         sources = [str(sources)]
     found: list[Path] = []
     for src in sources:
         s = str(src)
+        if remote.is_remote(s):
+            found += _remote_source(s, suffixes, asset)
+            continue
         p = Path(s)
         if any(ch in s for ch in _GLOB_CHARS) and not p.exists():
             matches = sorted(Path(m) for m in glob.glob(s, recursive=True))
@@ -198,6 +195,9 @@ def find_rasters(
         if s.startswith("/vsi"):
             found.append(p)
             continue
+        local, _ = stac.split_fragment(s)
+        if local != s and stac.is_stac(s) and Path(local).is_file():
+            p = Path(local)
         if not p.exists():
             raise InputNotFoundError(f"{s}: no such file or folder; check the path")
         if p.is_dir():
@@ -205,9 +205,9 @@ def find_rasters(
         elif p.suffix.lower() in suffixes:
             found.append(p)
         else:
-            listed = _stac_hrefs(p) if _is_stac(p) else _list_file(p)
+            listed = stac.rasters(s, asset=asset) if stac.is_stac(s) else _list_file(p)
             for q in listed:
-                if not str(q).startswith("/vsi") and not q.exists():
+                if not remote.is_remote(q) and not str(q).startswith("/vsi") and not q.exists():
                     raise InputNotFoundError(
                         f"{q}: listed in {p} but does not exist; fix the entry"
                     )
@@ -217,7 +217,7 @@ def find_rasters(
     if not unique:
         raise CatalogError(
             f"no rasters found in {', '.join(map(str, sources))}; expected GeoTIFFs "
-            f"({', '.join(suffixes)}) in a folder, a glob, a list file or a STAC ItemCollection"
+            f"({', '.join(suffixes)}) in a folder, a glob, a list file, an S3 prefix or STAC"
         )
     return unique
 
@@ -226,7 +226,7 @@ def _info(path: Path) -> RasterInfo:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
-            with rasterio.open(path) as src:
+            with remote.env([path]), rasterio.open(path) as src:
                 # A truncated TIFF opens fine (the header is intact) and fails on its last block;
                 # reading one pixel there catches it here instead of mid-training.
                 w = rasterio.windows.Window(src.width - 1, src.height - 1, 1, 1)
@@ -252,6 +252,8 @@ def _info(path: Path) -> RasterInfo:
                     alpha_band=alpha,
                 )
         except RasterioIOError as err:
+            if remote.is_remote(path):
+                raise remote.explain(path, err) from None
             msg = str(err).splitlines()[0] if str(err) else "unreadable"
             raise RasterError(
                 f"{path}: cannot read this raster, it is corrupt or truncated ({msg[:160]}); "
@@ -262,16 +264,20 @@ def _info(path: Path) -> RasterInfo:
 def index(paths: list[Path] | list[str]) -> Catalog:
     """Open each raster once and record its grid, bands, dtype and nodata.
 
+    Remote rasters (GDAL paths or URLs) are opened with :func:`geoseg.remote.env`: the header
+    only, with range requests; GDAL keeps it cached for the later reads of this process.
+
     Raises:
-        InputNotFoundError: a path does not exist.
+        InputNotFoundError: a path does not exist (404 for a remote one).
         RasterError: a file is corrupt or truncated (the message names it).
+        RemoteError: a remote raster cannot be reached or access is denied.
         CatalogError: ``paths`` is empty.
     """
     if not paths:
         raise CatalogError("the catalog is empty; expected at least one GeoTIFF")
     rasters = []
     for p in paths:
-        p = Path(p)
+        p = remote.as_path(p)
         if not str(p).startswith("/vsi") and not p.exists():
             raise InputNotFoundError(f"{p}: no such file; check the path")
         rasters.append(_info(p))

@@ -18,9 +18,7 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 import geoseg
+from geoseg import io
 from geoseg.errors import CheckpointError, InputNotFoundError
 
 log = logging.getLogger(__name__)
@@ -253,7 +252,7 @@ def save(
     epoch: int = 0,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write a checkpoint atomically: a temp file in the same folder, fsync, then ``os.replace``.
+    """Write a checkpoint atomically (:func:`geoseg.io.atomic_write`: temp file, fsync, rename).
 
     A crash or error midway leaves any older file at ``path`` intact and no partial file.
 
@@ -278,24 +277,8 @@ def save(
         "epoch": int(epoch),
         "extra": _to_safe(dict(extra or {}), "extra"),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable (not possible everywhere)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    with io.atomic_write(path, overwrite=True) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
     log.debug("saved checkpoint %s (epoch %d)", path, epoch)
 
 
@@ -372,12 +355,6 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> Check
     )
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_model(
     path: str | Path, *, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, ModelCard]:
@@ -392,6 +369,7 @@ def load_model(
         logits ``[B, card.num_classes, H, W]``.
     """
     from geoseg import models
+    from geoseg.device import resolve_device
     from geoseg.errors import ConfigError
 
     path = Path(path)
@@ -415,5 +393,5 @@ def load_model(
             f"{path}: weights do not fit model {card.architecture} ({detail}); "
             "the checkpoint is inconsistent, re-save it"
         ) from None
-    model.to(_resolve_device(device)).eval()
+    model.to(resolve_device(device)).eval()
     return model, card

@@ -8,8 +8,9 @@ unless a name says otherwise (``min_area_m2``, ``simplify_m``); ``res`` in CRS u
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,6 +19,7 @@ from geoseg.errors import ConfigError, InputNotFoundError
 
 Precision = Literal["auto", "32", "bf16", "16"]
 Device = Literal["auto", "cpu", "cuda"]
+S = TypeVar("S", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -174,15 +176,15 @@ class TrainConfig(_Section):
 
 
 class InferConfig(_Section):
-    """Sliding-window inference."""
+    """Sliding-window inference: ``geoseg infer``'s options, ``infer.predict``'s settings."""
 
     inputs: list[str] = Field(default_factory=list)
     """Rasters to predict; default in a pipeline: the test split's images."""
-    patch_size: int | None = None
-    """Default: the checkpoint's patch size."""
-    overlap: int = 64
-    """Pixels shared by neighbouring patches; blended with a smooth window."""
-    batch_size: int | None = None
+    patch_size: int | None = Field(default=None, ge=1)
+    """Side of a predicted patch in pixels; default: the checkpoint's (the training patch size)."""
+    overlap: int | None = Field(default=None, ge=0)
+    """Pixels shared by neighbouring patches, blended with a smooth window; default: min(64, patch_size / 4)."""
+    batch_size: int | None = Field(default=None, ge=1)
     """Patches per forward pass; default: tuned to the device."""
     tta: Literal["none", "flip", "d4"] = "none"
     """Test-time augmentation: ``none``, ``flip`` (4 flips) or ``d4`` (8 rotations/flips)."""
@@ -190,7 +192,7 @@ class InferConfig(_Section):
     """``auto`` (bf16 where fast), ``32`` or ``bf16``."""
     device: Device = "auto"
     """``auto`` = CUDA when available, else CPU."""
-    workers: int = 1
+    workers: int = Field(default=1, ge=1)
     """Local dask worker processes; 1 = in this process."""
     scheduler: str | None = None
     """Address of an existing dask scheduler, e.g. ``tcp://host:8786``."""
@@ -198,11 +200,21 @@ class InferConfig(_Section):
     """Write Cloud-Optimized GeoTIFFs (tiled, compressed, overviews)."""
     probabilities: bool = False
     """Also write per-class probabilities next to each mask (``*_prob.tif``)."""
+    resample: bool = False
+    """Predict at the training pixel size (resampled on the fly) when an input's differs."""
 
     @field_validator("inputs", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str | Path) else v
+
+    def resolved_overlap(self, patch_size: int) -> int:
+        """``overlap``, or its default for ``patch_size``: min(64, patch_size // 4).
+
+        A quarter of the patch at most keeps the extra work of overlapping patches under
+        (4/3)^2 = 1.8x, and is always smaller than the patch (a fixed 64 is not, for 64 px).
+        """
+        return min(64, patch_size // 4) if self.overlap is None else self.overlap
 
 
 class VectorizeConfig(_Section):
@@ -245,6 +257,19 @@ class PipelineConfig(_Section):
     vectorize: VectorizeConfig = Field(default_factory=VectorizeConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
+    @model_validator(mode="after")
+    def _overlap_fits_the_patch(self) -> PipelineConfig:
+        # Checked when the file is read, not after training: the checkpoint a pipeline predicts
+        # with has the training patch size unless infer.patch_size says otherwise.
+        patch = self.infer.patch_size or self.train.patch_size
+        overlap = self.infer.resolved_overlap(patch)
+        if overlap >= patch:
+            raise ValueError(
+                f"infer.overlap={overlap} must be smaller than the patch size {patch} "
+                f"(infer.patch_size or train.patch_size); e.g. {patch // 4}"
+            )
+        return self
+
 
 def _format_validation_error(err: ValidationError, source: str, model: type[BaseModel]) -> str:
     first = err.errors()[0]
@@ -256,7 +281,29 @@ def _format_validation_error(err: ValidationError, source: str, model: type[Base
             section = field.annotation if field is not None else section
         valid = ", ".join(sorted(getattr(section, "model_fields", {})))
         return f"{source}: unknown key '{loc}'; valid keys here: {valid}"
-    return f"{source}: {loc}: {first['msg']} (got {first.get('input')!r})"
+    msg = first["msg"].removeprefix("Value error, ")
+    where = f"{loc}: " if loc else ""
+    if first["type"] == "value_error" and isinstance(first.get("input"), dict):
+        return f"{source}: {where}{msg}"  # a check across keys: the message names them
+    return f"{source}: {where}{msg} (got {first.get('input')!r})"
+
+
+def override(section: S, values: Mapping[str, Any], *, source: str) -> S:
+    """A copy of ``section`` with ``values`` (field name -> value) in place of its own, validated.
+
+    How keyword settings (``predict_raster(..., overlap=32)``) and command-line options join a
+    settings object: the schema checks them, and every value not given keeps the schema's.
+
+    Raises:
+        ConfigError: an unknown name (the valid ones are listed) or a bad value.
+    """
+    if not values:
+        return section
+    model = type(section)
+    try:
+        return model.model_validate({**section.model_dump(), **values})
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source, model)) from None
 
 
 def parse(data: dict[str, Any], source: str = "config") -> PipelineConfig:
@@ -334,8 +381,10 @@ def resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
 
 
 def dump(cfg: PipelineConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (what the run actually used)."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    """Write the resolved config as YAML (what the run actually used), atomically."""
+    from geoseg import io
+
+    io.write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
 def reference_markdown() -> str:

@@ -39,5 +39,17 @@ class OutputExistsError(GeosegError, FileExistsError):
     """An output exists and ``overwrite`` was not given."""
 
 
+class OutputBusyError(OutputExistsError):
+    """Another live geoseg run is writing the same output."""
+
+
+class OutputWriteError(GeosegError, OSError):
+    """An output could not be written: full disk, read-only folder, no permission, size limit."""
+
+
 class SchedulerError(GeosegError, ConnectionError):
     """A dask scheduler address cannot be reached."""
+
+
+class RemoteError(GeosegError, ConnectionError):
+    """A remote raster or catalog cannot be reached or read: endpoint down, timeout, denied."""

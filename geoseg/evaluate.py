@@ -13,10 +13,9 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,13 +30,11 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from geoseg import progress, vectorize
-from geoseg.errors import InputNotFoundError, LabelError, OutputExistsError, RasterError
+from geoseg import io, progress, vectorize
+from geoseg.errors import LabelError, RasterError
 
 log = logging.getLogger(__name__)
 
-RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".png"}
-VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".sqlite"}
 CONFIDENCE_COLUMNS = ("confidence", "conf", "score")
 
 
@@ -201,15 +198,7 @@ def _read_vector(source: Path | str | Any) -> tuple[str, Any]:
     if isinstance(source, gpd.GeoDataFrame):
         return "<GeoDataFrame>", source.reset_index(drop=True)
     path = Path(source)
-    if not path.exists():
-        raise InputNotFoundError(f"{path}: no such file; check the path")
-    try:
-        gdf = gpd.read_file(path, engine="pyogrio")
-    except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, ... per driver
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise LabelError(
-            f"{path}: cannot read polygons ({msg}); pass a GeoPackage, GeoJSON or Shapefile"
-        ) from None
+    gdf = io.read_vector(path)
     if gdf.crs is not None and gdf.crs.is_geographic and len(gdf):
         # A common mistake: projected coordinates in a file that declares longitude/latitude.
         b = gdf.total_bounds
@@ -289,7 +278,11 @@ def pixels(
         (rows = truth, columns = prediction).
     """
     pred_path, truth_path = Path(prediction), Path(truth)
-    with vectorize._open_raster(pred_path) as pred, vectorize._open_raster(truth_path) as ref:
+    with (
+        io.open_raster(pred_path, hint="pass a mask GeoTIFF") as pred,
+        io.open_raster(truth_path, hint="pass a mask GeoTIFF") as ref,
+        io.reading(pred_path, truth_path),
+    ):
         names = _pixel_class_names(pred, ref, class_names)
         same = (
             ref.crs == pred.crs
@@ -371,10 +364,9 @@ def _pixel_class_names(pred: Any, ref: Any, class_names: Sequence[str] | None) -
     if class_names:
         return [str(n) for n in class_names]
     for src in (pred, ref):
-        if vectorize._class_table(src) is not None:
-            return vectorize._class_names(src)
-    top = max(vectorize._max_class_id(pred), vectorize._max_class_id(ref))
-    return ["background", "building"] if top <= 1 else [f"class_{i}" for i in range(top + 1)]
+        if io.class_table(src) is not None:
+            return io.mask_class_names(src)
+    return io.default_class_names(max(io.max_class_id(pred), io.max_class_id(ref)))
 
 
 def _check_raster_overlap(pred: Any, ref: Any, pred_path: Path, truth_path: Path) -> None:
@@ -402,7 +394,7 @@ def _pixels_with_vector(
     """Pixel metrics of a mask against polygons burned onto its grid (building id inside)."""
     from geoseg.metrics import ConfusionMatrix
 
-    with vectorize._open_raster(raster) as src:
+    with io.open_raster(raster, hint="pass a mask GeoTIFF") as src, io.reading(raster):
         geoms = (
             polygons.to_crs(src.crs).geometry.values.to_numpy()
             if (polygons.crs is not None and src.crs is not None)
@@ -483,11 +475,21 @@ def evaluate(
     prediction, truth = Path(prediction), Path(truth)
     if classes:  # "--classes a,b,c" and "--classes a --classes b" both work
         classes = [n.strip() for c in classes for n in str(c).split(",") if n.strip()]
-    if report is not None and Path(report).exists() and not overwrite:
-        raise OutputExistsError(
-            f"{report} exists; pass --overwrite to replace it or choose another --json"
-        )
-    kinds = (_kind(prediction), _kind(truth))
+    with (
+        io.claim(report, overwrite=overwrite, inputs=[prediction, truth], option="--json")
+        if report is not None
+        else contextlib.nullcontext()
+    ) as output:
+        out = _evaluate(prediction, truth, iou_threshold, classes)
+        if output is not None:
+            io.write_json(out, output, indent=_indent(out))
+    return out
+
+
+def _evaluate(
+    prediction: Path, truth: Path, iou_threshold: float, classes: Sequence[str] | None
+) -> dict[str, Any]:
+    kinds = (io.file_kind(prediction), io.file_kind(truth))
     out: dict[str, Any] = {"prediction": str(prediction), "truth": str(truth)}
     if kinds == ("raster", "raster"):
         out["mode"] = "pixels"
@@ -522,8 +524,6 @@ def evaluate(
         out["vectorized"] = str(raster)
         out["rasterized"] = str(vector)
         out["polygons_outside_raster"] = int((~inside).sum())
-    if report is not None:
-        write_json(out, Path(report))
     return out
 
 
@@ -532,7 +532,7 @@ def _on_valid_pixels(raster: Path, polygons: Any) -> np.ndarray:
     keep = np.zeros(len(polygons), dtype=bool)
     if not len(polygons):
         return keep
-    with vectorize._open_raster(raster) as src:
+    with io.open_raster(raster, hint="pass a mask GeoTIFF") as src, io.reading(raster):
         geoms = polygons.geometry
         if polygons.crs is not None and src.crs is not None:
             geoms = geoms.to_crs(src.crs)
@@ -549,43 +549,15 @@ def _on_valid_pixels(raster: Path, polygons: Any) -> np.ndarray:
     return keep
 
 
-def _kind(path: Path) -> str:
-    if not path.exists():
-        raise InputNotFoundError(f"{path}: no such file; check the path")
-    suffix = path.suffix.lower()
-    if suffix in RASTER_SUFFIXES:
-        return "raster"
-    if suffix in VECTOR_SUFFIXES or path.is_dir():
-        return "vector"
-    try:
-        with rasterio.open(path):
-            return "raster"
-    except rasterio.errors.RasterioIOError:
-        return "vector"
+def write_json(report: dict[str, Any], path: Path, *, overwrite: bool = True) -> Path:
+    """Write a report as strict JSON (NaN -> null), atomically (:func:`geoseg.io.write_json`)."""
+    return io.write_json(report, path, indent=_indent(report), overwrite=overwrite)
 
 
-def write_json(report: dict[str, Any], path: Path) -> Path:
-    """Write a report as strict JSON (NaN -> null), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+def _indent(report: dict[str, Any]) -> int | None:
     # Indented for people; large reports (thousands of matches) compact, as the indenting
     # encoder is pure Python and takes seconds there.
-    indent = 2 if len(report.get("matches", ())) <= 2000 else None
-    tmp.write_text(json.dumps(_jsonable(report), indent=indent, allow_nan=False))
-    os.replace(tmp, path)
-    return path
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(value) or math.isinf(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+    return 2 if len(report.get("matches", ())) <= 2000 else None
 
 
 def tables(report: dict[str, Any]) -> list[Any]:

@@ -25,7 +25,6 @@ and renamed only when complete.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -34,10 +33,10 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -45,50 +44,32 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from geoseg import progress, windows
+from geoseg import config, io, progress, remote, windows
+from geoseg.config import InferConfig
+from geoseg.device import resolve_device, resolve_precision
 from geoseg.errors import (
     CheckpointError,
     ConfigError,
     GeosegError,
     InputNotFoundError,
-    OutputExistsError,
     RasterError,
     SchedulerError,
 )
 
 log = logging.getLogger(__name__)
 
-Tta = Literal["none", "flip", "d4"]
-Precision = Literal["auto", "32", "bf16"]
-Device = Literal["auto", "cpu", "cuda"]
-
-NODATA = 255
+NODATA = io.MASK_NODATA
 PROB_SCALE = 254  # probability p is stored as round(p * 254); 255 is nodata
-BLOCKSIZE = 512
+BLOCKSIZE = io.MASK_BLOCKSIZE
 EMIT_ROWS = 64  # finished rows are divided, argmax-ed and queued for writing in pieces this tall
 RES_TOLERANCE = 0.25
-GDAL_ENV = {"GDAL_CACHEMAX": 64, "GDAL_NUM_THREADS": "ALL_CPUS"}  # MB; keeps RSS bounded
+# GDAL's block cache, 64 MiB: bounds RSS yet holds the tiles a strip of patches shares with the
+# next one. rasterio hands an int to GDALSetCacheMax64, i.e. BYTES: the former value 64 meant 64
+# bytes, so every strip decoded (and, for a remote COG, fetched) its tiles again: 3x the bytes.
+GDAL_ENV = {"GDAL_CACHEMAX": 64 * 2**20, "GDAL_NUM_THREADS": "ALL_CPUS"}
 READ_AHEAD_BYTES = 128 * 2**20  # input strips read ahead at most (several reader threads)
 
-__all__ = ["predict_raster", "predict", "output_paths", "resolve_device", "resolve_precision"]
-
-# A small palette for QGIS: background transparent-ish grey, then distinct colours.
-_PALETTE = [
-    (0, 0, 0, 0),
-    (230, 25, 75, 255),
-    (60, 180, 75, 255),
-    (255, 225, 25, 255),
-    (0, 130, 200, 255),
-    (245, 130, 48, 255),
-    (145, 30, 180, 255),
-    (70, 240, 240, 255),
-    (240, 50, 230, 255),
-    (210, 245, 60, 255),
-    (250, 190, 212, 255),
-    (0, 128, 128, 255),
-    (170, 110, 40, 255),
-]
-
+__all__ = ["predict_raster", "predict", "output_paths", "probability_path", "client_for"]
 
 # --------------------------------------------------------------------------------------------
 # Settings that travel to dask workers (plain, picklable data only)
@@ -153,52 +134,19 @@ class _Settings:
     target_res: float | None = None  # resample the input to this pixel size on the fly
     threads: int | None = None  # torch threads in a dask worker
     with_probabilities: bool = False
+    # GDAL options for a remote input (geoseg.remote), so workers read it the same way;
+    # credentials are not in here: each worker finds its own in its AWS environment.
+    gdal_options: tuple[tuple[str, str], ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
-# Device, precision, batch size
+# Batch size (device and precision: geoseg.device)
 # --------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a CUDA device is present, else ``cpu``."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is available; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"device={device!r} is not one of auto, cpu, cuda")
-    return device
-
-
-def _cpu_has_fast_bf16() -> bool:
-    # AMX and AVX512-BF16 make bf16 convolutions much faster than fp32 (4.2x for a UNet on an
-    # AVX512-BF16 CPU, measured by benchmarks/infer.py, which times both on the machine at hand).
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` -> ``bf16`` on CUDA with bf16 support or on an AMX/AVX512-BF16 CPU, else ``32``."""
-    import torch
-
-    if precision == "auto":
-        if device == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "32"
-        return "bf16" if _cpu_has_fast_bf16() else "32"
-    if precision not in ("32", "bf16"):
-        raise ConfigError(f"precision={precision!r} is not one of auto, 32, bf16")
-    return precision
 
 
 def _default_batch_size(device: str, patch_size: int) -> int:
     scale = (512 / patch_size) ** 2
-    if device == "cuda":
+    if device.startswith("cuda"):
         import torch
 
         free, _ = torch.cuda.mem_get_info()
@@ -216,7 +164,10 @@ def _load_model(path: Path, device: str) -> tuple[Any, Any]:
     """Load weights + card, turning any failure into a one-line CheckpointError."""
     if not path.is_file():
         raise InputNotFoundError(f"{path}: checkpoint not found; check the path")
-    from geoseg import checkpoint
+    from geoseg import checkpoint, export
+
+    if export.is_onnx(path):  # an exported model: onnxruntime behind the torch call interface
+        return export.load_onnx(path, device=device)
 
     try:
         return checkpoint.load_model(path, device=device)
@@ -232,7 +183,10 @@ def _load_model(path: Path, device: str) -> tuple[Any, Any]:
 def _load_card(path: Path) -> Any:
     if not path.is_file():
         raise InputNotFoundError(f"{path}: checkpoint not found; check the path")
-    from geoseg import checkpoint
+    from geoseg import checkpoint, export
+
+    if export.is_onnx(path):
+        return export.read_card(path)
 
     try:
         return checkpoint.load(path).card
@@ -438,7 +392,6 @@ def _torch_friendly(a: np.ndarray) -> np.ndarray:
 def _reader_handles(src_path: str | Path, plan: _Plan, settings: _Settings) -> Iterator[list[Any]]:
     """Handles on the source for the strip readers: one per core, up to 4, as many as
     READ_AHEAD_BYTES of strips allow. Opened and closed in the calling thread."""
-    from contextlib import ExitStack
 
     h = min(plan.patch_size, plan.height)
     with ExitStack() as stack:
@@ -773,11 +726,6 @@ def _finalize(
 # --------------------------------------------------------------------------------------------
 
 
-def _partial(path: Path, tag: str = "") -> Path:
-    # Hidden, and not ending in .tif: an interrupted run never leaves a file that looks finished.
-    return path.with_name(f".{path.name}.{tag}partial-{os.getpid()}")
-
-
 @dataclass
 class _Outputs:
     """The temporary mask (and probability) GeoTIFFs being written, with row buffering."""
@@ -794,32 +742,19 @@ class _Outputs:
     _prob: Any = None
 
     def __enter__(self) -> _Outputs:
-        creation = dict(
-            tiled=True,
-            blockxsize=BLOCKSIZE,
-            blockysize=BLOCKSIZE,
-            compress="deflate",
-            predictor=2 if self.final else 1,
-            zlevel=6 if self.final else 1,
-            bigtiff="IF_SAFER",
+        self._mask = rasterio.open(
+            self.mask_tmp, "w", **io.mask_profile(self.profile, final=self.final)
         )
-        base = dict(self.profile, driver="GTiff", dtype="uint8", nodata=NODATA, **creation)
-        self._mask = rasterio.open(self.mask_tmp, "w", **dict(base, count=1))
-        self._mask.set_band_description(1, "class")
-        self._mask.update_tags(**self.meta)
-        self._mask.update_tags(
-            1, **{f"CLASS_{v}": n for v, n in zip(self.class_values, self.class_names, strict=True)}
-        )
-        cmap = {v: _PALETTE[k % len(_PALETTE)] for k, v in enumerate(self.class_values)}
-        cmap[NODATA] = (0, 0, 0, 0)
-        self._mask.write_colormap(1, cmap)
+        io.describe_mask(self._mask, self.class_names, self.class_values, **self.meta)
         if self.prob_tmp is not None:
             k = len(self.class_names)
-            self._prob = rasterio.open(self.prob_tmp, "w", **dict(base, count=k))
+            profile = io.mask_profile(self.profile, count=k, final=self.final)
+            self._prob = rasterio.open(self.prob_tmp, "w", **profile)
             for b, name in enumerate(self.class_names, 1):
                 self._prob.set_band_description(b, f"p({name})")
             self._prob.scales = [1.0 / PROB_SCALE] * k
             self._prob.update_tags(
+                **io.class_tags(self.class_names, self.class_values),
                 **self.meta,
                 encoding=f"uint8 round(p*{PROB_SCALE}); p = value/{PROB_SCALE}; {NODATA} = nodata",
             )
@@ -933,8 +868,9 @@ def _block_task(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with (
-            rasterio.Env(**GDAL_ENV),
-            _open_source(src_path, settings.target_res) as mask_src,
+            rasterio.Env(**GDAL_ENV, **dict(settings.gdal_options)),
+            _open_source(src_path, settings.target_res) as mask_src,  # the readers have their own
+            io.reading(src_path),
             _Outputs(
                 profile,
                 Path(mask_path),
@@ -994,6 +930,10 @@ def client_for(workers: int = 1, scheduler: str | None = None) -> Iterator[Any]:
         return
     from distributed import Client, LocalCluster
 
+    # The local scheduler logs its start-up at INFO into this process's log: keep it to
+    # warnings unless geoseg itself logs at debug level (-vv).
+    if logging.getLogger("geoseg").getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     with (
         LocalCluster(
             n_workers=workers,
@@ -1022,7 +962,7 @@ def _run_dask(
     writer: Any,
     bar: Any,
     outputs: _Outputs,
-    temps: list[Path],
+    job: _Job,
 ) -> None:
     """Predict the row-blocks on the cluster; copy each block file into the output, in order.
 
@@ -1032,9 +972,9 @@ def _run_dask(
     blocks = _blocks(plan, _n_workers(client))
     futures = []
     for k, (r0, r1) in enumerate(blocks):
-        mask_path = _partial(outputs.mask_tmp, f"block{k}.")
-        prob_path = _partial(outputs.prob_tmp, f"block{k}.") if outputs.prob_tmp else None
-        temps += [p for p in (mask_path, prob_path) if p is not None]
+        assert job.mask_out is not None  # claimed by predict_raster
+        mask_path = job.mask_out.temp(f"block{k}")
+        prob_path = job.prob_out.temp(f"block{k}") if job.prob_out is not None else None
         futures.append(
             client.submit(
                 _block_task,
@@ -1052,6 +992,9 @@ def _run_dask(
     nc = len(plan.cols)
     for (r0, r1), fut in zip(blocks, futures, strict=True):
         start, stop, mask_path, prob_path = fut.result()
+        _verify_block(Path(mask_path), job.mask_out)
+        if prob_path:
+            _verify_block(Path(prob_path), job.prob_out)
         with (
             rasterio.open(mask_path) as m,
             rasterio.open(prob_path) if prob_path else nullcontext() as pr,
@@ -1067,6 +1010,14 @@ def _run_dask(
             if p:
                 Path(p).unlink(missing_ok=True)
         bar.advance((r1 - r0) * nc)
+
+
+def _verify_block(block: Path, output: io.Output | None) -> None:
+    """A worker's block file must be complete (GDAL does not report a full disk) before use."""
+    try:
+        io.verify_raster(block)
+    except GeosegError as err:
+        raise io.write_failure(output.path if output else block, err, files=[block]) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1112,27 +1063,34 @@ def _resolution_target(src: Any, path: Path, card: Any, resample: bool) -> float
     return None
 
 
+def settings_from(settings: InferConfig | None = None, **overrides: Any) -> InferConfig:
+    """The inference settings a call stands for: ``settings`` (default: the schema's defaults)
+    with ``overrides`` (names of :class:`~geoseg.config.InferConfig` fields) in place.
+
+    Raises:
+        ConfigError: an unknown setting name or a bad value.
+    """
+    return config.override(settings or InferConfig(), overrides, source="infer")
+
+
 def predict_raster(
     src: Path,
     dst: Path,
     *,
     checkpoint: Path,
-    patch_size: int | None = None,
-    overlap: int | None = 64,
-    batch_size: int | None = None,
-    tta: Tta = "none",
-    precision: Precision = "auto",
-    device: Device = "auto",
+    settings: InferConfig | None = None,
     probabilities: Path | None = None,
-    cog: bool = True,
     overwrite: bool = False,
-    workers: int = 1,
-    scheduler: str | None = None,
     allow_ungeoreferenced: bool = False,
-    resample: bool = False,
     client: Any = None,
+    **overrides: Any,
 ) -> Path:
     """Predict one raster with a checkpoint into a georeferenced mask GeoTIFF.
+
+    The settings are one :class:`geoseg.config.InferConfig` (the ``infer`` section of a pipeline
+    file, the options of ``geoseg infer``): pass ``settings=``, or any of its fields as keywords
+    (``predict_raster(src, dst, checkpoint=ckpt, tta="flip", overlap=32)``), or both (keywords
+    win). Fields left unset keep the schema's defaults; ``inputs`` is not used here.
 
     Args:
         src: Input GeoTIFF; the checkpoint's ``band_indexes`` (1-based) are read from it.
@@ -1140,27 +1098,24 @@ def predict_raster(
             input is nodata; exactly ``src``'s CRS, transform, width and height.
         checkpoint: A geoseg checkpoint (weights + model card; the card supplies bands,
             normalisation, class names, patch size and training pixel size).
-        patch_size: Model input window in pixels (default: the card's); divisible by the
-            model's downsampling factor.
-        overlap: Pixels shared by neighbouring patches, blended with a cosine window;
-            None = min(64, patch_size // 4).
-        batch_size: Patches per forward pass (default: 8 at 512 px on CPU; by free memory on CUDA).
-        tta: ``none``, ``flip`` (4 flips) or ``d4`` (8 dihedral transforms), averaged as
-            probabilities after undoing each transform.
-        precision: ``auto`` (bf16 on CUDA with bf16 and on AMX/AVX512-BF16 CPUs, else fp32),
-            ``32`` or ``bf16``.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        settings: The inference settings: ``patch_size`` (default: the card's; divisible by
+            the model's downsampling), ``overlap`` (pixels shared by neighbouring patches,
+            blended with a cosine window; default min(64, patch_size // 4)), ``batch_size``
+            (default: 8 at 512 px on CPU, by free memory on CUDA), ``tta`` (``none``, ``flip``:
+            4 flips, ``d4``: 8 dihedral transforms, averaged as probabilities), ``precision``
+            (``auto``: bf16 on CUDA with bf16 and on CPUs with native bf16, else fp32),
+            ``device``, ``cog`` (tiled 512, deflate, overviews), ``workers`` (local dask
+            processes; 1 = in process, streaming), ``scheduler`` (``tcp://host:port`` of an
+            existing dask cluster whose workers see the same paths), ``resample`` (predict at
+            the training pixel size, WarpedVRT bilinear, and bring the mask back to the input
+            grid, nearest, when the pixel sizes differ), ``probabilities`` (write
+            ``<dst stem>_prob.tif`` when no ``probabilities`` path is given).
         probabilities: Also write a probability GeoTIFF here: one uint8 band per class,
             ``round(p * 254)`` (p = value / 254), 255 = nodata.
-        cog: Write Cloud-Optimized GeoTIFFs (tiled 512, deflate, nearest overviews).
         overwrite: Replace existing outputs.
-        workers: Local dask worker processes (1 = in process, streaming).
-        scheduler: Address of an existing dask scheduler (``tcp://host:port``); workers must see
-            the same paths.
         allow_ungeoreferenced: Accept an input without CRS (the mask then has none either).
-        resample: Predict at the training pixel size (WarpedVRT, bilinear) and bring the mask
-            back to the input grid (nearest) when the pixel sizes differ.
         client: An existing ``distributed.Client`` to use (overrides ``workers``/``scheduler``).
+        **overrides: Fields of :class:`~geoseg.config.InferConfig`, replacing ``settings``'.
 
     Returns:
         ``dst``. Memory: about ``num_classes * patch_size * width * 4`` bytes plus one strip of
@@ -1168,37 +1123,35 @@ def predict_raster(
 
     Raises:
         InputNotFoundError, RasterError (bands, CRS), CheckpointError, OutputExistsError,
-        SchedulerError, ConfigError (bad patch size/overlap).
+        SchedulerError, ConfigError (bad settings, patch size or overlap).
     """
-    src, dst, ckpt = Path(src), Path(dst), Path(checkpoint)
-    for out in (dst, probabilities):
-        if out is not None and out.exists() and not overwrite:
-            raise OutputExistsError(
-                f"{out} exists; pass --overwrite to replace it or choose another --out"
-            )
-    if not src.is_file():
+    cfg = settings_from(settings, **overrides)
+    src, dst, ckpt = remote.as_path(src), Path(dst), Path(checkpoint)
+    if probabilities is None and cfg.probabilities:
+        probabilities = probability_path(dst)
+    if not remote.is_remote(src) and not src.is_file():
         raise InputNotFoundError(f"{src}: input raster not found; check the path")
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    device = resolve_device(cfg.device, setting="infer.device")
+    dev = str(device)
+    prec = resolve_precision(cfg.precision, device, setting="infer.precision")
+    tta = cfg.tta
     card = _load_card(ckpt)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            handle = rasterio.open(src)
-    except rasterio.errors.RasterioIOError as err:
-        raise RasterError(f"{src}: cannot be read as a raster ({err}); check the file") from None
-    with handle:
+    if ckpt.suffix.lower() == ".onnx":
+        prec = "32"  # onnxruntime runs the exported graph in float32
+    with io.open_raster(src, hint="check the file") as handle:
         _check_inputs(handle, src, card, ckpt, allow_ungeoreferenced)
-        target_res = _resolution_target(handle, src, card, resample)
+        target_res = _resolution_target(handle, src, card, cfg.resample)
         profile = dict(width=handle.width, height=handle.height, transform=handle.transform)
         if handle.crs is not None:
             profile["crs"] = handle.crs
-    P = int(patch_size or card.patch_size)
-    overlap = min(64, P // 4) if overlap is None else int(overlap)
-    _check_patch(P, overlap, card.architecture, ckpt)
-    bs = int(batch_size or _default_batch_size(dev, P))
-    if bs < 1:
-        raise ConfigError(f"batch_size={bs} must be >= 1")
+    P = cfg.patch_size or card.patch_size
+    overlap = cfg.resolved_overlap(P)
+    check_patch(P, overlap, card.architecture, ckpt.name)
+    if ckpt.suffix.lower() == ".onnx":
+        from geoseg import export
+
+        export.check_tile_size(ckpt, P)
+    bs = cfg.batch_size or _default_batch_size(dev, P)
 
     class_names = list(card.class_names)
     class_values = list(getattr(card, "class_ids", None) or range(len(class_names)))
@@ -1207,7 +1160,7 @@ def predict_raster(
         device=dev,
         precision=prec,
         tta=tta,
-        channels_last=dev == "cuda" or prec == "bf16",
+        channels_last=device.type == "cuda" or prec == "bf16",
         band_indexes=tuple(card.band_indexes or range(1, card.in_channels + 1)),
         mean=tuple(float(m) for m in card.mean),
         std=tuple(float(s) or 1.0 for s in card.std),
@@ -1215,11 +1168,9 @@ def predict_raster(
         class_values=tuple(class_values),
         target_res=target_res,
         with_probabilities=probabilities is not None,
+        gdal_options=tuple(remote.worker_options([src]).items()),
     )
-    _tta_ops(tta)  # validate early
-    meta = {
-        "class_names": json.dumps(class_names),
-        "class_ids": json.dumps(class_values),
+    meta = {  # after the class tags (geoseg.io.describe_mask)
         "nodata_meaning": "255 = no data in the input",
         "checkpoint": ckpt.name,
         "architecture": str(card.architecture),
@@ -1230,7 +1181,6 @@ def predict_raster(
         "software": "geoseg",
     }
     t0 = time.perf_counter()
-    temps: list[Path] = []
     job = _Job(
         profile=profile,
         settings=settings,
@@ -1240,40 +1190,67 @@ def predict_raster(
         class_names=class_names,
         class_values=class_values,
         meta=meta,
-        workers=workers,
-        scheduler=scheduler,
+        workers=cfg.workers,
+        scheduler=cfg.scheduler,
         client=client,
-        temps=temps,
     )
-    try:
-        with rasterio.Env(**GDAL_ENV):
+    with ExitStack() as claims:
+        # Claimed before the work: an existing output, an output that is an input, another
+        # run writing it or an unwritable folder fail now, not after the prediction.
+        inputs = [src, ckpt]
+        job.mask_out = claims.enter_context(io.claim(dst, overwrite=overwrite, inputs=inputs))
+        if probabilities is not None:
+            job.prob_out = claims.enter_context(
+                io.claim(probabilities, overwrite=overwrite, inputs=[*inputs, dst])
+            )
+        mask_tmp = job.mask_out.temp()
+        prob_tmp = job.prob_out.temp() if job.prob_out is not None else None
+        with remote.env([src], **GDAL_ENV):
             if target_res is None:
-                _predict_to(src, job, dst, probabilities, cog)
+                _predict_to(src, job, mask_tmp, prob_tmp, final=not cfg.cog)
             else:
-                _predict_resampled(src, job, dst, probabilities, cog)
-    finally:
-        for t in temps:
-            t.unlink(missing_ok=True)
+                _predict_resampled(src, job, mask_tmp, prob_tmp, final=not cfg.cog)
+            _publish(
+                [(job.mask_out, mask_tmp, "NEAREST"), (job.prob_out, prob_tmp, "AVERAGE")],
+                cfg.cog,
+            )
+    from geoseg import export
+
+    export.mask_style(dst)  # QGIS style sidecar <mask>.qml; the mask itself is not touched
     mp = profile["width"] * profile["height"] / 1e6
     log.info("%s -> %s: %.2f MP in %.1f s", src.name, dst, mp, time.perf_counter() - t0)
     return dst
 
 
-def _check_patch(P: int, overlap: int, architecture: str, ckpt: Path) -> None:
+def check_patch(patch_size: int, overlap: int, architecture: str, source: str) -> None:
+    """Check a patch size and overlap for a model before any work starts.
+
+    Args:
+        patch_size: Side of a predicted patch in pixels.
+        overlap: Pixels shared by neighbouring patches.
+        architecture: The model's registered name (its downsampling factor must divide the patch).
+        source: Where the model comes from (a checkpoint's name, ``model.name``), for the message.
+
+    Raises:
+        ConfigError: naming the bad value and a valid one.
+    """
     try:
         from geoseg import models
 
         factor = models.downsampling(architecture)
     except Exception:  # noqa: BLE001 - unknown architecture: checkpoint.load_model reports it
         factor = 1
-    if P < 1 or P % factor:
-        lo = max(factor, P // factor * factor)
+    if patch_size < 1 or patch_size % factor:
+        lo = max(factor, patch_size // factor * factor)
         raise ConfigError(
-            f"patch_size={P} is not divisible by {factor} (what {architecture} from {ckpt.name} "
-            f"needs); use {lo} or {lo + factor}"
+            f"patch_size={patch_size} is not divisible by {factor}, as {architecture} "
+            f"({source}) needs; use {lo} or {lo + factor}"
         )
-    if overlap < 0 or overlap >= P:
-        raise ConfigError(f"overlap={overlap} must be >= 0 and < patch_size={P}; e.g. {P // 8}")
+    if overlap < 0 or overlap >= patch_size:
+        raise ConfigError(
+            f"overlap={overlap} must be >= 0 and < patch_size={patch_size}; "
+            f"e.g. {patch_size // 8}"
+        )
 
 
 @dataclass
@@ -1291,21 +1268,19 @@ class _Job:
     workers: int
     scheduler: str | None
     client: Any
-    temps: list[Path]  # temporary files to remove whatever happens
+    mask_out: io.Output | None = None  # the claimed outputs (their temporary files die with them)
+    prob_out: io.Output | None = None
 
 
 def _predict_to(
-    src: Path,
-    job: _Job,
-    dst: Path,
-    probabilities: Path | None,
-    cog: bool,
+    src: Path, job: _Job, mask_tmp: Path, prob_tmp: Path | None, *, final: bool
 ) -> None:
-    """Predict ``src`` (resampled to ``settings.target_res`` if set) into dst (+ probabilities)."""
-    settings, temps = job.settings, job.temps
-    mask_tmp, prob_tmp = _partial(dst), _partial(probabilities) if probabilities else None
-    temps += [t for t in (mask_tmp, prob_tmp) if t is not None]
-    with _open_source(src, settings.target_res) as source:
+    """Predict ``src`` (resampled to ``settings.target_res`` if set) into temporary GeoTIFFs.
+
+    ``final``: written with the final compression (no COG copy follows).
+    """
+    settings = job.settings
+    with _open_source(src, settings.target_res) as source, io.reading(src):
         plan = _Plan.make(source.width, source.height, job.patch_size, job.overlap, job.batch_size)
         grid_profile = dict(
             job.profile, width=source.width, height=source.height, transform=source.transform
@@ -1314,7 +1289,7 @@ def _predict_to(
             client_for(job.workers, job.scheduler)
             if job.client is None
             else nullcontext(job.client) as cl,
-            # GDAL handles are not thread-safe: the reader thread reads `source`, this one masks.
+            # GDAL handles are not thread-safe: the readers have their own, this one masks.
             _open_source(src, settings.target_res) as mask_src,
             _Outputs(
                 grid_profile,
@@ -1323,7 +1298,7 @@ def _predict_to(
                 job.class_names,
                 job.class_values,
                 job.meta,
-                final=not cog,
+                final=final,
             ) as outputs,
             progress.bar(plan.n_patches, f"infer {src.name}", unit="patches") as bar,
         ):
@@ -1340,10 +1315,9 @@ def _predict_to(
                         writer.put(y0, *_finalize(probs, valid, settings))
                 else:
                     settings = _with_threads(settings, cl)
-                    _run_dask(cl, src, plan, settings, writer, bar, outputs, temps)
+                    _run_dask(cl, src, plan, settings, writer, bar, outputs, job)
             finally:
                 writer.close()
-    _publish([(mask_tmp, dst, "NEAREST"), (prob_tmp, probabilities, "AVERAGE")], cog, temps)
 
 
 def _with_threads(settings: _Settings, client: Any) -> _Settings:
@@ -1362,41 +1336,39 @@ def _with_threads(settings: _Settings, client: Any) -> _Settings:
     return replace(settings, threads=max(1, (os.cpu_count() or 1) // n))
 
 
-def _publish(
-    items: list[tuple[Path | None, Path | None, str]], cog: bool, temps: list[Path]
-) -> None:
-    """Convert the finished temp files (to COG) and only then rename them all into place."""
+def _publish(items: list[tuple[io.Output | None, Path | None, str]], cog: bool) -> None:
+    """Convert the finished temp files (to COG), verify them all, then rename them into place."""
     ready = []
-    for tmp, dst, resampling in items:
-        if tmp is None or dst is None:
+    for output, tmp, resampling in items:
+        if output is None or tmp is None:
             continue
         if cog:
-            cog_tmp = _partial(dst, "cog.")
-            temps.append(cog_tmp)
-            _to_cog(tmp, cog_tmp, resampling=resampling)
+            cog_tmp = output.temp("cog")
+            try:
+                _to_cog(tmp, cog_tmp, resampling=resampling)
+            except (OSError, rasterio.errors.RasterioError) as err:
+                raise io.write_failure(output.path, err, files=[cog_tmp]) from None
             tmp = cog_tmp
-        ready.append((tmp, dst))
-    for tmp, dst in ready:
-        os.replace(tmp, dst)
+        try:
+            io.verify_raster(tmp)  # GDAL does not report a full disk: read back what it wrote
+        except GeosegError as err:
+            raise io.write_failure(output.path, err, files=[tmp]) from None
+        ready.append((output, tmp))
+    for output, tmp in ready:
+        output.commit(tmp)
 
 
 def _predict_resampled(
-    src: Path,
-    job: _Job,
-    dst: Path,
-    probabilities: Path | None,
-    cog: bool,
+    src: Path, job: _Job, mask_tmp: Path, prob_tmp: Path | None, *, final: bool
 ) -> None:
     """Predict at the training pixel size, then bring the result back to the input grid."""
     from rasterio.vrt import WarpedVRT
 
-    profile, temps = job.profile, job.temps
-    work = _partial(dst, "work.").with_suffix(".tif")
-    work_prob = _partial(dst, "workprob.").with_suffix(".tif") if probabilities else None
-    temps += [t for t in (work, work_prob) if t is not None]
-    _predict_to(src, job, work, work_prob, False)
-    mask_tmp, prob_tmp = _partial(dst), _partial(probabilities) if probabilities else None
-    temps += [t for t in (mask_tmp, prob_tmp) if t is not None]
+    assert job.mask_out is not None  # claimed by predict_raster
+    profile = job.profile
+    work = job.mask_out.temp("work")
+    work_prob = job.prob_out.temp("work") if job.prob_out is not None else None
+    _predict_to(src, job, work, work_prob, final=False)
     W, H = profile["width"], profile["height"]
     grid = dict(
         crs=profile["crs"],
@@ -1409,6 +1381,7 @@ def _predict_resampled(
         rasterio.open(src) as orig,
         rasterio.open(work) as wm,
         WarpedVRT(wm, **grid) as vm,
+        io.reading(src),
         _Outputs(
             profile,
             mask_tmp,
@@ -1416,7 +1389,7 @@ def _predict_resampled(
             job.class_names,
             job.class_values,
             dict(job.meta, resampled_from=str(job.settings.target_res)),
-            final=not cog,
+            final=final,
         ) as outputs,
     ):
         wp = rasterio.open(work_prob) if work_prob else None
@@ -1436,14 +1409,13 @@ def _predict_resampled(
             for ds in (vp, wp):
                 if ds is not None:
                     ds.close()
-    _publish([(mask_tmp, dst, "NEAREST"), (prob_tmp, probabilities, "AVERAGE")], cog, temps)
 
 
 def output_paths(inputs: list[Path], out: Path) -> list[Path]:
     """Mask paths for ``inputs``: ``out`` itself for one input with a .tif name, else out/<name>."""
     if len(inputs) == 1 and out.suffix.lower() in (".tif", ".tiff"):
         return [out]
-    return [out / f"{p.stem}.tif" for p in inputs]
+    return [out / f"{Path(remote.name_of(p)).stem}.tif" for p in inputs]
 
 
 def probability_path(mask: Path) -> Path:
@@ -1452,39 +1424,21 @@ def probability_path(mask: Path) -> Path:
 
 
 def _expand(inputs: list[Path] | list[str]) -> list[Path]:
-    try:
-        from geoseg import catalog
+    from geoseg import catalog
 
-        found: list[Path] = []
-        for item in inputs:
-            p = Path(item)
-            # A named image file is taken as it is (PNG/JPEG tiles too, with
-            # --allow-ungeoreferenced); folders, globs, lists and STAC go through the catalog.
-            if p.is_file() and p.suffix.lower() in catalog.TILE_SUFFIXES:
-                found.append(p)
-            else:
-                found += catalog.find_rasters([str(item)])
-        return found
-    except ImportError:
-        pass
     found: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            found += sorted(q for q in p.rglob("*") if q.suffix.lower() in (".tif", ".tiff"))
-        elif p.exists():
+        # A named image file is taken as it is (PNG/JPEG tiles too, with
+        # --allow-ungeoreferenced); folders, globs, lists and STAC go through the catalog.
+        if p.is_file() and p.suffix.lower() in catalog.TILE_SUFFIXES:
             found.append(p)
         else:
-            import glob
-
-            hits = sorted(Path(h) for h in glob.glob(str(item), recursive=True))
-            if not hits:
-                raise InputNotFoundError(
-                    f"{item}: no such file, folder or glob match; check the path"
-                )
-            found += hits
-    if not found:
-        raise InputNotFoundError(f"{inputs}: no GeoTIFFs (*.tif, *.tiff) found; check the paths")
+            found += catalog.find_rasters([str(item)])
+    if any(remote.is_remote(p) for p in found):
+        # A remote input that is missing, denied or unreachable fails here (one header read
+        # each, which GDAL caches for the prediction), before any output folder is made.
+        catalog.index([p for p in found if remote.is_remote(p)])
     return found
 
 
@@ -1493,22 +1447,25 @@ def predict(
     inputs: list[Path] | list[str],
     out: Path,
     *,
-    probabilities: bool = False,
+    settings: InferConfig | None = None,
     overwrite: bool = False,
-    workers: int = 1,
-    scheduler: str | None = None,
     vectorize: Path | None = None,
-    **kwargs: Any,
+    allow_ungeoreferenced: bool = False,
+    client: Any = None,
+    **overrides: Any,
 ) -> list[Path]:
     """Predict several rasters (files, folders, globs): one mask per input.
 
     With one input and ``out`` ending in .tif, ``out`` is the mask; otherwise ``out`` is a folder
-    and each mask keeps its input's base name. ``probabilities`` adds ``<mask>_prob.tif``.
-    ``vectorize``: also write building footprints (one GeoPackage, or a folder of them for several
-    inputs) with :func:`geoseg.vectorize.vectorize`. Other keyword arguments are those of
-    :func:`predict_raster`. All outputs are checked for existence before any work starts.
+    and each mask keeps its input's base name. ``settings`` (and keyword ``overrides`` of its
+    fields) are those of :func:`predict_raster`; ``settings.probabilities`` adds
+    ``<mask>_prob.tif``, ``settings.workers``/``scheduler`` start one dask client for all inputs
+    (unless ``client`` is given). ``vectorize``: also write building footprints (one GeoPackage,
+    or a folder of them for several inputs) with :func:`geoseg.vectorize.vectorize`. All outputs
+    are checked for existence before any work starts.
     """
-    out = Path(out)
+    cfg = settings_from(settings, **overrides)
+    out = remote.as_path(out)
     paths = _expand(inputs)
     masks = output_paths(paths, out)
     if len(set(masks)) != len(masks):
@@ -1518,46 +1475,45 @@ def predict(
         )
     gpkgs: list[Path | None] = [None] * len(masks)
     if vectorize is not None:
-        vectorize = Path(vectorize)
+        vectorize = remote.as_path(vectorize)
         gpkgs = (
             [vectorize]
             if len(masks) == 1 and vectorize.suffix
             else [vectorize / f"{m.stem}.gpkg" for m in masks]
         )
-        try:
-            from geoseg import vectorize as _vec  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "--vectorize needs geoseg.vectorize, which is not installed in this "
-                "build; run `geoseg vectorize MASK` later instead"
-            ) from None
+    # Every output is checked before any work starts (each is claimed when it is written).
+    readers = [*paths, Path(checkpoint)]
     for m, g in zip(masks, gpkgs, strict=True):
-        for p in (m, probability_path(m) if probabilities else None, g):
-            if p is not None and p.exists() and not overwrite:
-                raise OutputExistsError(
-                    f"{p} exists; pass --overwrite to replace it or choose another --out"
-                )
-    for m in masks:
-        m.parent.mkdir(parents=True, exist_ok=True)
+        for p in (m, probability_path(m) if cfg.probabilities else None):
+            if p is not None:
+                io.check_output(p, overwrite=overwrite, inputs=readers)
+        if g is not None:
+            io.vector_driver(g)
+            io.check_output(g, overwrite=overwrite, inputs=readers, option="--vectorize")
+    # Outputs to S3 are written locally, complete, then uploaded (remote.Staging).
     with (
-        client_for(workers, scheduler)
-        if kwargs.get("client") is None
-        else nullcontext(kwargs.pop("client")) as client
+        remote.Staging() as staging,
+        client_for(cfg.workers, cfg.scheduler) if client is None else nullcontext(client) as cl,
     ):
         for src, m, g in zip(paths, masks, gpkgs, strict=True):
-            prob = probability_path(m) if probabilities else None
+            mask = staging.local(m)
+            prob = probability_path(mask) if cfg.probabilities else None
+            gpkg = staging.local(g) if g is not None else None
             predict_raster(
                 src,
-                m,
+                mask,
                 checkpoint=Path(checkpoint),
+                settings=cfg,
                 probabilities=prob,
                 overwrite=overwrite,
-                client=client,
-                **kwargs,
+                allow_ungeoreferenced=allow_ungeoreferenced,
+                client=cl,
             )
-            if g is not None:
-                from geoseg import vectorize as vec
+            if gpkg is not None:
+                from geoseg import vectorize as vectorize_mod
 
-                g.parent.mkdir(parents=True, exist_ok=True)
-                vec.vectorize(m, g, probabilities=prob, overwrite=overwrite)
+                vectorize_mod.vectorize(mask, gpkg, probabilities=prob, overwrite=overwrite)
+            staging.publish(mask, m)
+            staging.publish(prob, probability_path(m) if prob is not None else None)
+            staging.publish(gpkg, g)
     return masks

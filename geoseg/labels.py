@@ -8,37 +8,34 @@ masks under the run folder keyed by a hash of the inputs, and reads them like ra
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
 
-from geoseg import progress
-from geoseg.errors import InputNotFoundError, LabelError, OutputExistsError
+from geoseg import io, progress
+from geoseg.errors import InputNotFoundError, LabelError, RasterError
+from geoseg.io import is_vector  # noqa: F401 - re-exported: callers ask labels.is_vector
 
 log = logging.getLogger(__name__)
 
 #: Mask value for "unknown": image nodata, outside the image, unlabelled.
-IGNORE = 255
-VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet")
+IGNORE = io.MASK_NODATA
+#: Rows x columns of the like-image read and burned at once by :func:`rasterize` (memory bound).
+BURN_WINDOW = (io.MASK_BLOCKSIZE, 16 * io.MASK_BLOCKSIZE)
 _MASK_TOKENS = re.compile(
     r"(^|[_\-. ])(mask|masks|label|labels|gt|lbl|ann)(?=$|[_\-. ])", re.IGNORECASE
 )
-
-
-def is_vector(path: str | Path) -> bool:
-    """Whether ``path`` names a vector file (by its ending)."""
-    return Path(path).suffix.lower() in VECTOR_SUFFIXES
 
 
 def _crs_name(crs: CRS | None) -> str:
@@ -59,17 +56,10 @@ def read_vector(path: str | Path, attribute: str | None = None):  # type: ignore
         InputNotFoundError: the file does not exist.
         LabelError: unreadable, no CRS, missing attribute, or class values outside 0..254.
     """
-    import geopandas as gpd
-
     path = Path(path)
     if not path.exists():
         raise InputNotFoundError(f"{path}: labels file not found; check the path")
-    try:
-        gdf = gpd.read_file(path)
-    except Exception as err:  # pyogrio raises DataSourceError and others
-        raise LabelError(
-            f"{path}: cannot read labels as a vector file ({str(err).splitlines()[0][:120]})"
-        ) from None
+    gdf = io.read_vector(path, what="labels")
     if gdf.crs is None:
         raise LabelError(f"{path}: the labels have no CRS; set one (e.g. ogr2ogr -a_srs EPSG:XXXX)")
     gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
@@ -102,11 +92,16 @@ def _grid(src: rasterio.io.DatasetReader) -> dict:
     return dict(crs=src.crs, transform=src.transform, width=src.width, height=src.height)
 
 
-def _valid_mask(src: rasterio.io.DatasetReader) -> np.ndarray | None:
-    """Boolean [H, W] of pixels that are not nodata in ``src`` (None when all are valid)."""
-    if src.nodata is None and all(MaskFlags.all_valid in f for f in src.mask_flag_enums):
+def _all_valid(src: rasterio.io.DatasetReader) -> bool:
+    return src.nodata is None and all(MaskFlags.all_valid in f for f in src.mask_flag_enums)
+
+
+def _valid_mask(src: rasterio.io.DatasetReader, window: Window | None = None) -> np.ndarray | None:
+    """Boolean of pixels that are not nodata in ``src`` ([H, W], or ``window``'s shape), or
+    None when all are valid. Memory: one byte per pixel of the window."""
+    if _all_valid(src):
         return None
-    return src.dataset_mask() > 0
+    return src.dataset_mask(window=window) > 0
 
 
 def check_overlap(gdf, labels: Path, images: Sequence[tuple[Path, CRS, tuple]]) -> list[bool]:  # type: ignore[no-untyped-def]
@@ -164,48 +159,49 @@ def burn(
     0 = background, class ids where polygons lie (later polygons win), IGNORE where ``valid``
     is False. ``grid`` holds crs, transform, width, height.
     """
-    from rasterio import features
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         geoms = gdf.geometry.to_crs(grid["crs"])
-    shapes = [
-        (g, int(v))
-        for g, v in zip(geoms.values, gdf["value"].to_numpy(), strict=True)
-        if g is not None
-    ]
-    out = np.zeros((grid["height"], grid["width"]), dtype=np.uint8)
+    return _burn_shapes(
+        np.asarray(geoms.values, dtype=object),
+        gdf["value"].to_numpy(),
+        (grid["height"], grid["width"]),
+        grid["transform"],
+        all_touched=all_touched,
+        valid=valid,
+    )
+
+
+def _burn_shapes(
+    geoms: np.ndarray,
+    values: np.ndarray,
+    shape: tuple[int, int],
+    transform: rasterio.Affine,
+    *,
+    all_touched: bool,
+    valid: np.ndarray | None,
+) -> np.ndarray:
+    """uint8 ``shape`` array: 0, the polygons' values (later ones win), IGNORE where not valid."""
+    from rasterio import features
+
+    out = np.zeros(shape, dtype=np.uint8)
+    shapes = [(g, int(v)) for g, v in zip(geoms, values, strict=True) if g is not None]
     if shapes:
         features.rasterize(
-            shapes, out=out, transform=grid["transform"], all_touched=all_touched, dtype=np.uint8
+            shapes, out=out, transform=transform, all_touched=all_touched, dtype=np.uint8
         )
     if valid is not None:
         out[~valid] = IGNORE
     return out
 
 
-def write_mask(mask: np.ndarray, out: Path, grid: dict, *, nodata: int | None = IGNORE) -> Path:
-    """Write a uint8 mask atomically (temp name in the same folder, then rename); tiled,
-    deflate-compressed, nodata = ``nodata``."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.tif")
-    h, w = mask.shape
-    profile = dict(
-        driver="GTiff", dtype="uint8", count=1, nodata=nodata, compress="deflate", **grid
-    )
-    if h >= 16 and w >= 16:
-        profile.update(
-            tiled=True, blockxsize=min(256, 16 * (w // 16)), blockysize=min(256, 16 * (h // 16))
-        )
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(mask, 1)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
+def _windows(width: int, height: int) -> list[Window]:
+    rows, cols = BURN_WINDOW
+    return [
+        Window(c, r, min(cols, width - c), min(rows, height - r))
+        for r in range(0, height, rows)
+        for c in range(0, width, cols)
+    ]
 
 
 def rasterize(
@@ -216,49 +212,85 @@ def rasterize(
     attribute: str | None = None,
     all_touched: bool = False,
     overwrite: bool = False,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """Burn vector labels into a mask GeoTIFF on exactly ``like``'s grid.
 
     The output has ``like``'s CRS, transform, width and height; uint8, 0 = background, class ids
     from ``attribute`` (else 1) where polygons lie, 255 (ignore, also the file's nodata) where
-    ``like`` is nodata; tiled, deflate-compressed, written atomically. Memory: one uint8 H×W
-    array plus ``like``'s validity mask.
+    ``like`` is nodata; the mask format of :mod:`geoseg.io`, written atomically. The image is
+    streamed in windows of :data:`BURN_WINDOW` pixels (only the polygons that touch a window
+    are burned into it), so memory is a few MB plus the polygons whatever the image's size.
+    ``class_names`` (index = class id) are written into the mask's tags.
 
     Raises:
         InputNotFoundError: ``labels`` or ``like`` does not exist.
         OutputExistsError: ``out`` exists and not ``overwrite``.
+        ConfigError: ``out`` is ``labels`` or ``like``.
         LabelError: no polygon overlaps ``like`` (e.g. a wrongly declared CRS), or bad class ids.
         RasterError: ``like`` is unreadable or has no CRS.
     """
-    from geoseg import catalog
-    from geoseg.errors import RasterError
-
     labels, like, out = Path(labels), Path(like), Path(out)
     if not like.exists():
         raise InputNotFoundError(f"{like}: image for --like not found; check the path")
-    if out.exists() and not overwrite:
-        raise OutputExistsError(
-            f"{out} exists; pass --overwrite to replace it or choose another --out"
-        )
-    gdf = read_vector(labels, attribute)
-    info = catalog.index([like]).rasters[0]
-    if not info.crs_wkt:
-        raise RasterError(
-            f"{like}: raster has no CRS, so labels cannot be placed on it; georeference it first"
-        )
-    check_overlap(gdf, labels, [(like, info.crs, info.bounds)])
-    with rasterio.open(like) as src:
-        grid = _grid(src)
-        valid = _valid_mask(src)
-    mask = burn(gdf, grid, all_touched=all_touched, valid=valid)
+    with io.claim(out, overwrite=overwrite, inputs=[labels, like]) as output:
+        gdf = read_vector(labels, attribute)
+        with io.open_raster(like, hint="pass the image the mask is for") as src:
+            if src.crs is None:
+                raise RasterError(
+                    f"{like}: raster has no CRS, so labels cannot be placed on it; "
+                    "georeference it first"
+                )
+            check_overlap(gdf, labels, [(like, src.crs, tuple(src.bounds))])
+            _burn_into(output, src, like, gdf, all_touched=all_touched, class_names=class_names)
     log.info("burned %d polygons into %s", len(gdf), out)
-    return write_mask(mask, out, grid)
+    from geoseg import export
+
+    export.mask_style(out)  # QGIS style sidecar <mask>.qml
+    return out
 
 
-def _vector_key(path: Path) -> list:
-    # A shapefile is several files: hash the size and mtime of every sibling with its stem.
-    files = sorted(path.parent.glob(path.stem + ".*")) if path.suffix.lower() == ".shp" else [path]
-    return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+def _burn_into(
+    output: io.Output,
+    src: Any,
+    path: Path,
+    gdf: Any,
+    *,
+    all_touched: bool,
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """Burn ``gdf`` onto the grid of the open raster ``src`` (at ``path``) into ``output``.
+
+    Streams ``src`` in windows of :data:`BURN_WINDOW` pixels: each window reads its part of the
+    nodata mask and burns only the polygons an STRtree finds there.
+    """
+    import shapely
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        geoms = np.asarray(gdf.geometry.to_crs(src.crs).values, dtype=object)
+    values = gdf["value"].to_numpy()
+    tree = shapely.STRtree(geoms)
+    tmp = output.temp()
+    windows = _windows(src.width, src.height)
+    with (
+        io.reading(path),
+        rasterio.Env(GDAL_CACHEMAX=64),  # MB: GDAL's block cache would grow with the image
+        io.MaskWriter(tmp, _grid(src), class_names=class_names) as writer,
+    ):
+        for window in windows:
+            box = shapely.box(*rasterio.windows.bounds(window, src.transform))
+            hits = np.sort(tree.query(box))  # file order: later polygons still win
+            block = _burn_shapes(
+                geoms[hits],
+                values[hits],
+                (int(window.height), int(window.width)),
+                src.window_transform(window),
+                all_touched=all_touched,
+                valid=_valid_mask(src, window),
+            )
+            writer.write(block, window)
+    return output.commit(tmp, verify=io.verify_raster)
 
 
 def burn_cached(
@@ -290,19 +322,17 @@ def burn_cached(
             grids.append(
                 (Path(p), src.crs, tuple(src.bounds), src.transform, src.width, src.height)
             )
-    key = json.dumps(
-        {
-            "vector": _vector_key(labels),
-            "images": [
-                [str(p.resolve()), crs.to_wkt(), list(t)[:6], w, h] for p, crs, _, t, w, h in grids
-            ],
-            "attribute": attribute,
-            "all_touched": all_touched,
-            "v": 1,
-        },
-        sort_keys=True,
-    )
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    payload = {
+        "vector": io.fingerprint([labels]),
+        "images": [
+            [str(p.resolve()), crs.to_wkt(), list(t)[:6], w, h] for p, crs, _, t, w, h in grids
+        ],
+        "attribute": attribute,
+        "all_touched": all_touched,
+        "v": 1,
+    }
+    key = json.dumps(payload, sort_keys=True)
+    digest = io.digest(payload)
     folder = Path(cache_root) / f"labels-{digest}"
     outs = [folder / f"{i:04d}_{p.stem}.tif" for i, p in enumerate(images)]
     marker = folder / "done.json"
@@ -312,13 +342,11 @@ def burn_cached(
     gdf = read_vector(labels, attribute)
     check_overlap(gdf, labels, [(p, crs, b) for p, crs, b, *_ in grids])
     with progress.bar(len(grids), "burning labels") as bar:
-        for (p, crs, _, transform, w, h), out in zip(grids, outs, strict=True):
-            with rasterio.open(p) as src:
-                valid = _valid_mask(src)
-            grid = dict(crs=crs, transform=transform, width=w, height=h)
-            write_mask(burn(gdf, grid, all_touched=all_touched, valid=valid), out, grid)
+        for (p, *_), out in zip(grids, outs, strict=True):
+            with io.claim(out, overwrite=True) as output, io.open_raster(p) as src:
+                _burn_into(output, src, p, gdf, all_touched=all_touched)
             bar.advance()
-    marker.write_text(key)
+    io.write_text(marker, key)
     return outs
 
 

@@ -15,15 +15,15 @@ it stopped, and changing a setting reruns that stage and everything after it::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from geoseg import io
 from geoseg.config import PipelineConfig
 from geoseg.errors import ConfigError
 
@@ -60,26 +60,6 @@ class RunResult:
 # stage records
 
 
-def _fingerprint_paths(paths: Iterable[str | Path]) -> list[list[Any]]:
-    """(path, size, mtime) of every file under ``paths`` (folders walked), sorted."""
-    rows: list[list[Any]] = []
-    for p in paths:
-        path = Path(p)
-        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-        for f in files:
-            if f.is_file():
-                st = f.stat()
-                rows.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
-            else:  # a glob or something not there (yet): its text is what we have
-                rows.append([str(f), None, None])
-    return sorted(rows)
-
-
-def _digest(payload: Any) -> str:
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 class _Records:
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir / ".stages"
@@ -103,9 +83,8 @@ class _Records:
         return json.loads(path.read_text()).get("hash") if path.is_file() else None
 
     def start(self, stage: str, digest: str) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
         self._path(stage).unlink(missing_ok=True)
-        self._path(stage, "started").write_text(json.dumps({"hash": digest}))
+        io.write_json({"hash": digest}, self._path(stage, "started"), indent=None)
 
     def finish(self, stage: str, digest: str, outputs: list[Path]) -> None:
         rec = {
@@ -113,9 +92,7 @@ class _Records:
             "outputs": [str(p) for p in outputs],
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        tmp = self._path(stage).with_suffix(".tmp")
-        tmp.write_text(json.dumps(rec, indent=1))
-        tmp.replace(self._path(stage))
+        io.write_json(rec, self._path(stage), indent=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,17 +166,8 @@ def _infer(cfg: PipelineConfig, run_dir: Path, checkpoint: Path, inputs: list[Pa
         checkpoint,
         inputs,
         run_dir / "predictions",
-        probabilities=cfg.infer.probabilities,
+        settings=cfg.infer,
         overwrite=True,
-        workers=cfg.infer.workers,
-        scheduler=cfg.infer.scheduler,
-        patch_size=cfg.infer.patch_size,
-        overlap=cfg.infer.overlap,
-        batch_size=cfg.infer.batch_size,
-        tta=cfg.infer.tta,
-        precision=cfg.infer.precision,
-        device=cfg.infer.device,
-        cog=cfg.infer.cog,
         allow_ungeoreferenced=cfg.data.layout == "tiles",
     )
 
@@ -258,6 +226,7 @@ def _truth_rasters(
         return [None] * len(predictions)
     src = Path(label_source)
     cache = run_dir / "evaluate" / "truth"
+    names = cfg.model.resolved_class_names
     ignore = cfg.data.ignore_index
     out: list[Path | None] = []
     if src.is_dir():
@@ -281,7 +250,16 @@ def _truth_rasters(
                     crs=psrc.crs, transform=psrc.transform, width=psrc.width, height=psrc.height
                 )
                 values = lut[msrc.read(1)].astype(np.uint8)
-            out.append(labels.write_mask(values, cache / f"{pred.stem}.tif", grid, nodata=ignore))
+            out.append(
+                io.write_mask(
+                    values,
+                    cache / f"{pred.stem}.tif",
+                    grid,
+                    class_names=names,
+                    nodata=ignore,
+                    inputs=[pred, mask],
+                )
+            )
     else:
         out = [
             labels.rasterize(
@@ -291,15 +269,10 @@ def _truth_rasters(
                 attribute=cfg.data.label_attribute,
                 all_touched=cfg.data.all_touched,
                 overwrite=True,
+                class_names=names,
             )
             for pred in predictions
         ]
-    names = cfg.model.resolved_class_names
-    tags = {"class_names": json.dumps(names), "class_ids": json.dumps(list(range(len(names))))}
-    for path in out:
-        if path is not None:
-            with rasterio.open(path, "r+") as tdst:
-                tdst.update_tags(**tags)
     return out
 
 
@@ -361,7 +334,7 @@ def _truth_polygons(cfg: PipelineConfig, truths: list[Path | None]):
     # Object truth: evaluate.truth, else vector labels, else the truth masks vectorised.
     src = cfg.evaluate.truth or cfg.data.labels
     if src and Path(src).is_file() and Path(src).suffix.lower() not in (".tif", ".tiff"):
-        return gpd.read_file(src)
+        return io.read_vector(src)
     frames = [
         vectorize.polygons(
             t,
@@ -392,8 +365,6 @@ def _inside(gdf, regions):
 def _evaluate(
     cfg: PipelineConfig, run_dir: Path, predictions: list[Path], footprints: Path | None
 ) -> list[Path]:
-    import geopandas as gpd
-
     from geoseg import evaluate, plots
 
     regions, files = _test_split(run_dir)
@@ -414,7 +385,7 @@ def _evaluate(
     if footprints is not None and footprints.is_file():
         truth_polys = _inside(_truth_polygons(cfg, truths), regions)
         if truth_polys is not None:
-            proposals = _inside(gpd.read_file(footprints), regions)
+            proposals = _inside(io.read_vector(footprints), regions)
             objects = evaluate.objects(
                 proposals, truth_polys, iou_threshold=cfg.evaluate.iou_threshold
             )
@@ -447,6 +418,23 @@ def headline(report: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def validate(cfg: PipelineConfig) -> None:
+    """Check every stage's settings before the first one starts (not after an hour of training).
+
+    The schema checks each value and the overlap against the patch size when the file is read;
+    this adds what needs the model registry: the model, loss, monitor and patch sizes of training,
+    and the inference patch size for the model that training will produce.
+
+    Raises:
+        ConfigError: naming the bad setting and a fix.
+    """
+    from geoseg import infer, train
+
+    train.validate(cfg)
+    patch = cfg.infer.patch_size or cfg.train.patch_size
+    infer.check_patch(patch, cfg.infer.resolved_overlap(patch), cfg.model.name, "model.name")
 
 
 def _select(from_stage: Stage | None, until_stage: Stage | None) -> list[Stage]:
@@ -483,13 +471,13 @@ def run(
     from geoseg import config as config_mod
     from geoseg.errors import InputNotFoundError
 
+    validate(cfg)
     if cfg.evaluate.enabled and cfg.evaluate.truth and not Path(cfg.evaluate.truth).exists():
         raise InputNotFoundError(
             f"{cfg.evaluate.truth}: evaluate.truth not found; fix the path or --set evaluate.truth=null"
         )
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_mod.dump(cfg, run_dir / "pipeline.yaml")
     records = _Records(run_dir)
     selected = _select(from_stage, until_stage)
     result = RunResult(run_dir=run_dir, stages=[])
@@ -498,7 +486,7 @@ def run(
     def step(
         stage: Stage, settings: Any, inputs: list[Path], work: Callable[[str], list[Path]]
     ) -> list[Path]:
-        digest = _digest([stage, settings, _fingerprint_paths(inputs)])
+        digest = io.digest([stage, settings, io.fingerprint(inputs)])
         done = records.matches(stage, digest)
         t0 = time.perf_counter()
         if stage not in selected or (done is not None and not force):
@@ -512,6 +500,10 @@ def run(
             outputs = work(digest)
             records.finish(stage, digest, outputs)
             outcome = StageOutcome(stage, False, time.perf_counter() - t0, outputs)
+        if not result.stages:
+            # What the run used, written once its first stage is done: a run that failed at
+            # once leaves no pipeline.yaml that makes its folder look like a finished run.
+            config_mod.dump(cfg, run_dir / "pipeline.yaml")
         result.stages.append(outcome)
         if on_stage is not None:
             on_stage(outcome)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from geoseg import io
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,8 @@ def _save(fig: Any, path: Path, dpi: int = 110) -> Path:
 
     FigureCanvasAgg(fig)
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, format="png")
-    os.replace(tmp, path)
+    with io.atomic_write(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
     return path
 
 
@@ -323,7 +323,6 @@ def _pipeline_preview(
     size: int = 512,
 ) -> Path | None:
     # the body of pipeline_preview
-    import geopandas as gpd
     import rasterio
     import shapely
     from matplotlib.figure import Figure
@@ -365,7 +364,9 @@ def _pipeline_preview(
         log.info("preview: no image for %s (%s)", pred_path.name, err)
     outlines = []
     if footprints is not None and Path(footprints).is_file():
-        gdf = gpd.read_file(footprints)
+        from geoseg import io
+
+        gdf = io.read_vector(footprints)
         if len(gdf) and crs is not None and gdf.crs is not None:
             gdf = gdf.to_crs(crs)
         box = shapely.box(*rasterio.windows.bounds(win, grid[0]))

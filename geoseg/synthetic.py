@@ -36,7 +36,6 @@ everything casts a shadow computed from a height field; then a mild blur and sen
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from scipy import ndimage
 
-from geoseg import progress
+from geoseg import io, progress
 from geoseg.errors import ConfigError, OutputExistsError
 
 logger = logging.getLogger(__name__)
@@ -65,10 +64,10 @@ MIN_SIZE = 64
 """Smallest tile size, pixels."""
 MIN_TILES = 1
 NODATA_IMAGE = 0
-NODATA_MASK = 255
+NODATA_MASK = io.MASK_NODATA
 LAYER = "buildings"
 
-_BLOCK = 256  # GeoTIFF block size (smaller tiles use the largest multiple of 16 that fits)
+_BLOCK = 256  # image block size (smaller tiles use the largest multiple of 16 that fits)
 _PAD = 48  # px rendered around each tile so shadows, blur and noise continue across tile edges
 _ANCHOR_LONLAT = (6.0, 47.6)  # the 31N/32N zone boundary, Franche-Comté / Jura
 _MARGIN_M = 40.0  # scene generated this far beyond the tiles' padded footprints
@@ -942,57 +941,34 @@ def _block(size: int) -> int:
 
 def _write_image(path: Path, rgb: np.ndarray, crs: CRS, transform: Affine) -> Path:
     blk = _block(rgb.shape[1])
-    tmp = path.with_name(f".{path.stem}.tmp.tif")
-    with rasterio.open(
-        tmp,
-        "w",
-        driver="GTiff",
-        width=rgb.shape[2],
-        height=rgb.shape[1],
-        count=3,
-        dtype="uint8",
-        crs=crs,
-        transform=transform,
-        nodata=NODATA_IMAGE,
-        tiled=True,
-        blockxsize=blk,
-        blockysize=blk,
-        compress="deflate",
-        predictor=2,
-        photometric="RGB",
-        interleave="pixel",
-    ) as dst:
-        dst.write(rgb)
-        dst.descriptions = ("red", "green", "blue")
-    os.replace(tmp, path)
+    with io.atomic_write(path, overwrite=True, verify=io.verify_raster) as tmp:
+        with rasterio.open(
+            tmp,
+            "w",
+            driver="GTiff",
+            width=rgb.shape[2],
+            height=rgb.shape[1],
+            count=3,
+            dtype="uint8",
+            crs=crs,
+            transform=transform,
+            nodata=NODATA_IMAGE,
+            tiled=True,
+            blockxsize=blk,
+            blockysize=blk,
+            compress="deflate",
+            predictor=2,
+            photometric="RGB",
+            interleave="pixel",
+        ) as dst:
+            dst.write(rgb)
+            dst.descriptions = ("red", "green", "blue")
     return path
 
 
 def _write_mask(path: Path, mask: np.ndarray, crs: CRS, transform: Affine) -> Path:
-    blk = _block(mask.shape[0])
-    tmp = path.with_name(f".{path.stem}.tmp.tif")
-    with rasterio.open(
-        tmp,
-        "w",
-        driver="GTiff",
-        width=mask.shape[1],
-        height=mask.shape[0],
-        count=1,
-        dtype="uint8",
-        crs=crs,
-        transform=transform,
-        nodata=NODATA_MASK,
-        tiled=True,
-        blockxsize=blk,
-        blockysize=blk,
-        compress="deflate",
-    ) as dst:
-        dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (230, 57, 70, 255), 255: (0, 0, 0, 0)})
-        dst.write(mask, 1)
-        dst.descriptions = ("class",)
-        dst.update_tags(1, classes="0=background,1=building,255=nodata")
-    os.replace(tmp, path)
-    return path
+    grid = dict(crs=crs, transform=transform, width=mask.shape[1], height=mask.shape[0])
+    return io.write_mask(mask, path, grid, class_names=["background", "building"])
 
 
 def _remove_stale(images_dir: Path, masks_dir: Path, names: set[str]) -> None:
@@ -1016,11 +992,7 @@ def _write_buildings(path: Path, geoms: np.ndarray, ids: np.ndarray, tiles: list
         geometry=list(geoms),
         crs=f"EPSG:{SCENE_EPSG}",
     )
-    tmp = path.with_name(f".{path.stem}.tmp.gpkg")
-    tmp.unlink(missing_ok=True)
-    gdf.to_file(tmp, layer=LAYER, driver="GPKG")
-    os.replace(tmp, path)
-    return path
+    return io.write_vector(gdf, path, layer=LAYER, overwrite=True)
 
 
 def _write_preview(path: Path, image: Path, mask: Path, name: str) -> Path:
@@ -1067,7 +1039,6 @@ def _write_preview(path: Path, image: Path, mask: Path, name: str) -> Path:
     crs_name = ProjCRS.from_wkt(crs.to_wkt()).name + (f" (EPSG:{epsg})" if epsg else "")
     fig.suptitle(f"{name} — {crs_name} — {rgb.shape[1]}×{rgb.shape[0]} px at {RES_M} m")
     fig.tight_layout(rect=(0, 0, 1, 0.96))
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, format="png", metadata={"Software": None})
-    os.replace(tmp, path)
+    with io.atomic_write(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
     return path

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
-import io
 import json
 import logging
 import math
@@ -42,6 +41,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from io import StringIO
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,13 +49,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from geoseg import errors
+from geoseg import errors, io
 from geoseg.config import PipelineConfig
+from geoseg.device import ResolvedPrecision, resolve_device, resolve_precision
 from geoseg.errors import CheckpointError, ConfigError, InputNotFoundError, OutputExistsError
 
 log = logging.getLogger(__name__)
-
-ResolvedPrecision = Literal["32", "bf16", "16"]
 
 #: What fit writes into RUN_DIR; ``--overwrite`` removes exactly these (never other files).
 OUTPUTS = (
@@ -108,55 +107,6 @@ class TrainResult:
 
 # --------------------------------------------------------------------------------------------
 # settings that are resolved, not just read
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when present, else the CPU; ``cuda`` without CUDA is a ConfigError."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "train.device=cuda but no CUDA GPU is visible; use --device cpu or auto"
-            )
-        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-    return torch.device("cpu")
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has native bf16 (AVX512-BF16 / AMX), where bf16 autocast pays off."""
-    try:
-        return bool(
-            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
-    except (AttributeError, RuntimeError):  # very old builds lack the op
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> ResolvedPrecision:
-    """The precision ``auto`` stands for on ``device``, and a check of explicit choices.
-
-    ``auto``: bf16 on CUDA GPUs that support it (Ampere and later), else fp16 with a GradScaler;
-    on the CPU bf16 when the CPU has native bf16 (AVX512-BF16/AMX, as oneDNN reports it), else
-    fp32. The check behind this: on the 2-core AMD EPYC (AVX512-BF16) this was built on, a plain
-    UNet training step (width 16, 128 px, batch 8) ran at 39.7 img/s fp32, 73.5 bf16 and 96.2
-    bf16 + channels_last (``python benchmarks/train_step.py --steps 16 --repeats 3``, best of 3,
-    machine shared with other jobs). bf16 wins by ~1.9x (2.4x with channels_last, the default),
-    so ``auto`` picks it. CPUs without native bf16 emulate it slowly, so they get fp32.
-    """
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "16"
-        return "bf16" if cpu_supports_bf16() else "32"
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(
-            "train.precision=bf16 but this GPU has no bf16 support; use --precision 16 or auto"
-        )
-    if precision not in ("32", "bf16", "16"):
-        raise ConfigError(
-            f"train.precision={precision!r} is not valid; expected auto, 32, bf16 or 16"
-        )
-    return precision  # type: ignore[return-value]
 
 
 def _autocast(
@@ -362,7 +312,8 @@ def _spawn(cfg: PipelineConfig, run_dir: Path, resume: bool) -> TrainResult:
     import torch.multiprocessing as mp
 
     n = cfg.train.devices
-    if resolve_device(cfg.train.device).type == "cuda" and torch.cuda.device_count() < n:
+    on_cuda = resolve_device(cfg.train.device, setting="train.device").type == "cuda"
+    if on_cuda and torch.cuda.device_count() < n:
         raise ConfigError(
             f"train.devices={n} but only {torch.cuda.device_count()} GPU(s) are visible; "
             f"use --devices {torch.cuda.device_count()}"
@@ -568,6 +519,16 @@ def _set_rng_state(state: dict[str, Any], loader: Any) -> None:
 
 def _build_optimizer(cfg: PipelineConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     t = cfg.train
+    try:
+        return _make_optimizer(t, params)
+    except ValueError as err:  # torch's own checks: "Invalid learning rate: -1.0"
+        raise ConfigError(
+            f"train.lr={t.lr}, train.weight_decay={t.weight_decay}: torch's {t.optimizer} "
+            f"rejects them ({err}); use a positive learning rate and a weight decay >= 0"
+        ) from None
+
+
+def _make_optimizer(t: Any, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     if t.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "adam":
@@ -614,7 +575,7 @@ def _run(
 ) -> TrainResult:
     from geoseg import data
 
-    device = resolve_device(cfg.train.device, local_rank)
+    device = resolve_device(cfg.train.device, local_rank=local_rank, setting="train.device")
     if init_group and world_size > 1:
         import torch.distributed as dist
 
@@ -632,7 +593,9 @@ def _run(
         if prepare and dist_.main:
             _clear_run_dir(run_dir, resume)
         dist_.barrier()
-        precision = resolve_precision(cfg.train.precision, device)
+        precision = resolve_precision(
+            cfg.train.precision, device, fp16=True, setting="train.precision"
+        )
         if device.type == "cpu" and world_size == 1:
             _share_cpu()
         if device.type == "cuda":
@@ -821,7 +784,7 @@ class _Trainer:
         if self.dist.main:
             resolved = cfg.model_copy(deep=True)
             resolved.model.classes, resolved.model.class_names = self.num_classes, self.class_names
-            _atomic_text(run_dir / "config.yaml", _yaml(resolved))
+            io.write_text(run_dir / "config.yaml", _yaml(resolved))
             self._open_writer()
         log.info(
             "Training %s (%s, %d bands -> %d classes) on %s%s, precision %s, "
@@ -1079,7 +1042,7 @@ class _Trainer:
                 **scores,
             }
             if self.dist.main:
-                _atomic_text(
+                io.write_text(
                     self.run_dir / "test_metrics.json", json.dumps(_no_nan(test_metrics), indent=1)
                 )
                 building = scores["per_class"].get("building", {}).get("iou")
@@ -1199,12 +1162,6 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _yaml(cfg: PipelineConfig) -> str:
     import yaml
 
@@ -1212,7 +1169,7 @@ def _yaml(cfg: PipelineConfig) -> str:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
+    buf = StringIO()
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
@@ -1220,7 +1177,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     for r in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    _atomic_text(path, buf.getvalue())
+    io.write_text(path, buf.getvalue())
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:

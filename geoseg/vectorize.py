@@ -5,23 +5,19 @@ with :func:`rasterio.features.shapes` (always with the block's ``transform=``, s
 in the raster's CRS), merges the polygons that cross block seams into one, then cleans up
 (minimum area in m², simplification in metres, optional right-angle regularisation) and adds the
 attributes ``class_id``, ``class_name``, ``area_m2``, ``perimeter_m`` and ``confidence``.
-``write`` saves a GeoDataFrame atomically (GeoPackage with a spatial index, GeoJSON or
-Shapefile, chosen by extension).
+``write`` saves a GeoDataFrame atomically (GeoPackage with a spatial index, GeoJSON,
+FlatGeobuf or Shapefile, chosen by extension; see :data:`geoseg.io.VECTOR_DRIVERS`).
 
-Masks are uint8 class ids; ``nodata`` (normally 255) is never polygonised. Class names come from
-the mask's ``class_names`` dataset tag (a JSON list, as ``geoseg infer`` writes it); without it
-they are ``class_<id>``, or ``background``/``building`` for a two-class mask.
+Masks are uint8 class ids (:mod:`geoseg.io`'s mask format); ``nodata`` (normally 255) is never
+polygonised. Class names come from the mask's tags (:func:`geoseg.io.class_table`); without
+them they are ``class_<id>``, or ``background``/``building`` for a two-class mask.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import chain
@@ -37,14 +33,13 @@ from rasterio.windows import Window
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from geoseg import progress
-from geoseg.errors import ConfigError, InputNotFoundError, OutputExistsError, RasterError
+from geoseg import instances, io, progress
+from geoseg.errors import ConfigError, RasterError
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["class_id", "class_name", "area_m2", "perimeter_m", "confidence"]
 SHAPEFILE_NAMES = {"perimeter_m": "perim_m"}
-DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".shp": "ESRI Shapefile"}
 #: Below this IoU with the polygon it came from, a regularised outline is rejected.
 REGULARIZE_MIN_IOU = 0.7
 _METRES_PER_DEGREE = 111_320.0  # one degree of latitude (and at most one of longitude)
@@ -54,63 +49,14 @@ _METRES_PER_DEGREE = 111_320.0  # one degree of latitude (and at most one of lon
 
 
 def class_names(mask: Path | str) -> list[str]:
-    """The class names of a mask GeoTIFF, index = class id.
+    """The class names of a mask GeoTIFF, index = class id (:func:`geoseg.io.mask_class_names`).
 
-    Read from the ``class_names`` dataset tag (a JSON list, or comma-separated); without it the
-    mask is scanned for its largest class id (nodata excluded): ``['background', 'building']``
-    for ids 0-1, else ``class_0 ... class_<max>``.
+    Read from the mask's tags (every dialect geoseg has written); without them the mask is
+    scanned for its largest class id (nodata excluded): ``['background', 'building']`` for ids
+    0-1, else ``class_0 ... class_<max>``.
     """
-    with _open_raster(Path(mask)) as src:
-        return _class_names(src)
-
-
-def _class_names(src: rasterio.DatasetReader) -> list[str]:
-    """Names indexed by class id (= mask value); gaps in the ids are named ``class_<id>``."""
-    table = _class_table(src)
-    if table is None:
-        top = _max_class_id(src)
-        return ["background", "building"] if top <= 1 else [f"class_{i}" for i in range(top + 1)]
-    names = [f"class_{i}" for i in range(max(table) + 1)]
-    for value, name in table.items():
-        names[value] = name
-    return names
-
-
-def _class_table(src: rasterio.DatasetReader) -> dict[int, str] | None:
-    """Mask value -> class name from the tags ``geoseg infer`` writes, in tag order.
-
-    ``class_names`` (JSON list, or comma-separated) with optional ``class_ids`` (JSON list of the
-    mask values, default 0..K-1); else band-1 tags ``CLASS_<value>=<name>``.
-    """
-    tags = {k.lower(): v for k, v in src.tags().items()}
-    if "class_names" in tags:
-        raw = tags["class_names"]
-        try:
-            names = json.loads(raw)
-        except ValueError:
-            names = [n.strip() for n in raw.split(",")]
-        try:
-            ids = json.loads(tags["class_ids"]) if "class_ids" in tags else list(range(len(names)))
-        except ValueError:
-            ids = list(range(len(names)))
-        if isinstance(names, list) and names and len(ids) == len(names):
-            return {int(i): str(n) for i, n in zip(ids, names, strict=True)}
-    band = {k[6:]: v for k, v in src.tags(1).items() if k.upper().startswith("CLASS_")}
-    if band and all(k.isdigit() for k in band):
-        return {int(k): v for k, v in sorted(band.items(), key=lambda kv: int(kv[0]))}
-    return None
-
-
-def _max_class_id(src: rasterio.DatasetReader) -> int:
-    """Largest class id in band 1 outside nodata, read block by block."""
-    top = 0
-    nodata = src.nodata if src.nodata is not None else 255
-    for _, window in src.block_windows(1):
-        block = src.read(1, window=window)
-        valid = block[block != nodata]
-        if valid.size:
-            top = max(top, int(valid.max()))
-    return top
+    with io.open_raster(mask, hint="pass a GeoTIFF mask") as src, io.reading(mask):
+        return io.mask_class_names(src)
 
 
 def select_classes(
@@ -155,8 +101,14 @@ def polygons(
     regularize: bool = False,
     block_size: int = 2048,
     allow_ungeoreferenced: bool = False,
+    separate: bool | None = None,
 ) -> Any:  # geopandas.GeoDataFrame
     """Polygons of the connected regions of the chosen classes of a mask GeoTIFF.
+
+    A mask predicted by an instance-aware model (tag ``geoseg_target=instances``, classes
+    background/interior/edge/contact, see :mod:`geoseg.instances`) gives one polygon per
+    building instead: touching buildings are separated, and each polygon is of class
+    ``building`` (id 1).
 
     Args:
         mask: uint8 class-id GeoTIFF (band 1); its nodata value (255 by default) is skipped.
@@ -174,6 +126,9 @@ def polygons(
         block_size: side of the blocks read at once, in pixels. Memory is about
             ``block_size² × (1 + 4 × probability bands)`` bytes plus the polygons.
         allow_ungeoreferenced: accept a mask without a CRS (areas then in its transform units).
+        separate: separate touching buildings (instance masks only); None = when the mask is an
+            instance mask and ``classes`` asks for buildings (or nothing); False = polygons of
+            the classes as they are.
 
     Returns:
         A GeoDataFrame in the mask's CRS, one valid Polygon per connected region (holes kept),
@@ -185,23 +140,44 @@ def polygons(
     mask = Path(mask)
     if block_size < 2:
         raise ConfigError(f"block_size={block_size} is too small; use e.g. 2048 (pixels)")
-    with _open_raster(mask) as src:
+    sources = [mask, *([probabilities] if probabilities else [])]
+    with io.open_raster(mask, hint="pass a GeoTIFF mask") as src, io.reading(*sources):
         if src.crs is None and not allow_ungeoreferenced:
             raise RasterError(
                 f"{mask}: the mask has no CRS, so polygons cannot be placed on the "
                 "map; fix the file (e.g. gdal_edit.py -a_srs) or pass "
                 "--allow-ungeoreferenced"
             )
-        names = _class_names(src)
-        ids = select_classes(names, classes, mask)
+        names = io.mask_class_names(src)
+        buildings = _separates(src, classes, separate, mask)
+        if buildings:
+            # one polygon per building, all of class 1 (building = interior + edge pixels)
+            ids = [instances.INTERIOR]
+            prob = (
+                _ProbabilityReader(
+                    Path(probabilities), src, names, list(instances.BUILDING_CLASSES)
+                )
+                if probabilities
+                else None
+            )
+            if prob is not None:
+                prob.combine(instances.INTERIOR, list(instances.BUILDING_CLASSES))
+        else:
+            ids = select_classes(names, classes, mask)
+            prob = (
+                _ProbabilityReader(Path(probabilities), src, names, ids) if probabilities else None
+            )
         crs = _gpd_crs(src.crs)
         transform = src.transform
-        prob = _ProbabilityReader(Path(probabilities), src, names, ids) if probabilities else None
         try:
-            geoms, class_id, conf_sum, conf_n = _polygonize(src, ids, block_size, prob)
+            geoms, class_id, conf_sum, conf_n = _polygonize(
+                src, ids, block_size, prob, separate=buildings, probabilities=probabilities
+            )
         finally:
             if prob is not None:
                 prob.close()
+        if buildings:
+            names = ["background", "building"]
 
     keep = np.arange(len(geoms))
     if min_area_m2 > 0 and len(geoms):
@@ -237,33 +213,93 @@ def polygons(
     return out
 
 
+def _separates(
+    src: rasterio.DatasetReader,
+    classes: Sequence[str | int] | None,
+    separate: bool | None,
+    mask: Path,
+) -> bool:
+    """Whether to label buildings one by one (an instance mask asked for its buildings)."""
+    if separate is False:
+        return False
+    is_instance = instances.is_instance_mask(src)
+    if separate and not is_instance:
+        raise ConfigError(
+            f"{mask}: not an instance mask (no {instances.TARGET_TAG}={instances.TARGET_INSTANCES} "
+            "tag), so touching buildings cannot be separated; predict it with a model trained "
+            "with data.target: instances"
+        )
+    if not is_instance:
+        return False
+    wanted = {str(c).strip().lower() for c in classes or []}
+    building_words = {"building", "buildings", "interior", "edge", "1", "2", "class_1", "class_2"}
+    return not wanted or wanted <= building_words
+
+
 def _polygonize(
-    src: rasterio.DatasetReader, ids: list[int], block_size: int, prob: _ProbabilityReader | None
+    src: rasterio.DatasetReader,
+    ids: list[int],
+    block_size: int,
+    prob: _ProbabilityReader | None,
+    *,
+    separate: bool = False,
+    probabilities: Path | str | None = None,
 ) -> tuple[np.ndarray, ...]:
-    """Block pass + seam merge. Returns geometries (CRS), class ids, confidence sums, counts."""
+    """Block pass + seam merge. Returns geometries (CRS), class ids, confidence sums, counts.
+
+    With ``separate``, the blocks are building labels (:class:`geoseg.instances.BuildingLabels`):
+    polygons take the building's id as value, so pieces of one building on both sides of a seam
+    merge and touching buildings do not; their class is set to 1 after the merge.
+    """
     transform = src.transform
     inverse = ~transform
     windows = list(_blocks(src.width, src.height, block_size))
     geoms, values, on_seam, sums, counts = [], [], [], [], []
     nodata = src.nodata if src.nodata is not None else 255
     wanted = np.array([i for i in ids if i != nodata], dtype=np.int64)
-    with progress.bar(len(windows), "vectorize", unit="blocks") as bar, _gc_paused():
-        for window in windows:
-            block = src.read(1, window=window)
-            selected = block == wanted[0] if len(wanted) == 1 else np.isin(block, wanted)
-            if not selected.any():
+
+    def add(window: Window, block: np.ndarray, selected: np.ndarray) -> None:
+        wt = src.window_transform(window)
+        g, v = _shapes(block, selected, wt)
+        geoms.append(g)
+        values.append(v)
+        on_seam.append(_touches_inner_edge(g, inverse, window, src.width, src.height))
+        if prob is not None:
+            cls = np.full(len(v), ids[0], dtype=np.int64) if separate else v
+            s, n = prob.sums(g, cls, window, wt)
+            sums.append(s)
+            counts.append(n)
+
+    if separate:
+        with instances.BuildingLabels(
+            src, block_size=block_size, probabilities=Path(probabilities) if probabilities else None
+        ) as labels:
+            with progress.bar(len(windows), "vectorize", unit="blocks") as bar, _gc_paused():
+                for window, regions in labels.regions():
+                    selected = regions > 0
+                    if selected.any():
+                        add(window, regions, selected)
+                    bar.advance()
+            # region labels -> building ids; regions with several seeds are polygonised again
+            # from their watershed split
+            values = [labels.ids(v) for v in values]
+            with _gc_paused():
+                for window, split in labels.split():
+                    add(window, split, split > 0)
+        keep = [v >= 0 for v in values]
+        geoms = [g[k] for g, k in zip(geoms, keep, strict=True)]
+        on_seam = [x[k] for x, k in zip(on_seam, keep, strict=True)]
+        sums = [x[k] for x, k in zip(sums, keep, strict=True)] if sums else sums
+        counts = [x[k] for x, k in zip(counts, keep, strict=True)] if counts else counts
+        values = [v[k] for v, k in zip(values, keep, strict=True)]
+    else:
+        with progress.bar(len(windows), "vectorize", unit="blocks") as bar, _gc_paused():
+            for window in windows:
+                block = src.read(1, window=window)
+                selected = block == wanted[0] if len(wanted) == 1 else np.isin(block, wanted)
+                if selected.any():
+                    add(window, block, selected)
                 bar.advance()
-                continue
-            wt = src.window_transform(window)
-            g, v = _shapes(block, selected, wt)
-            geoms.append(g)
-            values.append(v)
-            on_seam.append(_touches_inner_edge(g, inverse, window, src.width, src.height))
-            if prob is not None:
-                s, n = prob.sums(g, v, window, wt)
-                sums.append(s)
-                counts.append(n)
-            bar.advance()
     if not geoms:
         empty = np.empty(0)
         return np.empty(0, dtype=object), np.empty(0, dtype=np.int64), empty, empty
@@ -272,16 +308,16 @@ def _polygonize(
     seam = np.concatenate(on_seam)
     s = np.concatenate(sums) if sums else np.zeros(len(g))
     n = np.concatenate(counts) if counts else np.zeros(len(g))
-    if not seam.any():
-        return g, v, s, n
-    mg, mv, ms, mn = _merge_seams(g[seam], v[seam], s[seam], n[seam], transform)
-    keep = ~seam
-    return (
-        np.concatenate([g[keep], mg]),
-        np.concatenate([v[keep], mv]),
-        np.concatenate([s[keep], ms]),
-        np.concatenate([n[keep], mn]),
-    )
+    if seam.any():
+        mg, mv, ms, mn = _merge_seams(g[seam], v[seam], s[seam], n[seam], transform)
+        keep = ~seam
+        g = np.concatenate([g[keep], mg])
+        v = np.concatenate([v[keep], mv])
+        s = np.concatenate([s[keep], ms])
+        n = np.concatenate([n[keep], mn])
+    if separate:
+        v = np.full(len(v), ids[0], dtype=np.int64)
+    return g, v, s, n
 
 
 @contextmanager
@@ -429,7 +465,7 @@ class _ProbabilityReader:
         self, path: Path, mask: rasterio.DatasetReader, names: list[str], ids: list[int]
     ) -> None:
         self.path = path
-        self.src = _open_raster(path)
+        self.src = io.open_raster(path, hint="pass the *_prob.tif written with this mask")
         s = self.src
         if (s.width, s.height) != (mask.width, mask.height) or not s.transform.almost_equals(
             mask.transform
@@ -440,7 +476,7 @@ class _ProbabilityReader:
                 f"differs from the mask's {mask.width}x{mask.height} "
                 f"{tuple(mask.transform)[:6]}; pass the *_prob.tif written with this mask"
             )
-        table = _class_table(mask)
+        table = io.class_table(mask)
         order = list(table) if table else list(range(len(names)))  # class value of each band
         if s.count == len(order) and all(i in order for i in ids):
             band = {i: order.index(i) + 1 for i in ids}
@@ -456,6 +492,7 @@ class _ProbabilityReader:
         self.slot = np.zeros(max(ids) + 1, dtype=np.int64)
         for cls, b in band.items():
             self.slot[cls] = self.bands.index(b)
+        self.extra: dict[int, list[int]] = {}
         # Integer bands hold p scaled to 0-255 (or to the band scale, e.g. 1/254 from geoseg
         # infer, which keeps 255 for nodata); float bands hold p itself.
         scale = s.scales[self.bands[0] - 1]
@@ -463,6 +500,10 @@ class _ProbabilityReader:
             self.scale = scale if scale not in (0, 1) else 1 / 255
         else:
             self.scale = 1.0
+
+    def combine(self, cls: int, classes: list[int]) -> None:
+        """Make the probability of ``cls`` the sum of those of ``classes`` (all read)."""
+        self.extra[cls] = [self.slot[c] for c in classes]
 
     def sums(
         self, geoms: np.ndarray, values: np.ndarray, window: Window, transform: Any
@@ -478,7 +519,11 @@ class _ProbabilityReader:
         rows, cols = np.nonzero(ids)
         poly = ids[rows, cols] - 1
         data = self.src.read(self.bands, window=window)
-        p = data[self.slot[values[poly]], rows, cols].astype(np.float64) * self.scale
+        if self.extra:  # one class whose probability is a sum of bands (instance masks)
+            (slots,) = self.extra.values()
+            p = data[slots][:, rows, cols].astype(np.float64).sum(0) * self.scale
+        else:
+            p = data[self.slot[values[poly]], rows, cols].astype(np.float64) * self.scale
         return (
             np.bincount(poly, weights=p, minlength=n),
             np.bincount(poly, minlength=n).astype(np.float64),
@@ -644,44 +689,44 @@ def _crs_units(metres: float, crs: Any) -> float:
 
 
 def write(gdf: Any, out: Path | str, *, layer: str = "footprints", overwrite: bool = False) -> Path:
-    """Write polygons atomically: GeoPackage (spatial index), GeoJSON or Shapefile by extension.
+    """Write polygons atomically: GeoPackage (spatial index), GeoJSON, FlatGeobuf or Shapefile.
 
-    The file is written under a temporary name in the same folder and renamed when complete, so a
-    reader never sees half a file. An empty GeoDataFrame gives an empty layer with the schema and
-    the CRS. ``layer`` names the GeoPackage layer (ignored by the other formats). Shapefiles
-    name ``perimeter_m`` ``perim_m`` (DBF names have at most 10 characters).
+    The format follows the extension (:data:`geoseg.io.VECTOR_DRIVERS`). The file is written
+    under a temporary name in the same folder, read back and renamed when complete, so a reader
+    never sees half a file. An empty GeoDataFrame gives an empty layer with the schema and the
+    CRS. ``layer`` names the GeoPackage layer (ignored by the other formats). Shapefiles name
+    ``perimeter_m`` ``perim_m`` (DBF names have at most 10 characters).
+
+    Raises:
+        ConfigError: an extension geoseg does not write.
+        OutputExistsError: ``out`` exists and not ``overwrite``.
+        OutputWriteError: the folder cannot take the file (full, read-only, no permission).
     """
-    out = Path(out)
-    driver = DRIVERS.get(out.suffix.lower())
-    if driver is None:
-        raise ConfigError(
-            f"{out}: unknown vector format {out.suffix!r}; use .gpkg, .geojson or .shp"
-        )
-    if out.exists() and not overwrite:
-        raise OutputExistsError(
-            f"{out} exists; pass --overwrite to replace it or choose another --out"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        tmp = tmp_dir / out.name
-        kwargs: dict[str, Any] = {"driver": driver, "engine": "pyogrio", "geometry_type": "Polygon"}
-        if driver == "GPKG":
-            kwargs["layer"] = layer
-            kwargs["SPATIAL_INDEX"] = "YES"
-        if driver == "ESRI Shapefile":  # DBF field names are at most 10 characters
-            gdf = gdf.rename(columns=SHAPEFILE_NAMES)
-        gdf.to_file(tmp, **kwargs)
-        if driver == "ESRI Shapefile":
-            stem = out.with_suffix("")
-            for part in tmp_dir.iterdir():
-                os.replace(part, stem.with_suffix(part.suffix))
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    log.info("wrote %d polygons to %s", len(gdf), out)
-    return out
+    io.vector_driver(out)
+    with io.claim(out, overwrite=overwrite) as output:
+        return _write_claimed(gdf, output, layer)
+
+
+def _write_claimed(gdf: Any, output: io.Output, layer: str) -> Path:
+    """Write ``gdf`` into a claimed output (see :func:`write`)."""
+    driver = io.vector_driver(output.path)
+    options: dict[str, Any] = {"geometry_type": "Polygon"}
+    if driver == "GPKG":
+        options["SPATIAL_INDEX"] = "YES"
+    if driver == "ESRI Shapefile":  # DBF field names are at most 10 characters
+        gdf = gdf.rename(columns=SHAPEFILE_NAMES)
+    from geoseg import export
+
+    io.write_vector(
+        gdf,
+        output,
+        layer=layer,
+        # A default QGIS style in the GeoPackage's layer_styles table, before it is published.
+        finish=(lambda tmp: export.footprint_style(tmp, layer=layer)) if driver == "GPKG" else None,
+        **options,
+    )
+    log.info("wrote %d polygons to %s", len(gdf), output.path)
+    return output.path
 
 
 def vectorize(
@@ -692,32 +737,19 @@ def vectorize(
     overwrite: bool = False,
     **kwargs: Any,
 ) -> Path:
-    """``polygons(mask, **kwargs)`` written to ``out`` (see :func:`polygons`, :func:`write`)."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(
-            f"{out} exists; pass --overwrite to replace it or choose another --out"
-        )
-    if out.suffix.lower() not in DRIVERS:
-        raise ConfigError(
-            f"{out}: unknown vector format {out.suffix!r}; use .gpkg, .geojson or .shp"
-        )
-    gdf = polygons(mask, **kwargs)
-    return write(gdf, out, layer=layer, overwrite=overwrite)
+    """``polygons(mask, **kwargs)`` written to ``out`` (see :func:`polygons`, :func:`write`).
+
+    ``out`` is claimed before the polygons are computed: an existing output, an output that is
+    the mask itself, or an unwritable folder fail at once.
+    """
+    io.vector_driver(out)
+    inputs = [mask, kwargs.get("probabilities")]
+    with io.claim(out, overwrite=overwrite, inputs=inputs) as output:
+        gdf = polygons(mask, **kwargs)
+        return _write_claimed(gdf, output, layer)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _open_raster(path: Path) -> rasterio.DatasetReader:
-    if not path.exists():
-        raise InputNotFoundError(f"{path}: no such file; check the path")
-    try:
-        return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as err:
-        raise RasterError(
-            f"{path}: not a readable raster ({str(err).splitlines()[0]}); pass a GeoTIFF mask"
-        ) from None
 
 
 def _gpd_crs(crs: Any) -> Any:

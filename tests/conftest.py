@@ -6,14 +6,14 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
-import rasterio
-from rasterio.crs import CRS
-from rasterio.transform import from_origin
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_DATA = REPO.parent / "shared" / "data" / "real"
+# Servers on 127.0.0.1 for the remote-data tests (S3, HTTP with Range, STAC API).
+from remote_servers import aws_env, bucket, http_root, http_server, s3_server  # noqa: F401
+
+REAL_DATA = helpers.REPO.parent / "shared" / "data" / "real"
 
 # Two pytest-xdist workers share 2 cores: one torch thread each avoids oversubscription.
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -35,62 +35,15 @@ MakeGeotiff = Callable[..., Path]
 
 @pytest.fixture
 def make_geotiff(tmp_path: Path) -> MakeGeotiff:
-    """Factory for tiny georeferenced GeoTIFFs with known content.
+    """:func:`helpers.make_geotiff` rooted at the test's ``tmp_path``.
 
-    ``make_geotiff(name, size=(H, W), count=3, dtype='uint8', crs='EPSG:32631',
-    transform=from_origin(500000, 5000000, 0.5, 0.5), nodata=None, seed=0, data=None)``
-    writes ``tmp_path/name`` and returns its path. ``data`` (C, H, W) overrides the seeded noise;
-    ``crs=None`` writes a raster without a CRS.
+    ``make_geotiff(name='image.tif', data=None, *, size=(H, W), count=3, dtype='uint8',
+    crs='EPSG:32631', transform=from_origin(500000, 5000000, 0.5, 0.5), nodata=None, seed=0,
+    tiled=False, class_names=None)`` writes ``tmp_path/name`` and returns its path.
     """
 
-    def make(
-        name: str = "image.tif",
-        *,
-        size: tuple[int, int] = (64, 64),
-        count: int = 3,
-        dtype: str = "uint8",
-        crs: str | CRS | None = "EPSG:32631",
-        transform: rasterio.Affine | None = None,
-        nodata: float | None = None,
-        seed: int = 0,
-        data: np.ndarray | None = None,
-        tiled: bool = False,
-    ) -> Path:
-        path = tmp_path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if data is None:
-            rng = np.random.default_rng(seed)
-            hi = 255 if np.dtype(dtype).kind in "ui" and np.dtype(dtype).itemsize == 1 else 1000
-            data = rng.integers(1, hi, size=(count, *size)).astype(dtype)
-        else:
-            data = np.asarray(data)
-            if data.ndim == 2:
-                data = data[None]
-            count, size = data.shape[0], data.shape[1:]
-        profile = dict(
-            driver="GTiff",
-            width=size[1],
-            height=size[0],
-            count=count,
-            dtype=data.dtype,
-            crs=crs,
-            transform=transform
-            if transform is not None
-            else from_origin(500000, 5000000, 0.5, 0.5),
-            nodata=nodata,
-        )
-        if tiled:
-            profile.update(
-                tiled=True,
-                blockxsize=16 * max(1, size[1] // 64),
-                blockysize=16 * max(1, size[0] // 64),
-            )
-        if crs is None:
-            profile.pop("crs")
-            profile["transform"] = rasterio.Affine.identity() if transform is None else transform
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(data)
-        return path
+    def make(name: str = "image.tif", data: np.ndarray | None = None, **kwargs: object) -> Path:
+        return helpers.make_geotiff(tmp_path / name, data, **kwargs)  # type: ignore[arg-type]
 
     return make
 

@@ -5,39 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import rasterio
+from helpers import RES, X0, Y0
+from helpers import make_geotiff as write  # the shared factory, under the name these tests use
 from rasterio.transform import from_origin
 
-CRS = "EPSG:32631"
-X0, Y0, RES = 500000.0, 5000000.0, 0.5
-
-
-def write(
-    path: Path,
-    data: np.ndarray,
-    *,
-    crs: str | None = CRS,
-    transform=None,
-    nodata=None,
-    driver="GTiff",
-) -> Path:
-    """Write (C, H, W) or (H, W) ``data`` to ``path``; returns the path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = data[None] if data.ndim == 2 else data
-    profile = dict(
-        driver=driver,
-        width=data.shape[2],
-        height=data.shape[1],
-        count=data.shape[0],
-        dtype=data.dtype,
-    )
-    if crs is not None:
-        profile.update(crs=crs, transform=transform or from_origin(X0, Y0, RES, RES))
-    if nodata is not None:
-        profile["nodata"] = nodata
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    return path
+__all__ = ["RES", "X0", "Y0", "mosaic", "write"]
 
 
 def mosaic(

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import typer
+from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 import geoseg
@@ -52,11 +53,8 @@ def test_geoseg_error_becomes_one_line_and_exit_1() -> None:
     app.command("boom")(cli_errors(boom))
     app.command("noop")(lambda: None)  # two commands, so `boom` is a subcommand
     result = runner.invoke(app, ["boom", "scenes/"])
-    assert result.exit_code == 1
-    assert result.stderr.strip().splitlines() == [
-        "Error: scenes/: no GeoTIFFs found; point IMAGES at a folder of .tif files"
-    ]
-    assert "Traceback" not in result.output
+    line = assert_one_line_error(result)
+    assert line == "Error: scenes/: no GeoTIFFs found; point IMAGES at a folder of .tif files"
 
 
 def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
@@ -64,9 +62,7 @@ def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
         [str(exe), "run", str(tmp_path / "missing.yaml")], capture_output=True, text=True
     )
-    assert proc.returncode == 1, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "missing.yaml" in lines[0]
+    assert_one_line_error(proc, "missing.yaml")
 
 
 def test_errors_inherit_builtins() -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from helpers import assert_one_line_error, make_geotiff
 from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
@@ -23,23 +24,15 @@ UTM = "EPSG:32631"
 
 
 def write_mask(path: Path, data: np.ndarray, *, transform=None, names=None, crs=UTM) -> Path:
-    data = np.asarray(data, dtype=np.uint8)
-    with rasterio.open(
+    """A uint8 mask (nodata 255) on 1 m pixels, optionally with class names."""
+    return make_geotiff(
         path,
-        "w",
-        driver="GTiff",
-        width=data.shape[1],
-        height=data.shape[0],
-        count=1,
-        dtype="uint8",
-        nodata=255,
+        np.asarray(data, dtype=np.uint8),
         crs=crs,
         transform=transform or from_origin(500000, 5000000, 1, 1),
-    ) as dst:
-        dst.write(data, 1)
-        if names:
-            dst.update_tags(class_names=json.dumps(names))
-    return path
+        nodata=255,
+        class_names=names,
+    )
 
 
 def frame(geoms, crs=UTM, **columns) -> gpd.GeoDataFrame:
@@ -301,19 +294,11 @@ def test_cli_evaluate_pixels_report(tmp_path):
     assert {"iou", "f1", "precision", "recall"} <= saved["per_class"]["house"].keys()
 
 
-def _one_line_error(r, *words: str) -> None:
-    assert r.exit_code == 1, r.output
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
 def test_cli_no_overlap_is_an_error_naming_both_extents(tmp_path):
     frame([box(0, 0, 5, 5)]).to_file(tmp_path / "a.gpkg")
     frame([box(1000, 1000, 1005, 1005)]).to_file(tmp_path / "b.gpkg")
     r = runner.invoke(app, ["evaluate", str(tmp_path / "a.gpkg"), str(tmp_path / "b.gpkg")])
-    _one_line_error(
+    assert_one_line_error(
         r, "do not overlap", "a.gpkg", "b.gpkg", "(500000, 5000000, 500005, 5000005)", "501000"
     )
 
@@ -321,7 +306,7 @@ def test_cli_no_overlap_is_an_error_naming_both_extents(tmp_path):
 def test_cli_raster_and_vector_without_overlap_is_an_error(tmp_path):
     pred = write_mask(tmp_path / "pred.tif", PRED)
     frame([box(1000, 1000, 1005, 1005)]).to_file(tmp_path / "b.gpkg")
-    _one_line_error(
+    assert_one_line_error(
         runner.invoke(app, ["evaluate", str(pred), str(tmp_path / "b.gpkg")]),
         "do not overlap",
         "pred.tif",
@@ -333,7 +318,7 @@ def test_cli_unreadable_vector_file_is_an_error(tmp_path):
     bad = tmp_path / "truth.geojson"
     bad.write_text("{ this is not json")
     frame([box(0, 0, 5, 5)]).to_file(tmp_path / "a.gpkg")
-    _one_line_error(
+    assert_one_line_error(
         runner.invoke(app, ["evaluate", str(tmp_path / "a.gpkg"), str(bad)]),
         "truth.geojson",
         "cannot read",
@@ -344,7 +329,7 @@ def test_cli_existing_report_is_an_error(tmp_path):
     frame([box(0, 0, 5, 5)]).to_file(tmp_path / "a.gpkg")
     report = tmp_path / "r.json"
     report.write_text("{}")
-    _one_line_error(
+    assert_one_line_error(
         runner.invoke(
             app,
             ["evaluate", str(tmp_path / "a.gpkg"), str(tmp_path / "a.gpkg"), "--json", str(report)],
@@ -376,4 +361,6 @@ def test_cli_labels_declaring_the_wrong_crs_are_an_error(tmp_path, real_data):
     pred = write_mask(tmp_path / "pred.tif", mask, **grid)
     labels = real_data / "albers_custom_crs_labels.geojson"
     r = runner.invoke(app, ["evaluate", str(pred), str(labels), "-q"])
-    _one_line_error(r, "albers_custom_crs_labels.geojson", "not longitude/latitude", "EPSG:4326")
+    assert_one_line_error(
+        r, "albers_custom_crs_labels.geojson", "not longitude/latitude", "EPSG:4326"
+    )

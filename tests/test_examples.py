@@ -27,7 +27,7 @@ def test_python_api_example(tmp_path: Path) -> None:
         rasterio.open(tmp_path / "data" / "images" / "tile_00.tif") as img,
     ):
         assert mask.crs == img.crs and mask.transform == img.transform
-    footprints = gpd.read_file(tmp_path / "footprints.gpkg")
+    footprints = gpd.read_file(tmp_path / "footprints.gpkg", layer="footprints")
     assert footprints.crs == rasterio.open(tmp_path / "mask.tif").crs
     assert "footprints ->" in proc.stdout
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from helpers import assert_one_line_error
 from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
@@ -297,8 +298,7 @@ def test_ungeoreferenced_only_when_allowed(tmp_path: Path, make_geotiff, ckpt3: 
     src = make_geotiff("nocrs.tif", size=(40, 40), crs=None)
     out = tmp_path / "nocrs_mask.tif"
     res = _run(ckpt3, src, "--out", out)
-    assert res.exit_code == 1
-    assert res.stderr.count("\n") == 1 and "has no CRS" in res.stderr and "nocrs.tif" in res.stderr
+    assert_one_line_error(res, "has no CRS", "nocrs.tif")
     assert not out.exists()
     res = _run(ckpt3, src, "--out", out, "--allow-ungeoreferenced", "--overlap", 8)
     assert res.exit_code == 0, res.stderr
@@ -311,9 +311,7 @@ def test_ungeoreferenced_only_when_allowed(tmp_path: Path, make_geotiff, ckpt3: 
 def test_band_count_mismatch_is_one_line(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
     src = make_geotiff("four.tif", count=4)
     res = _run(ckpt3, src, "--out", tmp_path / "m.tif")
-    assert res.exit_code == 1
-    assert res.stderr.count("\n") == 1
-    assert "four.tif" in res.stderr and "4 band(s)" in res.stderr and "expects 3" in res.stderr
+    assert_one_line_error(res, "four.tif", "4 band(s)", "expects 3")
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint at all", "pickle"])
@@ -324,15 +322,14 @@ def test_not_a_checkpoint(tmp_path: Path, make_geotiff, content: object) -> None
     else:
         bad.write_bytes(content)  # type: ignore[arg-type]
     res = _run(bad, make_geotiff(), "--out", tmp_path / "m.tif")
-    assert res.exit_code == 1
-    assert res.stderr.count("\n") == 1 and "bad.ckpt" in res.stderr
+    assert_one_line_error(res, "bad.ckpt")
 
 
 def test_output_exists(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
     out = tmp_path / "m.tif"
     out.write_bytes(b"keep me")
     res = _run(ckpt3, make_geotiff(), "--out", out)
-    assert res.exit_code == 1 and res.stderr.count("\n") == 1 and "--overwrite" in res.stderr
+    assert_one_line_error(res, "--overwrite")
     assert out.read_bytes() == b"keep me"
     res = _run(ckpt3, make_geotiff(), "--out", out, "--overwrite", "--overlap", 8)
     assert res.exit_code == 0 and out.read_bytes() != b"keep me"
@@ -342,8 +339,7 @@ def test_unreachable_scheduler(tmp_path: Path, make_geotiff, ckpt3: Path) -> Non
     res = _run(
         ckpt3, make_geotiff(), "--out", tmp_path / "m.tif", "--scheduler", "tcp://127.0.0.1:9"
     )
-    assert res.exit_code == 1
-    assert res.stderr.count("\n") == 1 and "tcp://127.0.0.1:9" in res.stderr
+    assert_one_line_error(res, "tcp://127.0.0.1:9")
     assert not (tmp_path / "m.tif").exists()
 
 

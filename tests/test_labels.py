@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import shapely
 from data_helpers import RES, X0, Y0, write
+from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from geoseg import labels
@@ -17,14 +18,6 @@ from geoseg.cli.main import app
 from geoseg.errors import LabelError, OutputExistsError
 
 runner = CliRunner()
-
-
-def _one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_burn_atlanta_buildings_on_the_image_grid(real_data: Path, tmp_path: Path) -> None:
@@ -66,7 +59,7 @@ def test_cli_rasterize_writes_and_refuses_to_overwrite(real_data: Path, tmp_path
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert out.exists() and str(out) in result.stdout
-    _one_line_error(runner.invoke(app, args), "exists", "--overwrite")
+    assert_one_line_error(runner.invoke(app, args), "exists", "--overwrite")
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
 
 
@@ -84,7 +77,7 @@ def test_cli_rasterize_albers_labels_with_wrong_declared_crs(
             str(tmp_path / "m.tif"),
         ],
     )
-    _one_line_error(
+    assert_one_line_error(
         result, "albers_custom_crs_labels.geojson", "EPSG:4326", "declared CRS", "probably wrong"
     )
     assert not (tmp_path / "m.tif").exists()
@@ -98,7 +91,7 @@ def test_cli_rasterize_albers_labels_with_wrong_declared_crs(
 
 def test_cli_rasterize_missing_and_corrupt_inputs(real_data: Path, tmp_path: Path) -> None:
     vec = real_data / "atlanta_buildings.geojson"
-    _one_line_error(
+    assert_one_line_error(
         runner.invoke(
             app,
             [
@@ -112,7 +105,7 @@ def test_cli_rasterize_missing_and_corrupt_inputs(real_data: Path, tmp_path: Pat
         ),
         "nope.gpkg",
     )
-    _one_line_error(
+    assert_one_line_error(
         runner.invoke(
             app,
             [
@@ -128,7 +121,7 @@ def test_cli_rasterize_missing_and_corrupt_inputs(real_data: Path, tmp_path: Pat
     )
     cut = tmp_path / "cut.tif"
     cut.write_bytes((real_data / "atlanta_pan_0p5m.tif").read_bytes()[:300_000])
-    _one_line_error(
+    assert_one_line_error(
         runner.invoke(
             app, ["rasterize", str(vec), "--like", str(cut), "--out", str(tmp_path / "c.tif")]
         ),
@@ -151,7 +144,7 @@ def test_cli_rasterize_bad_attribute(real_data: Path, tmp_path: Path) -> None:
             "no_such_column",
         ],
     )
-    _one_line_error(result, "no_such_column")
+    assert_one_line_error(result, "no_such_column")
 
 
 def _squares(tmp_path: Path, values: list[int], crs: str = "EPSG:32631") -> Path:

@@ -57,6 +57,6 @@ def test_readme_commands_run_in_order(tmp_path: Path, monkeypatch) -> None:
         Path("tile_00_pred_prob.tif").is_file()
         and len(list(Path("predictions").glob("*.tif"))) == 4
     )
-    footprints = gpd.read_file("footprints.gpkg")
+    footprints = gpd.read_file("footprints.gpkg", layer="footprints")
     assert {"class_name", "area_m2", "confidence"} <= set(footprints.columns)
     assert Path("objects.json").is_file() and Path("demo/run/report.json").is_file()

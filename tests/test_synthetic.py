@@ -9,6 +9,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from helpers import assert_one_line_error
 from pyproj import Transformer
 from rasterio import features
 from rasterio.enums import ColorInterp
@@ -244,10 +245,7 @@ def test_cli_refuses_a_non_empty_folder_without_overwrite(tmp_path: Path) -> Non
     out.mkdir()
     (out / "something.txt").write_text("x")
     result = runner.invoke(app, ["demo-data", str(out), "--tiles", "1", "--size", "64", "--quiet"])
-    assert result.exit_code == 1
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ")
-    assert str(out) in result.stderr and "--overwrite" in result.stderr
-    assert "Traceback" not in result.output
+    assert_one_line_error(result, str(out), "--overwrite")
     again = runner.invoke(
         app, ["demo-data", str(out), "--tiles", "1", "--size", "64", "--quiet", "--overwrite"]
     )

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from geoseg import checkpoint, train
@@ -323,27 +324,8 @@ def test_torchrun_two_ranks_join_one_job(demo_data, split_yaml, tmp_path) -> Non
     assert train.state_hash(_weights(out / "last.ckpt")) == ranks[0]["weights"]
 
 
-def test_precision_auto_on_cpu_is_valid() -> None:
-    cpu = torch.device("cpu")
-    resolved = train.resolve_precision("auto", cpu)
-    assert resolved == ("bf16" if train.cpu_supports_bf16() else "32")
-    assert train.resolve_precision("32", cpu) == "32"
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolved == "bf16"):
-        y = torch.nn.Conv2d(3, 4, 3)(torch.randn(1, 3, 8, 8))
-    assert torch.isfinite(y).all()
-
-
 # -------------------------------------------------------------------------------------------
-# user errors: one line on stderr, exit 1
-
-
-def _one_line_error(result, *needles: str) -> str:
-    assert result.exit_code == 1, (result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+# user errors: one line on stderr, exit 1 (2 for a bad setting)
 
 
 def _base(demo_data, out: Path) -> list[str]:
@@ -357,34 +339,39 @@ def _base(demo_data, out: Path) -> list[str]:
 
 
 def test_error_unknown_model(demo_data, tmp_path) -> None:
-    _one_line_error(
+    assert_one_line_error(
         _train(_base(demo_data, tmp_path / "r") + ["--model", "resnet-9000"]),
         "resnet-9000",
         "unet-resnet34",
+        code=2,
     )
     assert not (tmp_path / "r").exists()
 
 
 def test_error_unknown_loss(demo_data, tmp_path) -> None:
-    _one_line_error(
+    assert_one_line_error(
         _train(_base(demo_data, tmp_path / "r") + ["--loss", "hinge"]),
         "hinge",
         "ce",
         "dice",
         "focal",
+        code=2,
     )
 
 
 def test_error_unknown_config_key(demo_data, tmp_path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("train:\n  epochz: 3\n")
-    _one_line_error(
-        _train(_base(demo_data, tmp_path / "r") + ["--config", str(cfg)]), "epochz", "epochs"
+    assert_one_line_error(
+        _train(_base(demo_data, tmp_path / "r") + ["--config", str(cfg)]),
+        "epochz",
+        "epochs",
+        code=2,
     )
 
 
 def test_error_classes_smaller_than_label_value(demo_data, split_yaml, tmp_path) -> None:
-    line = _one_line_error(
+    line = assert_one_line_error(
         _train(
             _base(demo_data, tmp_path / "r")
             + ["--classes", "1", "--config", str(split_yaml), *TINY]
@@ -394,7 +381,9 @@ def test_error_classes_smaller_than_label_value(demo_data, split_yaml, tmp_path)
 
 
 def test_error_patch_size_not_divisible(demo_data, tmp_path) -> None:
-    line = _one_line_error(_train(_base(demo_data, tmp_path / "r") + ["--patch-size", "500"]))
+    line = assert_one_line_error(
+        _train(_base(demo_data, tmp_path / "r") + ["--patch-size", "500"]), code=2
+    )
     assert line == (
         "Error: patch_size=500 is not divisible by 16 (the UNet downsamples 4 times); "
         "use 512 or 496"
@@ -403,7 +392,7 @@ def test_error_patch_size_not_divisible(demo_data, tmp_path) -> None:
 
 def test_error_resume_without_last_ckpt(demo_data, tmp_path) -> None:
     (tmp_path / "r").mkdir()
-    _one_line_error(
+    assert_one_line_error(
         _train(_base(demo_data, tmp_path / "r") + ["--resume"]), "last.ckpt", "--resume"
     )
 
@@ -412,7 +401,7 @@ def test_error_run_dir_not_empty(demo_data, tmp_path) -> None:
     out = tmp_path / "r"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    _one_line_error(_train(_base(demo_data, out)), str(out), "--overwrite", "--resume")
+    assert_one_line_error(_train(_base(demo_data, out)), str(out), "--overwrite", "--resume")
     assert (out / "notes.txt").read_text() == "mine"
 
 

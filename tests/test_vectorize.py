@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
+from helpers import assert_one_line_error, make_geotiff
 from pyproj import CRS, Geod
 from rasterio.transform import Affine, from_origin
 from typer.testing import CliRunner
@@ -27,24 +27,15 @@ UTM = "EPSG:32631"
 def write_mask(
     path: Path, data: np.ndarray, *, crs=UTM, transform=None, names=None, nodata=255, dtype="uint8"
 ) -> Path:
-    """A one-band class-id GeoTIFF with an optional ``class_names`` tag (as geoseg infer writes)."""
-    data = np.asarray(data)
-    profile = dict(
-        driver="GTiff",
-        width=data.shape[-1],
-        height=data.shape[-2],
-        count=1 if data.ndim == 2 else data.shape[0],
-        dtype=dtype,
-        nodata=nodata,
+    """A class-id GeoTIFF with an optional ``class_names`` tag (as geoseg infer writes)."""
+    return make_geotiff(
+        path,
+        np.asarray(data).astype(dtype),
+        crs=crs,
         transform=transform or from_origin(500000, 5000000, 0.5, 0.5),
+        nodata=nodata,
+        class_names=names,
     )
-    if crs is not None:
-        profile["crs"] = crs
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data if data.ndim == 3 else data[None])
-        if names is not None:
-            dst.update_tags(class_names=json.dumps(names))
-    return path
 
 
 def seam_mask() -> np.ndarray:
@@ -416,19 +407,10 @@ def test_cli_vectorize_writes_footprints(tmp_path):
     assert len(gdf) == 1 and gdf.area_m2.iloc[0] == pytest.approx(25 * 0.25)
 
 
-def _one_line_error(r, *words: str) -> None:
-    assert r.exit_code == 1, r.output
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
-    for w in words:
-        assert w in lines[0]
-    assert "Traceback" not in r.output
-
-
 def test_cli_mask_without_crs_is_an_error_unless_allowed(tmp_path):
     mask = write_mask(tmp_path / "m.tif", np.ones((4, 4), np.uint8), crs=None)
     out = tmp_path / "fp.gpkg"
-    _one_line_error(
+    assert_one_line_error(
         runner.invoke(app, ["vectorize", str(mask), "--out", str(out)]),
         "m.tif",
         "no CRS",
@@ -446,13 +428,14 @@ def test_cli_unknown_class_is_an_error(tmp_path):
     mask = write_mask(
         tmp_path / "m.tif", np.ones((4, 4), np.uint8), names=["background", "building"]
     )
-    _one_line_error(
+    assert_one_line_error(
         runner.invoke(
             app, ["vectorize", str(mask), "--out", str(tmp_path / "fp.gpkg"), "--class", "road"]
         ),
         "m.tif",
         "'road'",
         "building",
+        code=2,  # a bad --class value
     )
 
 
@@ -460,7 +443,7 @@ def test_cli_existing_output_is_an_error(tmp_path):
     mask = write_mask(tmp_path / "m.tif", np.ones((4, 4), np.uint8))
     out = tmp_path / "fp.gpkg"
     out.write_text("keep me")
-    _one_line_error(
+    assert_one_line_error(
         runner.invoke(app, ["vectorize", str(mask), "--out", str(out)]), "fp.gpkg", "--overwrite"
     )
     assert out.read_text() == "keep me"

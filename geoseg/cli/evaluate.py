@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from geoseg.cli._common import Overwrite, Quiet, check_output, set_quiet
+from geoseg.cli._common import Overwrite, Quiet, set_quiet
 
 Opt = typer.Option
 
@@ -38,8 +38,6 @@ def evaluate(
     Example: geoseg evaluate footprints.gpkg truth.geojson --json report.json
     """
     set_quiet(quiet)
-    if report is not None:
-        check_output(report, overwrite)
     from rich.console import Console
 
     from geoseg import evaluate as lib

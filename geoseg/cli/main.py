@@ -33,6 +33,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("rasterize", "rasterize", "rasterize"),
     ("evaluate", "evaluate", "evaluate"),
     ("run", "run", "run"),
+    ("export", "export", "export"),
 ]
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from geoseg.cli._common import Overwrite, Quiet, check_output, echo, set_quiet
+from geoseg.cli._common import Overwrite, Quiet, echo, set_quiet
 
 
 def rasterize(
@@ -37,7 +37,6 @@ def rasterize(
     from geoseg import labels as labels_mod
 
     set_quiet(quiet)
-    check_output(out, overwrite)
     path = labels_mod.rasterize(
         labels, like, out, attribute=attribute, all_touched=all_touched, overwrite=overwrite
     )

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from geoseg.cli._common import Overwrite, Quiet, check_output, echo, set_quiet
+from geoseg.cli._common import Overwrite, Quiet, echo, set_quiet
 
 Opt = typer.Option
 
@@ -45,7 +45,6 @@ def vectorize(
     Example: geoseg vectorize mask.tif --out footprints.gpkg --class building --min-area 4
     """
     set_quiet(quiet)
-    check_output(out, overwrite)
     import pyogrio
 
     from geoseg import vectorize as lib
