@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.geoseg-installed
 DEMO   ?= demo
 
-.PHONY: install demo test lint bench clean docs
+.PHONY: install demo test test-fast lint bench clean docs
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,14 @@ demo: install
 test: install
 	$(PY) -m pytest -n 2 --dist loadfile -q
 
+# The day-to-day loop: everything but the tests marked slow (training, DDP, examples, recipes).
+test-fast: install
+	$(PY) -m pytest -n 2 --dist loadfile -q -m "not slow"
+
+# Style and types: ruff on all Python here, mypy on geoseg/ (settings in pyproject.toml).
 lint: install
 	$(VENV)/bin/ruff check geoseg tests benchmarks examples
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -75,7 +75,7 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.rasters)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         return iter(self.rasters)
 
     @property
@@ -212,8 +212,7 @@ def find_rasters(
                         f"{q}: listed in {p} but does not exist; fix the entry"
                     )
             found += listed
-    seen: set[Path] = set()
-    unique = [q for q in found if not (q in seen or seen.add(q))]
+    unique = list(dict.fromkeys(found))  # first occurrence of each, in order
     if not unique:
         raise CatalogError(
             f"no rasters found in {', '.join(map(str, sources))}; expected GeoTIFFs "
@@ -240,7 +239,7 @@ def _info(path: Path) -> RasterInfo:
                 return RasterInfo(
                     path=Path(path),
                     crs_wkt=crs_wkt,
-                    bounds=tuple(src.bounds),  # type: ignore[arg-type]
+                    bounds=tuple(src.bounds),
                     res=(float(src.res[0]), float(src.res[1])),
                     count=src.count,
                     dtype=src.dtypes[0],

@@ -88,7 +88,8 @@ class ModelCard(BaseModel):
     numbers of the source rasters, ``mean``/``std`` the normalisation per band, in the rasters'
     units). ``class_ids[i]`` is the mask value written for ``class_names[i]``; logits channel i
     is class i. ``patch_size`` is in pixels, ``res`` in CRS units per pixel, ``crs_wkt`` the
-    training CRS as WKT. ``nodata`` is the input rasters' nodata value (None when they have none).
+    training CRS as WKT. Keys of cards written by other versions that are not fields here (such
+    as ``nodata``, never filled) are ignored when a checkpoint is read.
     """
 
     model_config = ConfigDict(extra="ignore", validate_assignment=True)
@@ -110,7 +111,6 @@ class ModelCard(BaseModel):
     epoch: int = 0
     metrics: dict[str, Any] = Field(default_factory=dict)
     created: str = Field(default_factory=_now)
-    nodata: float | None = None
 
     @field_validator("model_args", "metrics")
     @classmethod
@@ -197,7 +197,7 @@ def _to_safe(value: Any, where: str) -> Any:
 
 def rng_state() -> dict[str, Any]:
     """The torch, CUDA, numpy and Python RNG states as checkpoint-safe tensors and lists."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # the legacy tuple: (name, keys, pos, gauss, cached)
     py_state = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),

@@ -32,7 +32,8 @@ class SplitConfig(_Section):
     """How the catalog is divided into train/val/test regions (never by random patch)."""
 
     method: Literal["blocks", "files", "roi"] = "blocks"
-    """How regions are assigned: ``blocks`` (a grid over the imagery), ``files`` (whole files) or ``roi`` (a vector file)."""
+    """How regions are assigned: ``blocks`` (a grid over the imagery), ``files`` (whole files)
+    or ``roi`` (a vector file)."""
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     """Train, val, test fractions of the blocks or files; they must sum to 1."""
     block_size: int = 512
@@ -95,7 +96,8 @@ class ModelConfig(_Section):
     """Which network, and the classes it predicts."""
 
     name: str = "unet"
-    """A registered model: ``unet`` (the seed's plain UNet) or ``unet-resnet34`` and other smp ones."""
+    """A registered model: ``unet`` (the seed's plain UNet) or ``unet-resnet34`` and other smp
+    ones."""
     width: int = 64
     """Base number of channels of the plain UNet."""
     classes: int | None = None
@@ -156,7 +158,8 @@ class TrainConfig(_Section):
     grad_clip: float | None = 1.0
     """Clip the gradient norm to this value; none = off."""
     precision: Precision = "auto"
-    """``auto`` (bf16 autocast where the device runs it fast), ``32``, ``bf16`` or ``16`` (CUDA, with a gradient scaler)."""
+    """``auto`` (bf16 autocast where the device runs it fast), ``32``, ``bf16`` or ``16`` (CUDA,
+    with a gradient scaler)."""
     channels_last: bool = True
     """Use the channels-last memory format (faster convolutions on most devices)."""
     device: Device = "auto"
@@ -172,7 +175,8 @@ class TrainConfig(_Section):
     workers: int = 0
     """DataLoader worker processes (0 = read in the training process)."""
     monitor: str = "auto"
-    """Metric that picks best.ckpt: ``auto`` = building IoU when a building class exists, else mIoU."""
+    """Metric that picks best.ckpt: ``auto`` = building IoU when a building class exists, else
+    mIoU."""
 
 
 class InferConfig(_Section):
@@ -183,7 +187,8 @@ class InferConfig(_Section):
     patch_size: int | None = Field(default=None, ge=1)
     """Side of a predicted patch in pixels; default: the checkpoint's (the training patch size)."""
     overlap: int | None = Field(default=None, ge=0)
-    """Pixels shared by neighbouring patches, blended with a smooth window; default: min(64, patch_size / 4)."""
+    """Pixels shared by neighbouring patches, blended with a smooth window; default:
+    min(64, patch_size / 4)."""
     batch_size: int | None = Field(default=None, ge=1)
     """Patches per forward pass; default: tuned to the device."""
     tta: Literal["none", "flip", "d4"] = "none"

@@ -19,7 +19,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -30,8 +30,11 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from geoseg import io, progress, vectorize
+from geoseg import io, progress, remote, vectorize
 from geoseg.errors import LabelError, RasterError
+
+if TYPE_CHECKING:
+    from geoseg.metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,11 @@ CONFIDENCE_COLUMNS = ("confidence", "conf", "score")
 
 
 def objects(
-    prediction: Path | str | Any, truth: Path | str | Any, *, iou_threshold: float = 0.5
+    prediction: Path | str | Any,
+    truth: Path | str | Any,
+    *,
+    iou_threshold: float = 0.5,
+    regions: Any = None,
 ) -> dict[str, Any]:
     """SpaceNet building metric: greedy one-to-one matching of proposals to truth polygons.
 
@@ -59,6 +66,9 @@ def objects(
         prediction: proposals: a vector file or a GeoDataFrame of polygons.
         truth: ground-truth polygons: a vector file or a GeoDataFrame.
         iou_threshold: IoU a match must exceed.
+        regions: polygons (a GeoDataFrame in any CRS) to score inside, e.g. the test split's
+            regions: only proposals and truth polygons whose representative point lies in one
+            take part (both sides cut the same way). None = all.
 
     Returns:
         ``{'tp', 'fp', 'fn', 'precision', 'recall', 'f1', 'iou_threshold', 'mean_iou',
@@ -67,6 +77,8 @@ def objects(
     """
     pred_name, pred = _read_vector(prediction)
     truth_name, ref = _read_vector(truth)
+    pred, pred_pos = _in_regions(pred, regions)
+    ref, ref_pos = _in_regions(ref, regions)
     pred, ref = _common_projected_crs(pred, ref, pred_name, truth_name)
     p_geoms, p_rows = _polygonal(pred.geometry.values.to_numpy())
     t_geoms, t_rows = _polygonal(ref.geometry.values.to_numpy())
@@ -96,7 +108,9 @@ def objects(
         if used_p[p] or used_t[t]:
             continue
         used_p[p] = used_t[t] = True
-        matches.append({"prediction": int(p_rows[p]), "truth": int(t_rows[t]), "iou": v})
+        matches.append(
+            {"prediction": int(pred_pos[p_rows[p]]), "truth": int(ref_pos[t_rows[t]]), "iou": v}
+        )
     tp = len(matches)
     fp = len(p_geoms) - tp
     fn = len(t_geoms) - tp
@@ -115,6 +129,19 @@ def objects(
         "mean_iou": float(np.mean([m["iou"] for m in matches])) if matches else math.nan,
         "matches": sorted(matches, key=lambda m: m["prediction"]),
     }
+
+
+def _in_regions(gdf: Any, regions: Any) -> tuple[Any, np.ndarray]:
+    """The rows whose representative point lies in ``regions``, and their positions in ``gdf``."""
+    if regions is None:
+        return gdf, np.arange(len(gdf))
+    if not len(gdf):
+        return gdf, np.arange(0)
+    points = gdf.geometry.representative_point()
+    if gdf.crs is not None and regions.crs is not None:
+        points = points.to_crs(regions.crs)
+    keep = points.within(regions.union_all()).to_numpy()
+    return gdf[keep].reset_index(drop=True), np.flatnonzero(keep)
 
 
 def with_matches(proposals: Any, result: dict[str, Any]) -> Any:
@@ -260,8 +287,9 @@ def pixels(
     class_names: Sequence[str] | None = None,
     ignore_index: int = 255,
     block_size: int = 2048,
+    regions: Any = None,
 ) -> dict[str, Any]:
-    """Pixel metrics from one confusion matrix over the whole prediction raster.
+    """Pixel metrics from one confusion matrix over the prediction raster (or its regions).
 
     Args:
         prediction: mask GeoTIFF of class ids (band 1); its nodata (default 255) is left out.
@@ -271,11 +299,38 @@ def pixels(
             ``class_<id>`` (``background``/``building`` for two classes).
         ignore_index: truth value of unlabelled pixels.
         block_size: side of the blocks read at once (pixels); memory ~ 10 × block_size² bytes.
+        regions: polygons (a GeoDataFrame in any CRS) to score inside, e.g. the test split's
+            regions; pixels whose centre lies outside every polygon are left out. None = all.
 
     Returns:
         :meth:`geoseg.metrics.ConfusionMatrix.scores`: ``per_class`` (name -> ``iou``, ``f1``,
         ``precision``, ``recall``, ``support``), ``miou``, ``accuracy``, ``confusion_matrix``
         (rows = truth, columns = prediction).
+    """
+    names = _pixel_class_names(Path(prediction), Path(truth), class_names)
+    cm = confusion_matrix(
+        prediction,
+        truth,
+        num_classes=len(names),
+        ignore_index=ignore_index,
+        block_size=block_size,
+        regions=regions,
+    )
+    return cm.scores(names)
+
+
+def confusion_matrix(
+    prediction: Path | str,
+    truth: Path | str,
+    *,
+    num_classes: int,
+    ignore_index: int = 255,
+    block_size: int = 2048,
+    regions: Any = None,
+) -> ConfusionMatrix:
+    """The confusion matrix behind :func:`pixels`, to add up over several rasters (``merge``).
+
+    Arguments as :func:`pixels`; ``num_classes`` is the matrix size (class ids 0..K-1).
     """
     pred_path, truth_path = Path(prediction), Path(truth)
     with (
@@ -283,14 +338,14 @@ def pixels(
         io.open_raster(truth_path, hint="pass a mask GeoTIFF") as ref,
         io.reading(pred_path, truth_path),
     ):
-        names = _pixel_class_names(pred, ref, class_names)
         same = (
             ref.crs == pred.crs
             and ref.transform.almost_equals(pred.transform)
             and (ref.width, ref.height) == (pred.width, pred.height)
         )
+        args = (num_classes, ignore_index, block_size, pred_path, regions)
         if same:
-            return _confusion(pred, ref, ref.nodata, names, ignore_index, block_size, pred_path)
+            return _confusion(pred, ref, ref.nodata, *args)
         if pred.crs is None or ref.crs is None:
             raise RasterError(
                 f"{truth_path}: grid differs from {pred_path} and one has no CRS, so "
@@ -314,30 +369,64 @@ def pixels(
             nodata=nodata,
             src_nodata=nodata,
         ) as vrt:
-            return _confusion(pred, vrt, nodata, names, ignore_index, block_size, pred_path)
+            return _confusion(pred, vrt, nodata, *args)
 
 
 def _confusion(
     pred: Any,
     truth: Any,
     truth_nodata: float | None,
-    names: list[str],
+    num_classes: int,
     ignore_index: int,
     block_size: int,
     source: Path,
-) -> dict[str, Any]:
-    from geoseg.metrics import ConfusionMatrix
+    regions: Any,
+) -> ConfusionMatrix:
+    from geoseg.metrics import ConfusionMatrix  # torch: imported when scoring, not with the module
 
-    cm = ConfusionMatrix(len(names), ignore_index=ignore_index)
+    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+    inside = _RegionMask(regions, pred)
     windows = list(vectorize._blocks(pred.width, pred.height, block_size))
     with progress.bar(len(windows), "evaluate", unit="blocks") as bar:
         for window in windows:
             p, t = _aligned_block(
                 pred, truth.read(1, window=window), truth_nodata, window, ignore_index
             )
+            outside = inside.outside(window)
+            if outside is not None:
+                t[outside] = ignore_index
             cm.update(p, t, source=str(source))
             bar.advance()
-    return cm.scores(names)
+    return cm
+
+
+class _RegionMask:
+    """Which pixels of an open raster's windows lie outside the scoring regions."""
+
+    def __init__(self, regions: Any, like: Any) -> None:
+        self.like = like
+        self.geoms: np.ndarray | None = None
+        if regions is not None:
+            gdf = regions.to_crs(like.crs) if regions.crs is not None and like.crs else regions
+            self.geoms = np.asarray(gdf.geometry.values.to_numpy(), dtype=object)
+            self.tree = shapely.STRtree(self.geoms)
+
+    def outside(self, window: Window) -> np.ndarray | None:
+        """Boolean (rows, cols) of ``window``: True where a pixel centre is in no region."""
+        if self.geoms is None:
+            return None
+        shape = (int(window.height), int(window.width))
+        hits = self.tree.query(shapely.box(*rasterio.windows.bounds(window, self.like.transform)))
+        if not len(hits):
+            return np.ones(shape, dtype=bool)
+        burned = rasterize(
+            ((g, 1) for g in self.geoms[hits]),
+            out_shape=shape,
+            transform=self.like.window_transform(window),
+            fill=0,
+            dtype="uint8",
+        )
+        return burned == 0
 
 
 def _aligned_block(
@@ -360,13 +449,20 @@ def _aligned_block(
     return p, t
 
 
-def _pixel_class_names(pred: Any, ref: Any, class_names: Sequence[str] | None) -> list[str]:
+def _pixel_class_names(
+    pred_path: Path, truth_path: Path, class_names: Sequence[str] | None
+) -> list[str]:
     if class_names:
         return [str(n) for n in class_names]
-    for src in (pred, ref):
-        if io.class_table(src) is not None:
-            return io.mask_class_names(src)
-    return io.default_class_names(max(io.max_class_id(pred), io.max_class_id(ref)))
+    with (
+        io.open_raster(pred_path, hint="pass a mask GeoTIFF") as pred,
+        io.open_raster(truth_path, hint="pass a mask GeoTIFF") as ref,
+    ):
+        for src in (pred, ref):
+            if io.class_table(src) is not None:
+                return io.mask_class_names(src)
+        top = max(io.max_class_id(pred), io.max_class_id(ref))
+    return io.default_class_names(top)
 
 
 def _check_raster_overlap(pred: Any, ref: Any, pred_path: Path, truth_path: Path) -> None:
@@ -448,7 +544,7 @@ def evaluate(
     truth: Path | str,
     *,
     iou_threshold: float = 0.5,
-    classes: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
     report: Path | str | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -463,7 +559,7 @@ def evaluate(
         prediction: mask GeoTIFF or polygon file.
         truth: mask GeoTIFF or polygon file.
         iou_threshold: IoU a building match must exceed (object metrics).
-        classes: class names by id for pixel metrics (default: the masks' tags).
+        class_names: class names by id for pixel metrics (default: the masks' tags).
         report: optional JSON file to write the report to (atomically; NaN written as null).
         overwrite: replace ``report`` if it exists.
 
@@ -472,35 +568,34 @@ def evaluate(
         ``fn``, ``precision``, ``recall``, ``f1``, ``iou_threshold``, ``mean_iou``, ``matches``)
         and/or the pixel keys (``per_class``, ``miou``, ``accuracy``, ``confusion_matrix``).
     """
-    prediction, truth = Path(prediction), Path(truth)
-    if classes:  # "--classes a,b,c" and "--classes a --classes b" both work
-        classes = [n.strip() for c in classes for n in str(c).split(",") if n.strip()]
-    with (
+    prediction, truth = remote.as_path(prediction), remote.as_path(truth)
+    claim = (
         io.claim(report, overwrite=overwrite, inputs=[prediction, truth], option="--json")
         if report is not None
         else contextlib.nullcontext()
-    ) as output:
-        out = _evaluate(prediction, truth, iou_threshold, classes)
+    )
+    with claim as output, remote.env([prediction, truth]):
+        out = _evaluate(prediction, truth, iou_threshold, class_names)
         if output is not None:
             io.write_json(out, output, indent=_indent(out))
     return out
 
 
 def _evaluate(
-    prediction: Path, truth: Path, iou_threshold: float, classes: Sequence[str] | None
+    prediction: Path, truth: Path, iou_threshold: float, class_names: Sequence[str] | None
 ) -> dict[str, Any]:
     kinds = (io.file_kind(prediction), io.file_kind(truth))
-    out: dict[str, Any] = {"prediction": str(prediction), "truth": str(truth)}
+    out: dict[str, Any] = {"prediction": remote.to_url(prediction), "truth": remote.to_url(truth)}
     if kinds == ("raster", "raster"):
         out["mode"] = "pixels"
-        out.update(pixels(prediction, truth, class_names=classes))
+        out.update(pixels(prediction, truth, class_names=class_names))
     elif kinds == ("vector", "vector"):
         out["mode"] = "objects"
         out.update(objects(prediction, truth, iou_threshold=iou_threshold))
     else:
         raster, vector = (prediction, truth) if kinds[0] == "raster" else (truth, prediction)
         out["mode"] = "objects+pixels"
-        names = list(classes) if classes else vectorize.class_names(raster)
+        names = list(class_names) if class_names else vectorize.class_names(raster)
         lower = [n.lower() for n in names]
         building = lower.index("building") if "building" in lower else len(names) - 1
         polys = vectorize.polygons(raster, classes=[building], allow_ungeoreferenced=True)
@@ -544,7 +639,7 @@ def _on_valid_pixels(raster: Path, polygons: Any) -> np.ndarray:
         on_grid = (cols >= 0) & (cols < src.width) & (rows >= 0) & (rows < src.height)
         idx = np.flatnonzero(present)[on_grid]
         nodata = src.nodata if src.nodata is not None else 255
-        values = np.array([v[0] for v in src.sample(xy[on_grid], indexes=1)]) if len(idx) else []
+        values = [v[0] for v in src.sample(xy[on_grid], indexes=1)] if len(idx) else []
         keep[idx] = np.asarray(values) != nodata
     return keep
 
@@ -558,38 +653,3 @@ def _indent(report: dict[str, Any]) -> int | None:
     # Indented for people; large reports (thousands of matches) compact, as the indenting
     # encoder is pure Python and takes seconds there.
     return 2 if len(report.get("matches", ())) <= 2000 else None
-
-
-def tables(report: dict[str, Any]) -> list[Any]:
-    """Rich tables of a report (objects and/or per-class pixel scores), for the terminal."""
-    from rich.table import Table
-
-    out = []
-    if "tp" in report:
-        t = Table(title=f"buildings (IoU > {report['iou_threshold']:g})")
-        for col in ("TP", "FP", "FN", "precision", "recall", "F1", "mean IoU"):
-            t.add_column(col, justify="right")
-        t.add_row(
-            *(str(report[k]) for k in ("tp", "fp", "fn")),
-            *(_num(report[k]) for k in ("precision", "recall", "f1", "mean_iou")),
-        )
-        out.append(t)
-    if "per_class" in report:
-        t = Table(
-            title=f"pixels (mIoU {_num(report['miou'])}, accuracy {_num(report['accuracy'])})"
-        )
-        t.add_column("class")
-        for col in ("IoU", "F1", "precision", "recall", "pixels"):
-            t.add_column(col, justify="right")
-        for name, s in report["per_class"].items():
-            t.add_row(
-                name,
-                *(_num(s[k]) for k in ("iou", "f1", "precision", "recall")),
-                str(s.get("support", "")),
-            )
-        out.append(t)
-    return out
-
-
-def _num(v: Any) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"

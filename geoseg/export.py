@@ -115,6 +115,9 @@ def _graph_module(model: Any, card: ModelCard, input_scale: float) -> Any:
     from torch import nn
 
     class RawPixelsToProbabilities(nn.Module):
+        mean: torch.Tensor  # buffers (they move with the module)
+        inv_std: torch.Tensor
+
         def __init__(self) -> None:
             super().__init__()
             self.model = model
@@ -717,7 +720,7 @@ def _mask_classes(mask: Path) -> list[tuple[int, str, tuple[int, int, int, int]]
         except ValueError:  # no colour table
             cmap = {}
     default = io.colormap(list(table))
-    return [(v, name, tuple(cmap.get(v, default[v]))) for v, name in table.items()]  # type: ignore[misc]
+    return [(v, name, tuple(cmap.get(v, default[v]))) for v, name in table.items()]
 
 
 def mask_style(mask: str | Path, *, background: int | None = 0) -> Path:

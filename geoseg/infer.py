@@ -233,7 +233,7 @@ def _tta_ops(tta: str) -> list[tuple[Callable[[Any], Any], Callable[[Any], Any]]
     if tta == "flip":
         return [flip(()), flip((3,)), flip((2,)), flip((2, 3))]
     if tta == "d4":
-        ops = []
+        ops: list[tuple[Callable[[Any], Any], Callable[[Any], Any]]] = []
         for k in range(4):
             for f in (False, True):
 
@@ -729,7 +729,7 @@ class _Outputs:
         return self
 
     def write(self, y0: int, classes: np.ndarray, probs: np.ndarray | None) -> None:
-        """Buffer rows and write them in whole tile rows (no partial tiles are rewritten)."""
+        """Buffer rows and write them in whole rows of TIFF tiles (none is rewritten partly)."""
         self._buf.append((y0, classes, probs))
         first = self._buf[0][0]
         end = y0 + classes.shape[0]
@@ -828,7 +828,38 @@ def _block_task(
 
     The worker recomputes the halo patch rows the block needs and writes only the rows it owns,
     so its memory is bounded like the single-process run. Returns (start, stop, paths).
+
+    Errors reach the client as one GeosegError (unreadable input) or an OSError naming the block
+    file (a failed write, which the client's output claim reports under the output's name).
     """
+    # The client verifies every block file (GDAL does not report a full disk), so libtiff's own
+    # stderr line about it would only add noise to the worker's terminal.
+    io.silence_libtiff()
+    failure: BaseException | None = None
+    try:
+        return _write_block(src_path, plan, settings, r0, r1, mask_path, prob_path, class_names)
+    except GeosegError as err:
+        failure = err
+    except (OSError, rasterio.errors.RasterioError, io.CPLE_BaseError) as err:
+        failure = OSError(f"{mask_path}: {io.gdal_message(err)}")
+    # Raised outside the except clauses, without the chain: distributed pickles an exception
+    # with its __context__, and GDAL's CPLE_* errors cannot be unpickled (the client would get a
+    # bare Exception instead of the error).
+    failure.__context__ = None
+    raise failure
+
+
+def _write_block(
+    src_path: str,
+    plan: _Plan,
+    settings: _Settings,
+    r0: int,
+    r1: int,
+    mask_path: str,
+    prob_path: str | None,
+    class_names: list[str],
+) -> tuple[int, int, str, str | None]:
+    """The work of :func:`_block_task`."""
     model = _cached_model(settings)
     forward = _make_forward(model, settings)
     start, stop = plan.owned(r0, r1)
@@ -898,17 +929,20 @@ def client_for(workers: int = 1, scheduler: str | None = None) -> Iterator[Any]:
         return
     from distributed import Client, LocalCluster
 
-    # The local scheduler logs its start-up at INFO into this process's log: keep it to
-    # warnings unless geoseg itself logs at debug level (-vv).
-    if logging.getLogger("geoseg").getEffectiveLevel() > logging.DEBUG:
-        logging.getLogger("distributed").setLevel(logging.WARNING)
+    # The local scheduler logs its start-up at INFO into this process's log: keep it to errors
+    # unless geoseg itself logs at debug level (-vv).
+    quiet_workers = logging.getLogger("geoseg").getEffectiveLevel() > logging.DEBUG
+    if quiet_workers:
+        logging.getLogger("distributed").setLevel(logging.ERROR)
     with (
         LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
+            dashboard_address=":0",  # no dashboard wanted; ":0" avoids the 8787-is-taken warning
+            # A failed block is reported once, by the client; the workers' own "Compute Failed"
+            # and shutdown chatter stays out of the terminal unless geoseg logs at debug level.
+            silence_logs=logging.CRITICAL if quiet_workers else logging.ERROR,
         ) as cluster,
         Client(cluster) as client,
     ):
@@ -960,9 +994,9 @@ def _run_dask(
     nc = len(plan.cols)
     for (r0, r1), fut in zip(blocks, futures, strict=True):
         start, stop, mask_path, prob_path = fut.result()
-        _verify_block(Path(mask_path), job.mask_out)
+        _verified(Path(mask_path), job.mask_out)  # a worker's GDAL does not report a full disk
         if prob_path:
-            _verify_block(Path(prob_path), job.prob_out)
+            _verified(Path(prob_path), job.prob_out)
         with (
             rasterio.open(mask_path) as m,
             rasterio.open(prob_path) if prob_path else nullcontext() as pr,
@@ -978,14 +1012,6 @@ def _run_dask(
             if p:
                 Path(p).unlink(missing_ok=True)
         bar.advance((r1 - r0) * nc)
-
-
-def _verify_block(block: Path, output: io.Output | None) -> None:
-    """A worker's block file must be complete (GDAL does not report a full disk) before use."""
-    try:
-        io.verify_raster(block)
-    except GeosegError as err:
-        raise io.write_failure(output.path if output else block, err, files=[block]) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1123,7 +1149,7 @@ def predict_raster(
 
     class_names = list(card.class_names)
     class_values = list(getattr(card, "class_ids", None) or range(len(class_names)))
-    settings = _Settings(
+    runtime = _Settings(
         checkpoint=str(ckpt.resolve()),
         device=dev,
         precision=prec,
@@ -1151,7 +1177,7 @@ def predict_raster(
     t0 = time.perf_counter()
     job = _Job(
         profile=profile,
-        settings=settings,
+        settings=runtime,
         patch_size=P,
         overlap=overlap,
         batch_size=bs,
@@ -1326,25 +1352,32 @@ def _with_threads(settings: _Settings, client: Any) -> _Settings:
 
 
 def _publish(items: list[tuple[io.Output | None, Path | None, str]], cog: bool) -> None:
-    """Convert the finished temp files (to COG), verify them all, then rename them into place."""
+    """Verify the finished temp files, convert them (to COG) and verify again, then rename
+    them all into place. GDAL does not report a full disk: what it wrote is read back."""
     ready = []
     for output, tmp, resampling in items:
         if output is None or tmp is None:
             continue
+        _verified(tmp, output)
         if cog:
             cog_tmp = output.temp("cog")
             try:
                 _to_cog(tmp, cog_tmp, resampling=resampling)
-            except (OSError, rasterio.errors.RasterioError) as err:
-                raise io.write_failure(output.path, err, files=[cog_tmp]) from None
-            tmp = cog_tmp
-        try:
-            io.verify_raster(tmp)  # GDAL does not report a full disk: read back what it wrote
-        except GeosegError as err:
-            raise io.write_failure(output.path, err, files=[tmp]) from None
+            except (OSError, rasterio.errors.RasterioError, io.CPLE_BaseError) as err:
+                raise io.write_failure(output.path, err) from None
+            tmp = _verified(cog_tmp, output)
         ready.append((output, tmp))
     for output, tmp in ready:
         output.commit(tmp)
+
+
+def _verified(tmp: Path, output: io.Output | None) -> Path:
+    """``tmp`` if it is a complete raster, else an OutputWriteError naming the output."""
+    try:
+        io.verify_raster(tmp)
+    except GeosegError as err:
+        raise io.write_failure(output.path if output else tmp, err) from None
+    return tmp
 
 
 def _predict_resampled(
@@ -1434,11 +1467,11 @@ def _expand(inputs: list[Path] | list[str]) -> list[Path]:
 def predict(
     checkpoint: Path,
     inputs: list[Path] | list[str],
-    out: Path,
+    out: Path | str,
     *,
     settings: InferConfig | None = None,
     overwrite: bool = False,
-    vectorize: Path | None = None,
+    vectorize: Path | str | None = None,
     allow_ungeoreferenced: bool = False,
     client: Any = None,
     **overrides: Any,
@@ -1480,29 +1513,38 @@ def predict(
             io.vector_driver(g)
             io.check_output(g, overwrite=overwrite, inputs=readers, option="--vectorize")
     # Outputs to S3 are written locally, complete, then uploaded (remote.Staging).
-    with (
-        remote.Staging() as staging,
-        client_for(cfg.workers, cfg.scheduler) if client is None else nullcontext(client) as cl,
-    ):
-        for src, m, g in zip(paths, masks, gpkgs, strict=True):
-            mask = staging.local(m)
-            prob = probability_path(mask) if cfg.probabilities else None
-            gpkg = staging.local(g) if g is not None else None
-            predict_raster(
-                src,
-                mask,
-                checkpoint=Path(checkpoint),
-                settings=cfg,
-                probabilities=prob,
-                overwrite=overwrite,
-                allow_ungeoreferenced=allow_ungeoreferenced,
-                client=cl,
-            )
-            if gpkg is not None:
-                from geoseg import vectorize as vectorize_mod
+    staged: list[Path] = []
+    try:
+        with (
+            remote.Staging() as staging,
+            client_for(cfg.workers, cfg.scheduler) if client is None else nullcontext(client) as cl,
+        ):
+            for src, m, g in zip(paths, masks, gpkgs, strict=True):
+                mask = staging.local(m)
+                staged.append(mask)
+                prob = probability_path(mask) if cfg.probabilities else None
+                gpkg = staging.local(g) if g is not None else None
+                predict_raster(
+                    src,
+                    mask,
+                    checkpoint=Path(checkpoint),
+                    settings=cfg,
+                    probabilities=prob,
+                    overwrite=overwrite,
+                    allow_ungeoreferenced=allow_ungeoreferenced,
+                    client=cl,
+                )
+                if gpkg is not None:
+                    from geoseg import vectorize as vectorize_mod
 
-                vectorize_mod.vectorize(mask, gpkg, probabilities=prob, overwrite=overwrite)
-            staging.publish(mask, m)
-            staging.publish(prob, probability_path(m) if prob is not None else None)
-            staging.publish(gpkg, g)
+                    vectorize_mod.vectorize(mask, gpkg, probabilities=prob, overwrite=overwrite)
+                staging.publish(mask, m)  # with its probabilities and style
+                staging.publish(gpkg, g)
+    except BaseException:
+        # A failed raster's claim is released while its dask workers may still be writing
+        # block files; the local cluster is closed (its workers stopped) only now.
+        for mask in staged:
+            io.remove_temps(mask)
+            io.remove_temps(probability_path(mask))
+        raise
     return masks

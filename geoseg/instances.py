@@ -290,7 +290,7 @@ def write_targets(
         px = pixel_size_m(src.crs, src.transform, src.width, src.height)
         edge_px, contact_px = band_widths(px, edge_width_m, contact_distance_m, ids_path)
         halo = max(edge_px, contact_px) + 1
-        tags = {
+        tags: dict[str, Any] = {
             TARGET_TAG: TARGET_INSTANCES,
             "edge_width_m": str(edge_width_m),
             "contact_distance_m": str(contact_distance_m),
@@ -583,7 +583,9 @@ class BuildingLabels:
 
     # -- pass 1
 
-    def _label(self, core: Window, n_region: int, n_seed: int) -> tuple[np.ndarray, ...]:
+    def _label(
+        self, core: Window, n_region: int, n_seed: int
+    ) -> tuple[np.ndarray, np.ndarray, int, int]:
         """Region and seed labels of a block (int32, offset by the counts before it), counts."""
         from scipy import ndimage as ndi
 
@@ -598,7 +600,7 @@ class BuildingLabels:
         np.add(region, n_region, out=region, where=building)
         seeds, n_s = ndi.label(seed, _FOUR)
         np.add(seeds, n_seed, out=seeds, where=seed)
-        return region, seeds, n_r, n_s
+        return region, seeds, int(n_r), int(n_s)
 
     def regions(self) -> Iterator[tuple[Window, np.ndarray]]:
         """Pass 1: yield ``(window, region labels int32 [h, w])`` per block, 0 = no building."""

@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError  # GDAL errors rasterio raises as they are
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
@@ -107,6 +108,8 @@ def file_kind(path: str | Path) -> Literal["raster", "vector"]:
         InputNotFoundError: ``path`` does not exist.
     """
     path = Path(path)
+    if remote.is_remote(path) and is_raster(path):  # opening it says if it is there
+        return "raster"
     if not path.exists():
         raise InputNotFoundError(f"{path}: no such file; check the path")
     if is_raster(path):
@@ -222,20 +225,15 @@ def _lock_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.lock")
 
 
-def write_failure(
-    path: Path, err: BaseException | None = None, *, files: Sequence[Path] = ()
-) -> OutputWriteError:
-    """An OutputWriteError naming ``path`` and, where it can be told, why the write failed.
-
-    ``files`` are the temporary files that were being written (to recognise a size limit).
-    """
+def write_failure(path: Path, err: BaseException | None = None) -> OutputWriteError:
+    """An OutputWriteError naming ``path`` and, where it can be told, why the write failed."""
     code = getattr(err, "errno", None)
     if code in _WRITE_ERRNOS:
         why = f"{os.strerror(code)}; {_WRITE_ERRNOS[code]}"
     elif isinstance(err, OSError) and err.strerror:
         why = f"{err.strerror}; check the folder and its permissions"
     else:  # GDAL's errors do not say why: look at the limit and the free space
-        why = _why_write_failed(path.parent, files) or (
+        why = _why_write_failed(path.parent) or (
             "the file was incomplete when read back"
             if err is None or isinstance(err, GeosegError)
             else f"{gdal_message(err)}; check the disk and the folder's permissions"
@@ -243,19 +241,20 @@ def write_failure(
     return OutputWriteError(f"{path}: could not be written ({why}); nothing was written")
 
 
-def _why_write_failed(folder: Path, files: Sequence[Path] = ()) -> str | None:
-    """What likely made a write fail when the error itself does not say (GDAL's)."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
-    if soft != resource.RLIM_INFINITY:
-        sizes = [f.stat().st_size for f in files if f.is_file()]
-        if not files or any(s >= soft for s in sizes):
-            return f"{os.strerror(errno.EFBIG)}; {_WRITE_ERRNOS[errno.EFBIG]}"
+def _why_write_failed(folder: Path) -> str | None:
+    """What likely made a write fail when the error itself does not say (GDAL's, OGR's).
+
+    A nearly full file system, else a file size limit (``ulimit -f``) if one is set.
+    """
     try:
         st = os.statvfs(folder)
+        if st.f_bavail * st.f_frsize < 4 * 2**20:
+            return f"{os.strerror(errno.ENOSPC)}; {_WRITE_ERRNOS[errno.ENOSPC]}"
     except OSError:
-        return None
-    if st.f_bavail * st.f_frsize < 4 * 2**20:
-        return f"{os.strerror(errno.ENOSPC)}; {_WRITE_ERRNOS[errno.ENOSPC]}"
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        return f"{os.strerror(errno.EFBIG)}; {_WRITE_ERRNOS[errno.EFBIG]}"
     return None
 
 
@@ -270,7 +269,13 @@ def _is_write_error(err: BaseException, temps: Sequence[Path]) -> bool:
     text = str(err)
     if isinstance(err, RasterioError) and text.startswith("Write failed"):
         return True
-    return any(t.name in text for t in temps) and isinstance(err, (RasterioError, OSError))
+    gdal_or_ogr = isinstance(err, (RasterioError, OSError, CPLE_BaseError)) or _from_pyogrio(err)
+    return gdal_or_ogr and any(t.name in text for t in temps)
+
+
+def _from_pyogrio(err: BaseException) -> bool:
+    """An OGR error raised by pyogrio (FeatureError, DataSourceError, ...)."""
+    return type(err).__module__.startswith("pyogrio")
 
 
 def _fsync_path(path: Path) -> None:
@@ -308,7 +313,6 @@ class Output:
         self.fsync = fsync
         self._temps: list[Path] = []
         self._lock_fd: int | None = None
-        self.committed = False
 
     # -- claiming ---------------------------------------------------------------------------
 
@@ -392,7 +396,7 @@ class Output:
                 verify(tmp)
         except GeosegError as err:
             log.debug("%s: %s", self.path, err)
-            raise write_failure(self.path, err, files=[tmp]) from None
+            raise write_failure(self.path, err) from None
         try:
             parts = sorted(tmp.iterdir()) if tmp.is_dir() else [tmp]
             if self.fsync:
@@ -404,10 +408,9 @@ class Output:
             else:
                 os.replace(tmp, self.path)
         except (OSError, RasterioError) as err:
-            raise write_failure(self.path, err, files=[tmp]) from err
+            raise write_failure(self.path, err) from err
         if self.fsync:
             _fsync_path(self.path.parent)
-        self.committed = True
         return self.path
 
     def release(self) -> None:
@@ -431,7 +434,7 @@ class Output:
         temps = list(self._temps)
         # Tell why before cleaning up: the temporary files still fill the disk.
         failure = (
-            write_failure(self.path, exc, files=temps)
+            write_failure(self.path, exc)
             if exc is not None and _is_write_error(exc, temps)
             else None
         )
@@ -517,6 +520,39 @@ def atomic_write(
         output.commit(tmp, verify=verify)
 
 
+def remove_temps(path: str | Path) -> None:
+    """Remove this process's temporary files of ``path`` (``.<name>.*partial-<pid>*``).
+
+    For files written on this process's behalf after its claim was released (dask workers of a
+    local cluster, which stop only when the cluster closes). Never raises.
+    """
+    path = Path(path)
+    pattern = str(path.parent / f".{glob.escape(path.name)}.*partial-{os.getpid()}*")
+    for tmp in glob.glob(pattern):
+        _remove(Path(tmp))
+
+
+@contextlib.contextmanager
+def new_folders(*folders: str | Path) -> Iterator[None]:
+    """Create ``folders`` (parents first); if the block fails, remove those it created that are
+    still empty, so a failed command leaves no empty output tree behind."""
+    created: list[Path] = []
+    for folder in map(Path, folders):
+        missing = [p for p in [folder, *folder.parents] if not p.exists()][::-1]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_failure(folder, err) from None
+        created += [p for p in missing if p not in created]
+    try:
+        yield
+    except BaseException:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+        raise
+
+
 def write_text(path: str | Path | Output, text: str, *, overwrite: bool = True) -> Path:
     """Write a text file (UTF-8) atomically, to a path or into a claimed :class:`Output`."""
     if isinstance(path, Output):
@@ -563,20 +599,26 @@ def write_vector(
         kwargs["layer"] = layer
     if driver == "ESRI Shapefile":
         tmp = output.temp_dir()
-        gdf.to_file(tmp / output.path.name, **kwargs)
+        target = tmp / output.path.name
     else:
         tmp = output.temp(suffix=output.path.suffix)  # OGR drivers go by the extension
-        gdf.to_file(tmp, **kwargs)
-    if finish is not None:
-        finish(tmp)
+        target = tmp
+    try:
+        gdf.to_file(target, **kwargs)
+        if finish is not None:
+            finish(tmp)
+    except Exception as err:
+        if isinstance(err, OSError) or _from_pyogrio(err):  # OGR's errors: a failed write
+            raise write_failure(output.path, err) from None
+        raise
     read_layer = layer if driver == "GPKG" else None
     return output.commit(tmp, verify=lambda p: verify_vector(p, layer=read_layer, count=len(gdf)))
 
 
 # ============================================================================ verified GDAL writes
 
-#: Compressed bytes of the last-written blocks that are decoded again after a raster write
-#: (all of them in files up to this size). A failed write truncates the end of the file.
+#: Decoded bytes of the last-written blocks that are read again after a raster write (every
+#: block of rasters up to this size). A failed write loses the end of the file.
 VERIFY_READ_BYTES = 64 * 2**20
 
 
@@ -585,8 +627,8 @@ def verify_raster(path: str | Path) -> None:
 
     GDAL reports write errors (a full disk, a file size limit) on stderr and still closes the
     file without an error, so this re-reads it: the header must open, every block must lie
-    inside the file, and the blocks written last (all of them in files up to
-    :data:`VERIFY_READ_BYTES`) must decode. Measured on a full tmpfs: a truncated file either
+    inside the file, and the blocks written last (:data:`VERIFY_READ_BYTES` of pixels, so every
+    block of a small raster) must decode. Measured on a full tmpfs: a truncated file either
     fails to open or fails to decode its last block; the block table alone can look intact.
 
     Raises:
@@ -617,9 +659,8 @@ def verify_raster(path: str | Path) -> None:
                 blocks.append((offset, nbytes, b, window))
         budget = VERIFY_READ_BYTES
         try:
-            for _, nbytes, b, window in sorted(blocks, key=lambda x: x[0], reverse=True):
-                src.read(b, window=window)
-                budget -= nbytes
+            for _, _, b, window in sorted(blocks, key=lambda x: x[0], reverse=True):
+                budget -= src.read(b, window=window).nbytes
                 if budget <= 0:
                     break
         except RasterioError as err:
@@ -717,7 +758,7 @@ def reading(*paths: str | Path) -> Iterator[None]:
         yield
     except GeosegError:
         raise
-    except (RasterioError, _cple_base()) as err:
+    except (RasterioError, CPLE_BaseError) as err:
         if _first_line(err).startswith("Write failed"):  # an output's error (see claim)
             raise
         text = gdal_message(err)
@@ -729,12 +770,6 @@ def reading(*paths: str | Path) -> Iterator[None]:
             f"{path}: cannot read its pixels ({text}); the file is truncated or corrupt: "
             "re-create or re-download it"
         ) from None
-
-
-def _cple_base() -> type[Exception]:
-    from rasterio._err import CPLE_BaseError
-
-    return CPLE_BaseError
 
 
 def read_vector(path: str | Path, *, what: str = "polygons") -> Any:  # GeoDataFrame

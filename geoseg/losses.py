@@ -41,6 +41,8 @@ class CrossEntropyLoss(nn.Module):
     non-ignored pixels i (torch's weighted mean). An all-ignored batch gives 0, not torch's NaN.
     """
 
+    weight: torch.Tensor | None  # a buffer (moves with the module); None without class weights
+
     def __init__(self, *, ignore_index: int = 255, class_weights: Sequence[float] | None = None):
         super().__init__()
         self.ignore_index = ignore_index
@@ -95,6 +97,8 @@ class FocalLoss(nn.Module):
     torchvision's ``sigmoid_focal_loss`` has no ignore_index or per-class alpha. The seed's
     version hard-coded ``cuda:0``; this one follows the logits' device and dtype.
     """
+
+    weight: torch.Tensor | None  # a buffer (moves with the module); None without class weights
 
     def __init__(
         self,

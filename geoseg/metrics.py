@@ -4,7 +4,7 @@ Conventions (the SpaceNet / Cityscapes pixel convention):
 
 * Counts are summed over every pixel of every image first, and the scores are computed once
   from the total matrix. They are *not* averaged per image or per batch (a per-image mean
-  over-weights small or empty tiles).
+  over-weights small or empty images).
 * ``matrix[t, p]`` counts pixels whose truth is class ``t`` (row) and prediction is ``p``
   (column); ids are 0..K-1, K = ``num_classes``, background included.
 * Pixels whose truth is ``ignore_index`` (nodata, unlabelled) are dropped, and so are pixels

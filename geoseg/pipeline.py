@@ -276,53 +276,25 @@ def _truth_rasters(
     return out
 
 
-def _region_mask(shapes, like, window) -> Any:  # np.ndarray[bool]
-    """True inside ``shapes`` (in ``like``'s CRS) on ``window`` of the open raster ``like``."""
-    from rasterio.features import rasterize
-
-    return rasterize(
-        ((g, 1) for g in shapes),
-        out_shape=(int(window.height), int(window.width)),
-        transform=like.window_transform(window),
-        fill=0,
-        dtype="uint8",
-    ).astype(bool)
-
-
-PIXEL_BLOCK_ROWS = 2048  # rows read at a time when scoring: memory stays bounded on big scenes
-
-
 def _pixel_scores(
-    cfg: PipelineConfig, predictions: list[Path], truths: list[Path | None], regions
+    cfg: PipelineConfig, predictions: list[Path], truths: list[Path | None], regions: Any
 ) -> dict[str, Any] | None:
-    """One confusion matrix over every prediction's test regions, read in row blocks."""
-    import numpy as np
-    import rasterio
-    from rasterio.windows import Window
+    """One confusion matrix over every prediction's test regions (evaluate.confusion_matrix)."""
+    from geoseg import evaluate
 
-    from geoseg.metrics import ConfusionMatrix
-
-    ignore = cfg.data.ignore_index
-    cm = ConfusionMatrix(cfg.model.num_classes, ignore_index=ignore)
-    used = 0
-    for pred_path, truth_path in zip(predictions, truths, strict=True):
-        if truth_path is None:
+    total = None
+    for pred, truth in zip(predictions, truths, strict=True):
+        if truth is None:
             continue
-        with rasterio.open(pred_path) as pred, rasterio.open(truth_path) as truth:
-            if (pred.width, pred.height) != (truth.width, truth.height):
-                log.warning("%s: truth grid differs from the prediction; skipped", truth_path)
-                continue
-            shapes = None if regions is None else list(regions.to_crs(pred.crs).geometry)
-            for y0 in range(0, pred.height, PIXEL_BLOCK_ROWS):
-                win = Window(0, y0, pred.width, min(PIXEL_BLOCK_ROWS, pred.height - y0))
-                p = pred.read(1, window=win)
-                t = truth.read(1, window=win).astype(np.int64)  # model ids (_truth_rasters)
-                t[p == pred.nodata] = ignore
-                if shapes is not None:
-                    t[~_region_mask(shapes, pred, win)] = ignore
-                cm.update(p, t)
-            used += 1
-    return cm.scores(cfg.model.resolved_class_names) if used else None
+        cm = evaluate.confusion_matrix(
+            pred,
+            truth,
+            num_classes=cfg.model.num_classes,
+            ignore_index=cfg.data.ignore_index,
+            regions=regions,
+        )
+        total = cm if total is None else total.merge(cm)
+    return None if total is None else total.scores(cfg.model.resolved_class_names)
 
 
 def _truth_polygons(cfg: PipelineConfig, truths: list[Path | None]):
@@ -353,15 +325,6 @@ def _truth_polygons(cfg: PipelineConfig, truths: list[Path | None]):
     )
 
 
-def _inside(gdf, regions):
-    """Polygons whose representative point lies in a test region (both sides cut the same way)."""
-    if regions is None or gdf is None or len(gdf) == 0:
-        return gdf
-    points = gdf.geometry.representative_point().to_crs(regions.crs)
-    keep = points.within(regions.union_all())
-    return gdf[keep.values]
-
-
 def _evaluate(
     cfg: PipelineConfig, run_dir: Path, predictions: list[Path], footprints: Path | None
 ) -> list[Path]:
@@ -383,11 +346,13 @@ def _evaluate(
     if pixels is not None:
         report["pixels"] = pixels
     if footprints is not None and footprints.is_file():
-        truth_polys = _inside(_truth_polygons(cfg, truths), regions)
+        truth_polys = _truth_polygons(cfg, truths)
         if truth_polys is not None:
-            proposals = _inside(io.read_vector(footprints), regions)
             objects = evaluate.objects(
-                proposals, truth_polys, iou_threshold=cfg.evaluate.iou_threshold
+                io.read_vector(footprints),
+                truth_polys,
+                iou_threshold=cfg.evaluate.iou_threshold,
+                regions=regions,
             )
             objects.pop("matches", None)
             report["objects"] = objects
@@ -468,13 +433,28 @@ def run(
     Returns:
         A RunResult with the checkpoint, predictions, footprints, report and preview paths.
     """
+    from geoseg import remote
+
+    # Remote images (s3://, https://, STAC) are read with the remote GDAL options all run long.
+    with remote.env([*cfg.data.images, *(cfg.infer.inputs or [])]):
+        return _run(cfg, from_stage, until_stage, force, on_stage)
+
+
+def _run(
+    cfg: PipelineConfig,
+    from_stage: Stage | None,
+    until_stage: Stage | None,
+    force: bool,
+    on_stage: Callable[[StageOutcome], None] | None,
+) -> RunResult:
     from geoseg import config as config_mod
     from geoseg.errors import InputNotFoundError
 
     validate(cfg)
     if cfg.evaluate.enabled and cfg.evaluate.truth and not Path(cfg.evaluate.truth).exists():
         raise InputNotFoundError(
-            f"{cfg.evaluate.truth}: evaluate.truth not found; fix the path or --set evaluate.truth=null"
+            f"{cfg.evaluate.truth}: evaluate.truth not found; "
+            "fix the path or --set evaluate.truth=null"
         )
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -521,17 +501,17 @@ def run(
         [Path(p) for p in data_inputs],
         lambda d: _train(cfg, run_dir, records, d),
     )
-    result.checkpoint = ckpt[0]
+    checkpoint = result.checkpoint = ckpt[0]
     if last == "train":
         return result
 
     inputs = _infer_inputs(cfg, run_dir)
-    upstream = [result.checkpoint, *inputs]
+    upstream = [checkpoint, *inputs]
     result.predictions = step(
         "infer",
         cfg.infer.model_dump(mode="json"),
         upstream,
-        lambda d: _infer(cfg, run_dir, result.checkpoint, inputs),
+        lambda d: _infer(cfg, run_dir, checkpoint, inputs),
     )
     if last == "infer":
         return result

@@ -15,6 +15,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -37,7 +38,7 @@ def enabled() -> bool:
 class Bar:
     """A handle on one progress bar; ``advance`` and ``update`` are no-ops when bars are off."""
 
-    def __init__(self, progress: Progress | None, task_id: int | None) -> None:
+    def __init__(self, progress: Progress | None, task_id: TaskID | None) -> None:
         self._progress = progress
         self._task = task_id
 
@@ -76,13 +77,9 @@ def bar(total: float | None, description: str, *, unit: str = "") -> Iterator[Ba
         TextColumn("{task.fields[postfix]}"),
         console=console,
         transient=False,
-        disable=not console.is_terminal and not _force_plain(),
+        # rich draws nothing when stderr is not a terminal (CI logs, pipes); that is what we want.
+        disable=not console.is_terminal,
     )
     with progress:
         task_id = progress.add_task(description, total=total, postfix="")
         yield Bar(progress, task_id)
-
-
-def _force_plain() -> bool:
-    # rich draws nothing when stderr is not a terminal (CI logs, pipes); that is what we want.
-    return False

@@ -429,8 +429,9 @@ class Staging:
     """Local stand-ins for remote outputs: write each finished file locally, then upload it.
 
     ``local(path)`` is ``path`` itself for a local output; for an ``s3://`` (``/vsis3/``) output
-    it is a file of the same name in a private temporary folder. ``publish(local, path)`` uploads
-    a finished stand-in with :func:`upload` (atomic under the final key). The folder is removed
+    it is a file of the same name in a private temporary folder of its own. ``publish(local,
+    path)`` uploads the finished stand-in and what was written beside it with :func:`upload`
+    (each atomic under its final key). The folder is removed
     on exit, whatever happened, so a failed run leaves nothing behind locally or on S3.
     """
 
@@ -466,12 +467,17 @@ class Staging:
         folder.mkdir()
         return folder / path.name
 
-    def publish(self, local: Path | None, path: Path | None) -> None:
-        """Upload a finished stand-in to ``path`` (nothing to do for a local output)."""
+    def publish(self, local: Path | None, path: Path | None) -> list[str]:
+        """Upload a finished stand-in to ``path``, with the files written next to it (a
+        probability raster, a QGIS ``.qml`` style) under the same S3 prefix; nothing to do for
+        a local output. Returns the URLs uploaded."""
         if local is None or path is None or local == path:
-            return
-        upload(local, path)
-        local.unlink(missing_ok=True)
+            return []
+        prefix = to_url(path)[: -len(path.name)]
+        urls = [upload(f, prefix + f.name) for f in sorted(local.parent.iterdir()) if f.is_file()]
+        for f in local.parent.iterdir():
+            f.unlink(missing_ok=True)
+        return urls
 
 
 # --------------------------------------------------------------------------------------------

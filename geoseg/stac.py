@@ -28,7 +28,7 @@ import logging
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urljoin, urlsplit, urlunsplit
 
 from geoseg import remote
@@ -198,7 +198,7 @@ def _static_io() -> Any:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
 
-    class _StaticIO(DefaultStacIO):  # type: ignore[misc]
+    class _StaticIO(DefaultStacIO):
         def read_text_from_href(self, href: str) -> str:
             if href.startswith(("s3://", "/vsis3/")):
                 return _read_s3(href)
@@ -371,7 +371,11 @@ def _pystac_items(url: str) -> list[dict[str, Any]]:
 
     try:
         obj = pystac.read_file(url, stac_io=_static_io())
-        found = [obj] if isinstance(obj, pystac.Item) else list(obj.get_items(recursive=True))
+        found = (
+            [obj]
+            if isinstance(obj, pystac.Item)
+            else list(cast(pystac.Catalog, obj).get_items(recursive=True))  # or a Collection
+        )
         return [
             {
                 "id": item.id,

@@ -143,9 +143,13 @@ def make_demo_data(
             "or choose an empty folder"
         )
     images_dir, masks_dir = out_dir / "images", out_dir / "masks"
-    images_dir.mkdir(parents=True, exist_ok=True)
-    masks_dir.mkdir(parents=True, exist_ok=True)
+    with io.new_folders(images_dir, masks_dir):  # removed again if nothing could be written
+        return _write_demo(out_dir, tiles=tiles, size=size, seed=seed)
 
+
+def _write_demo(out_dir: Path, *, tiles: int, size: int, seed: int) -> DemoData:
+    """The work of :func:`make_demo_data` (arguments checked, folders made)."""
+    images_dir, masks_dir = out_dir / "images", out_dir / "masks"
     layout = _layout(tiles, size)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
     scene = _make_scene(rng, layout.scene_bounds)
@@ -674,7 +678,8 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
         taken[i] = True
         covered += float(shapely.area(outlines[i]))
 
-    b_geoms, b_h, b_rgb, b_tex, f_geoms, f_b, f_shade = [], [], [], [], [], [], []
+    b_geoms: list[Any] = []
+    b_h, b_rgb, b_tex, f_geoms, f_b, f_shade = [], [], [], [], [], []
     for i in np.flatnonzero(taken):
         terrace_rgb = None
         for b in groups[i]:
@@ -705,7 +710,6 @@ def _make_scene(rng: np.random.Generator, bounds: tuple[float, float, float, flo
     buildings = np.array(b_geoms, dtype=object)
 
     # Trees: street rows, garden trees and small woods; never over a building or a carriageway.
-    _tx, _ty, _tr = [], [], []
     n_trees = int(area / 160)
     pts = np.column_stack([rng.uniform(xmin, xmax, n_trees), rng.uniform(ymin, ymax, n_trees)])
     clumps = np.column_stack(

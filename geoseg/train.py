@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -43,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -68,11 +67,6 @@ OUTPUTS = (
     "split.gpkg",
     "tb",
 )
-
-#: Test-only: when set to a folder, every rank writes ``rank<R>.json`` there at the end of fit
-#: (hash of its first training batch and of its final weights), to check DDP from the outside.
-DEBUG_ENV = "GEOSEG_TRAIN_DEBUG_DIR"
-
 
 @dataclass
 class TrainResult:
@@ -539,7 +533,10 @@ def _make_optimizer(t: Any, params: Iterable[nn.Parameter]) -> torch.optim.Optim
 
 
 def _build_scheduler(
-    cfg: PipelineConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, mode: str
+    cfg: PipelineConfig,
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    mode: Literal["min", "max"],
 ) -> Any:
     t = cfg.train
     if t.scheduler == "cosine":
@@ -562,7 +559,17 @@ def _build_scheduler(
     return None
 
 
-def _run(
+def _run(cfg: PipelineConfig, run_dir: Path, resume: bool, **rank_args: Any) -> TrainResult:
+    """One training process, with the GDAL options for remote images and labels (s3://,
+    https://) set for its whole run: the data loaders read them lazily, and forked DataLoader
+    workers inherit the options (spawned DDP ranks come through here themselves)."""
+    from geoseg import remote
+
+    with remote.env([*cfg.data.images, *([cfg.data.labels] if cfg.data.labels else [])]):
+        return _run_scoped(cfg, run_dir, resume, **rank_args)
+
+
+def _run_scoped(
     cfg: PipelineConfig,
     run_dir: Path,
     resume: bool,
@@ -663,7 +670,8 @@ class _Trainer:
             kwargs["encoder_weights"] = cfg.model.encoder_weights
         self.model = models.build(
             cfg.model.name, in_channels=td.in_channels, num_classes=self.num_classes, **kwargs
-        ).to(device, memory_format=self.memory_format)
+        ).to(device)
+        self.model = self.model.to(memory_format=self.memory_format)
         self.loss_fn = losses.build(
             cfg.train.loss,
             num_classes=self.num_classes,
@@ -678,7 +686,6 @@ class _Trainer:
         self.best_score: float | None = None
         self.best_epoch = 0
         self.bad_epochs = 0
-        self.first_batch_hash = ""
         self.writer: Any = None
 
     # ---- checkpoints -------------------------------------------------------------------------
@@ -708,7 +715,8 @@ class _Trainer:
 
     @property
     def bare_model(self) -> nn.Module:
-        return self.model.module if hasattr(self.model, "module") else self.model
+        # The model itself, also when wrapped in DistributedDataParallel.
+        return cast(nn.Module, getattr(self.model, "module", self.model))
 
     def save(
         self, name: str, epoch: int, metrics: dict[str, Any], extra: dict[str, Any] | None = None
@@ -853,10 +861,8 @@ class _Trainer:
         clip = self.cfg.train.grad_clip
         onecycle = isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR)
         with progress.bar(steps, f"epoch {epoch}/{self.cfg.train.epochs}", unit="batches") as bar:
-            for i, batch in enumerate(_take(self.td.train, steps)):
+            for batch in _take(self.td.train, steps):
                 x, y = self._to_device(batch)
-                if i == 0 and epoch == 1:
-                    self.first_batch_hash = _tensor_hash(batch["image"])
                 with _autocast(self.device, self.precision):
                     logits = self.model(x)
                 loss = self.loss_fn(logits.float(), y)
@@ -873,7 +879,8 @@ class _Trainer:
                 else:  # e.g. a patch with every pixel ignored; DDP ranks must still all step
                     skipped += 1
                     if self.dist.world_size > 1:  # zero gradients, so the all-reduce still runs
-                        sum((p * 0.0).sum() for p in self.model.parameters()).backward()
+                        zero = torch.stack([(p * 0.0).sum() for p in self.model.parameters()])
+                        zero.sum().backward()
                         self.optimizer.step()
                 if onecycle:
                     self.scheduler.step()
@@ -890,7 +897,7 @@ class _Trainer:
         total = self.dist.sum(torch.tensor([loss_sum, counted], dtype=torch.float64))
         self.last_rate = seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
         self.dist.broadcast_buffers(self.bare_model)
-        return float(total[0] / max(total[1], 1))
+        return float(total[0] / total[1].clamp_min(1))
 
     @torch.no_grad()
     def evaluate(
@@ -1016,7 +1023,6 @@ class _Trainer:
             (r for r in self.history if r["epoch"] == self.best_epoch),
             self.history[-1] if self.history else {},
         )
-        self._debug_dump()  # the weights every rank ended training with
         self.dist.barrier()  # best.ckpt is complete before any rank reads it
         if best.is_file():
             self.bare_model.load_state_dict(checkpoint.load(best, map_location="cpu").state_dict)
@@ -1097,20 +1103,6 @@ class _Trainer:
             np.stack([p[3] for p in picks]),
         )
 
-    def _debug_dump(self) -> None:
-        folder = os.environ.get(DEBUG_ENV)
-        if not folder:
-            return
-        state = {k: v.detach().cpu() for k, v in self.bare_model.state_dict().items()}
-        info = {
-            "rank": self.dist.rank,
-            "world_size": self.dist.world_size,
-            "first_batch": self.first_batch_hash,
-            "weights": state_hash(state),
-        }
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        (Path(folder) / f"rank{self.dist.rank}.json").write_text(json.dumps(info))
-
 
 # --------------------------------------------------------------------------------------------
 # small helpers
@@ -1147,19 +1139,6 @@ def _tb_tag(key: str) -> str:
     return f"train/{key}"
 
 
-def _tensor_hash(t: torch.Tensor) -> str:
-    return hashlib.sha1(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
-def state_hash(state: dict[str, torch.Tensor]) -> str:
-    """A short hash of a state dict's tensors (names, dtypes, values), to compare weights."""
-    h = hashlib.sha1()
-    for key in sorted(state):
-        t = state[key].detach().cpu().contiguous()
-        h.update(key.encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _yaml(cfg: PipelineConfig) -> str:

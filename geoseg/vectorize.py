@@ -310,11 +310,11 @@ def _polygonize(
     n = np.concatenate(counts) if counts else np.zeros(len(g))
     if seam.any():
         mg, mv, ms, mn = _merge_seams(g[seam], v[seam], s[seam], n[seam], transform)
-        keep = ~seam
-        g = np.concatenate([g[keep], mg])
-        v = np.concatenate([v[keep], mv])
-        s = np.concatenate([s[keep], ms])
-        n = np.concatenate([n[keep], mn])
+        whole = ~seam
+        g = np.concatenate([g[whole], mg])
+        v = np.concatenate([v[whole], mv])
+        s = np.concatenate([s[whole], ms])
+        n = np.concatenate([n[whole], mn])
     if separate:
         v = np.full(len(v), ids[0], dtype=np.int64)
     return g, v, s, n
@@ -428,7 +428,7 @@ def _merge_seams(
     starts = np.flatnonzero(np.r_[True, np.diff(group[members]) != 0])
     lengths = np.diff(np.r_[starts, len(members)])
     twos = starts[lengths == 2]
-    merged = list(shapely.union(px[members[twos]], px[members[twos + 1]]))
+    merged: Any = list(shapely.union(px[members[twos]], px[members[twos + 1]]))
     for start, length in zip(starts[lengths > 2], lengths[lengths > 2], strict=True):
         merged.append(shapely.union_all(px[members[start : start + length]]))
     order = np.r_[twos, starts[lengths > 2]]

@@ -1,4 +1,4 @@
-"""Shared fixtures: small georeferenced files made in code, and the real samples in ../shared/data."""
+"""Shared fixtures: small georeferenced files made in code, the real samples in ../shared/data."""
 
 from __future__ import annotations
 

@@ -34,10 +34,16 @@ def make_card(**changes: object) -> ModelCard:
         crs_wkt='PROJCS["WGS 84 / UTM zone 31N"]',
         epoch=3,
         metrics={"miou": 0.71, "per_class": {"building": {"iou": 0.6}}},
-        nodata=0.0,
     )
     fields.update(changes)
     return ModelCard(**fields)  # type: ignore[arg-type]
+
+
+def test_cards_of_older_versions_still_read() -> None:
+    # Earlier cards carried a `nodata` key that was never filled; it is ignored on read.
+    old = {**make_card().model_dump(mode="json"), "nodata": None}
+    card = ModelCard.model_validate(old)
+    assert card == make_card(created=card.created) and "nodata" not in card.model_dump()
 
 
 def tiny_model(in_channels: int = 4) -> torch.nn.Module:

@@ -290,7 +290,7 @@ def test_loveda_layout_png_tiles_with_nodata_zero(tmp_path: Path) -> None:
     for batch in td.val:
         seen |= set(batch["mask"].unique().tolist())
     assert seen <= set(range(7)) | {255} and 255 in seen and 6 in seen
-    with pytest.raises(LabelError, match="--classes is too small"):
+    with pytest.raises(LabelError, match="--num-classes is too small"):
         _build(
             DataConfig(images=[str(root)], layout="tiles"),
             tmp_path / "x",
@@ -366,7 +366,7 @@ def test_error_label_values_above_num_classes(tmp_path: Path) -> None:
         np.full((64, 64), 5, np.uint8),
         transform=rasterio.transform.from_origin(X0 + 64 * RES, Y0, RES, RES),
     )
-    with pytest.raises(LabelError, match="tile_01.tif.*5.*--classes is too small"):
+    with pytest.raises(LabelError, match="tile_01.tif.*5.*--num-classes is too small"):
         _build(_cfg(img, msk), tmp_path)
 
 

@@ -70,6 +70,35 @@ def test_pixel_metrics_match_a_hand_computed_confusion_matrix(tmp_path):
         assert s["miou"] == pytest.approx(np.mean(ious))
 
 
+def test_pixels_inside_regions_only(tmp_path):
+    """Pixels whose centre is outside every region leave the matrix; regions in any CRS."""
+    names = ["background", "building", "road"]
+    pred = write_mask(tmp_path / "pred.tif", PRED, names=names)
+    truth = write_mask(tmp_path / "truth.tif", TRUTH)
+    # The left two columns and the top two rows (pixel centres at x 0.5, 1.5; y -0.5, -1.5),
+    # given in longitude/latitude: reprojected onto the rasters' UTM grid.
+    regions = frame([box(0, -4, 2, 0), box(2, -2, 4, 0)]).to_crs("EPSG:4326")
+    inside = np.zeros((4, 4), bool)
+    inside[:, :2] = inside[:2, :] = True
+    keep = inside & (PRED != 255) & (TRUTH != 255)
+    want = np.zeros((3, 3), int)
+    np.add.at(want, (TRUTH[keep], PRED[keep]), 1)
+    for block_size in (4096, 3):  # regions cut by block edges too
+        s = evaluate.pixels(pred, truth, block_size=block_size, regions=regions)
+        assert s["confusion_matrix"] == want.tolist()
+    assert want.sum() < np.sum(HAND)  # the regions really left pixels out
+    outside = frame([box(100, 100, 101, 101)])
+    assert np.sum(evaluate.pixels(pred, truth, regions=outside)["confusion_matrix"]) == 0
+
+
+def test_confusion_matrices_add_up_over_rasters(tmp_path):
+    pred = write_mask(tmp_path / "pred.tif", PRED)
+    truth = write_mask(tmp_path / "truth.tif", TRUTH)
+    cm = evaluate.confusion_matrix(pred, truth, num_classes=3)
+    cm.merge(evaluate.confusion_matrix(pred, truth, num_classes=3))
+    assert cm.matrix.tolist() == (2 * np.array(HAND)).tolist()
+
+
 def test_truth_on_another_grid_is_resampled_with_a_warning(tmp_path):
     pred = write_mask(tmp_path / "pred.tif", PRED, names=["background", "building", "road"])
     fine = np.repeat(np.repeat(TRUTH, 2, axis=0), 2, axis=1)  # same area, 0.5 m pixels
@@ -133,6 +162,18 @@ def test_proposals_are_taken_in_order_of_confidence():
     assert r["matches"][0]["prediction"] == 1 and r["matches"][0]["iou"] == pytest.approx(0.7)
     without = evaluate.objects(props.drop(columns="confidence"), truth)
     assert without["matches"][0]["prediction"] == 0
+
+
+def test_objects_inside_regions_cut_both_sides_the_same_way():
+    truth = frame([box(0, 0, 10, 10), box(50, 0, 60, 10), box(100, 0, 110, 10)])
+    proposals = frame([box(100, 0, 110, 10), box(0, 0, 10, 10), box(50, 0, 58, 2)])
+    everywhere = evaluate.objects(proposals, truth)
+    assert (everywhere["tp"], everywhere["fp"], everywhere["fn"]) == (2, 1, 1)
+    # Only the right-hand building's area: one match, rows as positions in the inputs.
+    regions = frame([box(90, -5, 120, 20)]).to_crs("EPSG:4326")
+    r = evaluate.objects(proposals, truth, regions=regions)
+    assert (r["tp"], r["fp"], r["fn"]) == (1, 0, 0)
+    assert r["matches"] == [{"prediction": 0, "truth": 2, "iou": pytest.approx(1.0)}]
 
 
 def test_empty_proposals_or_truth_do_not_crash():
@@ -281,9 +322,9 @@ def test_cli_evaluate_pixels_report(tmp_path):
             "--json",
             str(report),
             "-q",
-            "--classes",
+            "--class-names",
             "bg,house",
-            "--classes",
+            "--classes",  # the old spelling, still accepted
             "road",
         ],
     )

@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import geopandas as gpd
+import pytest
 import rasterio
+
+pytestmark = pytest.mark.slow  # runs real training end to end
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -232,7 +232,7 @@ def test_match_masks_by_name_then_by_overlap(tmp_path: Path) -> None:
 
 def test_class_values_checked_against_num_classes() -> None:
     labels.check_classes([0, 1, 255], 2, 255, "m.tif")
-    with pytest.raises(LabelError, match="m.tif.*label value.*3.*--classes is too small"):
+    with pytest.raises(LabelError, match="m.tif.*label value.*3.*--num-classes is too small"):
         labels.check_classes([0, 1, 3, 255], 2, 255, "m.tif")
 
 

@@ -157,6 +157,7 @@ def _all_reduce_worker(rank: int, world_size: int, init_file: str, out_dir: str)
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_all_reduce_sums_over_processes(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 

@@ -91,6 +91,7 @@ def _check_outputs(run_dir: Path, *, georeferenced: bool = True) -> dict:
     return report
 
 
+@pytest.mark.slow
 def test_demo_recipe_runs_end_to_end_and_resumes(demo_data, tmp_path: Path) -> None:
     out = tmp_path / "run"
     data = Path(demo_data.images[0]).parents[1]
@@ -118,6 +119,7 @@ def test_demo_recipe_runs_end_to_end_and_resumes(demo_data, tmp_path: Path) -> N
     assert "skipped" not in lines["vectorize"] and "skipped" not in lines["evaluate"]
 
 
+@pytest.mark.slow
 def test_demo_recipe_with_vector_labels(demo_data, tmp_path: Path) -> None:
     data = Path(demo_data.images[0]).parents[1]
     code, output = _run(
@@ -154,6 +156,7 @@ def _write_png_tiles(folder: Path, masks: Path, n: int, size: int, classes: list
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.slow
 def test_whu_recipe_on_a_tiny_tile_folder(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     _write_png_tiles(tmp_path / "whu" / "img", tmp_path / "whu" / "mask", 10, 128, [0, 255], rng)
@@ -168,6 +171,7 @@ def test_whu_recipe_on_a_tiny_tile_folder(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.slow
 def test_loveda_recipe_on_a_tiny_tile_folder(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     _write_png_tiles(
@@ -189,6 +193,7 @@ def test_loveda_recipe_on_a_tiny_tile_folder(tmp_path: Path) -> None:
     assert len(report["pixels"]["per_class"]) == 7
 
 
+@pytest.mark.slow
 def test_atlanta_recipe_on_the_real_sample(real_data: Path, tmp_path: Path) -> None:
     code, output = _run("atlanta_real.yaml", f"out={tmp_path / 'run'}")
     assert code == 0, output

@@ -12,10 +12,13 @@ import shutil
 from pathlib import Path
 
 import geopandas as gpd
+import pytest
 import rasterio
 from typer.testing import CliRunner
 
 from geoseg.cli.main import app
+
+pytestmark = pytest.mark.slow  # runs real training end to end
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["--epochs", "1", "--width", "8", "--patch-size", "64", "--batch-size", "4"]

@@ -75,11 +75,12 @@ def test_infer_s3_inputs_and_outputs_equal_local_copies(
     res = _geoseg("infer", ckpt, local_cogs / "images", "--out", tmp_path / "local", *common)
     assert res.exit_code == 0, res.output
     names = sorted(p.name for p in (tmp_path / "local").iterdir())
-    assert len(names) == 8  # 4 masks, 4 probability rasters
+    assert len([n for n in names if n.endswith(".tif")]) == 8  # 4 masks, 4 probabilities
     out = f"s3://{s3_cogs}/masks-out/"
     res = _geoseg("infer", ckpt, f"s3://{s3_cogs}/images/", "--out", out, *common)
     assert res.exit_code == 0, res.output
-    assert res.stdout.split() == [f"{out}{n}" for n in names if not n.endswith("_prob.tif")]
+    masks = [n for n in names if n.endswith(".tif") and not n.endswith("_prob.tif")]
+    assert res.stdout.split() == [f"{out}{n}" for n in masks]
     assert _keys(s3_cogs, "masks-out/") == [f"masks-out/{n}" for n in names]
     for name in names:
         body = remote.s3_client().get_object(Bucket=s3_cogs, Key=f"masks-out/{name}")["Body"]
@@ -227,3 +228,32 @@ def test_stac_search_with_no_items_or_without_the_asset(
             assert m.shape == (512, 512) and np.isin(m.read(1), [0, 1]).all()
     finally:
         api.stop()
+
+
+def test_rasterize_like_and_evaluate_on_s3(
+    s3_cogs: str, local_cogs: Path, demo_data, tmp_path: Path
+) -> None:
+    import json
+
+    for like, out in (
+        (f"s3://{s3_cogs}/images/tile_03.tif", tmp_path / "s3.tif"),
+        (local_cogs / "images" / "tile_03.tif", tmp_path / "local.tif"),
+    ):
+        res = _geoseg("rasterize", demo_data.buildings, "--like", like, "--out", out, "-q")
+        assert res.exit_code == 0, res.output
+    assert (tmp_path / "s3.tif").read_bytes() == (tmp_path / "local.tif").read_bytes()
+
+    reports = {}
+    for name, pred in (
+        ("s3", f"s3://{s3_cogs}/masks/tile_03.tif"),
+        ("local", local_cogs / "masks" / "tile_03.tif"),
+    ):
+        report = tmp_path / f"{name}.json"
+        truth = tmp_path / "local.tif"
+        res = _geoseg("evaluate", pred, truth, "--json", report, "-q")
+        assert res.exit_code == 0, res.output
+        reports[name] = json.loads(report.read_text())
+    assert reports["s3"]["prediction"] == f"s3://{s3_cogs}/masks/tile_03.tif"
+    for key in ("per_class", "miou", "accuracy", "confusion_matrix"):
+        assert reports["s3"][key] == reports["local"][key]
+    assert reports["s3"]["miou"] > 0.5  # the demo's truth mask against its burned buildings

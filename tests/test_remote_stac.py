@@ -247,3 +247,17 @@ def test_api_unreachable_and_missing(http_server) -> None:
         catalog.find_rasters(f"http://{closed_port()}/v1/search?collections=x")
     with pytest.raises((InputNotFoundError, RemoteError), match="404"):
         catalog.find_rasters(f"{http_server.url}/no-api/search?collections=x")
+
+
+def test_pipeline_yaml_takes_stac_and_remote_sources(stac_api, tmp_path: Path) -> None:
+    from geoseg import config
+
+    api, urls = stac_api
+    search = f"{api.url}/search?collections=naip&bbox=-84.5,33.7,-84.3,33.8#asset=visual"
+    (tmp_path / "p.yaml").write_text(
+        f"data:\n  images: ['{search}']\ninfer:\n  inputs: ['{urls['lyon']}']\n"
+    )
+    cfg = config.load(tmp_path / "p.yaml")
+    assert cfg.data.images == [search]  # URLs are not resolved against the file's folder
+    found = catalog.find_rasters(cfg.data.images) + catalog.find_rasters(cfg.infer.inputs)
+    assert [remote.to_url(p) for p in found] == [urls["atl-1"], urls["atl-2"], urls["lyon"]]

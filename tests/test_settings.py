@@ -208,7 +208,8 @@ def test_each_train_option_sets_its_key(flag: Flag, tmp_path: Path, captured_fit
 @pytest.mark.parametrize("flag", INFER_FLAGS, ids=lambda f: f.key)
 def test_each_infer_option_sets_its_key(flag: Flag, tmp_path: Path, captured_predict) -> None:
     text, value = _other_value(flag)
-    result = runner.invoke(app, _invoke(["infer", "x.ckpt", "in.tif", "-o", "o"], flag, text, value))
+    args = _invoke(["infer", "x.ckpt", "in.tif", "-o", "o"], flag, text, value)
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert getattr(captured_predict[-1]["settings"], flag.key.split(".")[1]) == value
 

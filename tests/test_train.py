@@ -87,6 +87,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return checkpoint.load(path).state_dict
 
 
+@pytest.mark.slow
 def test_raster_labels_end_to_end(raster_run: Path, demo_data) -> None:
     out = raster_run
     for name in (
@@ -129,6 +130,7 @@ def test_raster_labels_end_to_end(raster_run: Path, demo_data) -> None:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_checkpoint_card_and_load_model(raster_run: Path, demo_data) -> None:
     ck = checkpoint.load(raster_run / "best.ckpt")
     card = ck.card
@@ -151,6 +153,7 @@ def test_checkpoint_card_and_load_model(raster_run: Path, demo_data) -> None:
     assert last.epoch == 2 and last.optimizer and last.scheduler and "rng" in last.extra
 
 
+@pytest.mark.slow
 def test_vector_labels_end_to_end(demo_data, split_yaml, tmp_path) -> None:
     out = tmp_path / "vector"
     _ok(
@@ -194,6 +197,7 @@ def _tile_folder(root: Path, n: int = 10) -> Path:
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.slow
 def test_tile_folder_layout(tmp_path) -> None:
     root = _tile_folder(tmp_path / "tiles")
     out = tmp_path / "run"
@@ -205,6 +209,7 @@ def test_tile_folder_layout(tmp_path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.slow
 def test_early_stop_and_fp16_with_grad_scaler(tmp_path, monkeypatch) -> None:
     """A metric that never improves stops the run after ``early_stop`` epochs; fp16 + scaler run."""
     root = _tile_folder(tmp_path / "tiles")
@@ -230,6 +235,7 @@ class _Killed(Exception):
     """Stands in for SIGKILL right after epoch 1 has been written."""
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted_run(
     raster_run, demo_data, split_yaml, tmp_path, monkeypatch
 ) -> None:
@@ -270,58 +276,53 @@ def test_resume_after_interruption_equals_uninterrupted_run(
     assert rows[1]["val_loss"] == pytest.approx(ref[1]["val_loss"], rel=1e-6)
 
 
-def test_ddp_two_processes(demo_data, split_yaml, tmp_path, monkeypatch) -> None:
-    debug = tmp_path / "debug"
-    monkeypatch.setenv(train.DEBUG_ENV, str(debug))
-    out = tmp_path / "ddp"
-    _ok(
-        _train(
-            [
-                str(demo_data.images[0].parent),
-                "--labels",
-                str(demo_data.masks[0].parent),
-                "--out",
-                str(out),
-                "--config",
-                str(split_yaml),
-                "--epochs",
-                "1",
-                "--devices",
-                "2",
-                "--device",
-                "cpu",
-                *TINY,
-            ]
-        )
-    )
-    ranks = [json.loads((debug / f"rank{r}.json").read_text()) for r in (0, 1)]
+PROBE = Path(__file__).with_name("rank_probe.py")
+
+
+def _ranks(probe: Path, out: Path) -> list[dict]:
+    """What each rank recorded, checked: same job, different patches, the same final weights."""
+    from rank_probe import weights_hash
+
+    ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert not (probe / "rank2.json").exists()
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["first_batch"] != ranks[1]["first_batch"], (
         "both ranks trained on the same patches"
     )
     assert ranks[0]["weights"] == ranks[1]["weights"], "DDP ranks ended with different weights"
-    assert train.state_hash(_weights(out / "last.ckpt")) == ranks[1]["weights"]
+    assert weights_hash(_weights(out / "last.ckpt")) == ranks[0]["weights"]
+    return ranks
+
+
+def _probe_env(probe: Path) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "RANK_PROBE_DIR": str(probe)}
+
+
+@pytest.mark.slow
+def test_ddp_two_processes(demo_data, split_yaml, tmp_path) -> None:
+    probe, out = tmp_path / "probe", tmp_path / "ddp"
+    cmd = [sys.executable, str(PROBE), "-q", "train", str(demo_data.images[0].parent),
+           "--labels", str(demo_data.masks[0].parent), "--out", str(out),
+           "--config", str(split_yaml), "--epochs", "1", "--devices", "2", "--device", "cpu",
+           *TINY]  # fmt: skip
+    proc = subprocess.run(cmd, env=_probe_env(probe), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _ranks(probe, out)
     assert [r["epoch"] for r in train.read_metrics(out)] == [1]
-    assert not (debug / "rank2.json").exists()
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_join_one_job(demo_data, split_yaml, tmp_path) -> None:
     """Under torchrun (RANK/WORLD_SIZE set) fit joins the group; rank 0 alone writes and reports."""
-    script = tmp_path / "geoseg_main.py"
-    script.write_text("from geoseg.cli.main import run\n\nrun()\n")
-    debug, out = tmp_path / "debug", tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", train.DEBUG_ENV: str(debug)}
+    probe, out = tmp_path / "probe", tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", str(train._free_port()), str(script), "-q", "train",
+           "--master-port", str(train._free_port()), str(PROBE), "-q", "train",
            str(demo_data.images[0].parent), "--labels", str(demo_data.masks[0].parent),
            "--out", str(out), "--config", str(split_yaml), "--epochs", "1", *TINY]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=_probe_env(probe), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("Checkpoint:") == 1, proc.stdout
-    ranks = [json.loads((debug / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0]["first_batch"] != ranks[1]["first_batch"]
-    assert ranks[0]["weights"] == ranks[1]["weights"]
-    assert train.state_hash(_weights(out / "last.ckpt")) == ranks[0]["weights"]
+    _ranks(probe, out)
 
 
 # -------------------------------------------------------------------------------------------

@@ -54,14 +54,11 @@ def error_line(err: BaseException) -> str | None:
         hint = _OS_HINTS.get(name, "check the file and the folder's permissions")
         where = f"{err.filename}: " if err.filename else ""
         return f"{where}{err.strerror}; {hint}"
-    try:
-        from rasterio._err import CPLE_BaseError
-        from rasterio.errors import RasterioError
-    except ImportError:  # pragma: no cover - rasterio is a dependency
-        RasterioError = CPLE_BaseError = ()  # type: ignore[assignment,misc]
-    if isinstance(err, (RasterioError, CPLE_BaseError, OSError)):
-        from geoseg.io import gdal_message
+    from rasterio.errors import RasterioError
 
+    from geoseg.io import CPLE_BaseError, gdal_message
+
+    if isinstance(err, (RasterioError, CPLE_BaseError, OSError)):
         return f"{gdal_message(err)} (GDAL); check the file named here"
     try:
         from pydantic import ValidationError

@@ -69,12 +69,7 @@ def main(
 
 def _register() -> None:
     for name, module, func in COMMANDS:
-        try:
-            mod = importlib.import_module(f"geoseg.cli.{module}")
-        except ModuleNotFoundError as err:
-            if err.name == f"geoseg.cli.{module}":
-                continue  # command not built yet
-            raise
+        mod = importlib.import_module(f"geoseg.cli.{module}")
         app.command(name=name)(cli_errors(getattr(mod, func)))
 
 

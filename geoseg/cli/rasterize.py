@@ -13,7 +13,10 @@ from geoseg.cli._common import Overwrite, Quiet, echo, set_quiet
 def rasterize(
     labels: Annotated[Path, typer.Argument(help="Polygons: GeoPackage, GeoJSON or Shapefile.")],
     like: Annotated[
-        Path, typer.Option("--like", help="Image whose grid (CRS, transform, size) the mask gets.")
+        str,
+        typer.Option(
+            "--like", help="Image whose grid (CRS, transform, size) the mask gets (or a URL)."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Mask GeoTIFF to write.")],
     attribute: Annotated[

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -52,9 +52,9 @@ def run(
 
     result = pipeline_mod.run(
         cfg,
-        from_stage=from_stage,
-        until_stage=until_stage,
-        force=force,  # type: ignore[arg-type]
+        from_stage=cast("pipeline_mod.Stage | None", from_stage),  # checked by pipeline.run
+        until_stage=cast("pipeline_mod.Stage | None", until_stage),
+        force=force,
         on_stage=show,
     )
     echo(f"Run folder: {result.run_dir}")

@@ -33,6 +33,9 @@ TRAIN_FLAGS = [
 
 @with_settings(*TRAIN_FLAGS)
 def train(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Run folder (checkpoints, metrics, plots).")
+    ],
     images: Annotated[
         list[str] | None,
         typer.Argument(
@@ -41,9 +44,6 @@ def train(
             show_default=False,
         ),
     ] = None,
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Run folder (checkpoints, metrics, plots).")
-    ] = ...,
     config_file: Annotated[
         Path | None,
         typer.Option(
