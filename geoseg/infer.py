@@ -707,7 +707,7 @@ class _Outputs:
 
     def _profile(self, count: int) -> dict[str, Any]:
         profile = io.mask_profile(self.profile, count=count, final=self.final)
-        if str(self.mask_tmp).startswith("/vsimem/"):  # staged in memory (_staging): not packed
+        if _staged_in_memory(self.mask_tmp):  # not packed: only the COG copy reads it
             for key in ("compress", "predictor", "zlevel"):
                 profile.pop(key)
         return profile
@@ -1238,6 +1238,10 @@ def _staging(output: io.Output | None, in_memory: bool) -> Iterator[Path | None]
             memory.close()
 
 
+def _staged_in_memory(path: Path) -> bool:
+    return str(path).startswith("/vsimem/")
+
+
 def check_patch(patch_size: int, overlap: int, architecture: str, source: str) -> None:
     """Check a patch size and overlap for a model before any work starts.
 
@@ -1358,7 +1362,8 @@ def _publish(items: list[tuple[io.Output | None, Path | None, str]], cog: bool) 
     for output, tmp, resampling in items:
         if output is None or tmp is None:
             continue
-        _verified(tmp, output)
+        if not _staged_in_memory(tmp):  # memory has no full disk to check for
+            _verified(tmp, output)
         if cog:
             cog_tmp = output.temp("cog")
             try:
