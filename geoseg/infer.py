@@ -483,32 +483,43 @@ def _prepared(
             yield prepare(batch, invalid), indexes
 
 
-def _threaded(it: Iterator[Any], maxsize: int = 2) -> Iterator[Any]:
-    """Run an iterator in a reader thread with a bounded queue (I/O overlaps compute)."""
+def _run_model(
+    batches: Iterator[tuple[Any, range]], run: Callable[[Any], Any]
+) -> Iterator[tuple[Any, range]]:
+    with closing(batches):
+        for prepared, indexes in batches:
+            yield run(prepared), indexes
+
+
+def _threaded(it: Iterator[Any], maxsize: int = 2, name: str = "reader") -> Iterator[Any]:
+    """Run an iterator in a thread of its own with a bounded queue (its work overlaps ours)."""
     q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
     done = object()
     stop = threading.Event()
 
+    def put(item: Any) -> bool:
+        while not stop.is_set():  # the consumer may be gone: never block for good
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def run() -> None:
         try:
             for item in it:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(done)
+            put(done)
         except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
-            q.put(err)
+            put(err)
         finally:
             close = getattr(it, "close", None)
             if close is not None:
-                close()  # the generator's own cleanup (reader handles) runs in this thread
+                close()  # the generator's own cleanup (earlier stages' threads) runs here
 
-    t = threading.Thread(target=run, name="geoseg-reader", daemon=True)
+    t = threading.Thread(target=run, name=f"geoseg-{name}", daemon=True)
     t.start()
     try:
         while True:
@@ -554,8 +565,9 @@ def _stream(
 
     The input is read from ``src_path`` (resampled to ``settings.target_res`` if set) through a
     handle of the stream's own; with ``threaded`` the batches are read, cut and
-    ``forward.prepare``-d in a thread of their own, a bounded queue ahead of the model;
-    ``forward.run`` maps them to probabilities (B, K, P, P).
+    ``forward.prepare``-d in a thread of their own, a bounded queue ahead of the model, and
+    ``forward.run`` maps them to probabilities (B, K, P, P) in another, a bounded queue ahead
+    of the blending in this one.
 
     The accumulator lives where the probabilities are: on a GPU a tensor there, so nothing but
     the batches crosses the bus until :func:`_finalize` brings back uint8; on the CPU a numpy
@@ -605,9 +617,11 @@ def _stream(
         batches = _prepared(_read_batches(src, plan, settings, i0, i1), forward.prepare)
         if threaded:
             batches = _threaded(batches)
-        with closing(batches):
-            for prepared, indexes in batches:
-                probs = forward.run(prepared)
+        outputs = _run_model(batches, forward.run)
+        if threaded:  # the model runs in a thread of its own too, the blending here beside it
+            outputs = _threaded(outputs, name="model")
+        with closing(outputs):
+            for probs, indexes in outputs:
                 if not host:
                     probs = torch.as_tensor(probs, device=dev)
                 if bar is not None:
