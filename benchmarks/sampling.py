@@ -6,12 +6,17 @@ then measures samples/s for 256×256 training patches in batches of 16, side by 
 changing load weighs on all of them alike):
 
   (a) torchgeo: RasterDataset & RasterDataset(is_image=False) + RandomGeoSampler + stack_samples
-  (b) geoseg:   data.build_training_data(...).train (RAM mode when it fits, and streamed)
+  (b) reference: geoseg's own pre-torchgeo reader (benchmarks/reference_reader.py, frozen)
   (c) raw:      rasterio window reads (image + mask) from a file opened once
   (d) memory:   slicing numpy arrays already in RAM
+  (e) geoseg:   data.build_training_data(...).train: GeoRasterDataset drawn by torchgeo's
+                RandomGeoSampler, read + stack_samples, normalise + flips/turns (RAM mode when
+                it fits, and streamed)
 
-with 0 workers and with 2 persistent workers, and prints b/a and b/c. Not a test: timings on a
-shared machine are noisy, so read the ratios (measured in the same run) rather than absolutes.
+with 0 workers and with 2 persistent workers, and prints e/b, e/a and e/c. Not a test: timings on
+a shared machine are noisy, so read the ratios (measured in the same run) rather than absolutes.
+Targets: tg_sampler_vs_geoseg (e/b) >= 0.9, tg_sampler_vs_torchgeo (e/a) >= 10,
+geoseg_streamed_vs_raw (e streamed / c) >= 0.8.
 
     .venv/bin/python benchmarks/sampling.py                 # full size (8192 px)
     .venv/bin/python benchmarks/sampling.py --size 2048 --json out.json
@@ -202,9 +207,29 @@ def torchgeo_loader(img_dir: Path, msk_dir: Path, workers: int, n_batches: int):
     )
 
 
+def reference_loader(
+    img_dir: Path, msk_dir: Path, workers: int, n_batches: int, budget: int | None
+):
+    """(b) geoseg's pre-torchgeo reader, frozen in reference_reader.py."""
+    import reference_reader
+
+    t0 = time.perf_counter()
+    loader = reference_reader.train_loader(
+        img_dir,
+        msk_dir,
+        patch=PATCH,
+        batch_size=BATCH,
+        patches_per_epoch=(n_batches + 4) * BATCH,
+        workers=workers,
+        memory_budget=1 << 30 if budget is None else budget,
+    )
+    return loader, time.perf_counter() - t0
+
+
 def geoseg_loader(
     img_dir: Path, msk_dir: Path, workers: int, n_batches: int, run_dir: Path, budget: int | None
 ):
+    """(e) geoseg: its GeoRasterDataset drawn by torchgeo's samplers."""
     from geoseg import data
     from geoseg.config import DataConfig, SplitConfig
 
@@ -230,6 +255,7 @@ def geoseg_loader(
 
 
 def main(argv: list[str] | None = None) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # reference_reader
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--size", type=int, default=8192, help="side of the test raster in pixels (default 8192)"
@@ -284,13 +310,16 @@ def main(argv: list[str] | None = None) -> dict:
         cases = {
             "a_torchgeo_1file": lambda w: torchgeo_loader(one_img, one_msk, w, nb),
             "a_torchgeo_16files": lambda w: torchgeo_loader(many_img, many_msk, w, nb),
-            "b_geoseg_1file": lambda w: geoseg_loader(
+            "b_reference_1file": lambda w: reference_loader(one_img, one_msk, w, nb, None),
+            "b_reference_16files": lambda w: reference_loader(many_img, many_msk, w, nb, None),
+            "b_reference_1file_streamed": lambda w: reference_loader(one_img, one_msk, w, nb, 0),
+            "e_geoseg_1file": lambda w: geoseg_loader(
                 one_img, one_msk, w, nb, root / f"run1-{w}", None
             ),
-            "b_geoseg_16files": lambda w: geoseg_loader(
+            "e_geoseg_16files": lambda w: geoseg_loader(
                 many_img, many_msk, w, nb, root / f"run16-{w}", None
             ),
-            "b_geoseg_1file_streamed": lambda w: geoseg_loader(
+            "e_geoseg_1file_streamed": lambda w: geoseg_loader(
                 one_img, one_msk, w, nb, root / f"runs-{w}", 0
             ),
             "c_rasterio_window": lambda w: DataLoader(
@@ -324,6 +353,10 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"  {name:26s} workers={workers}: {r:8.1f} samples/s", flush=True)
             del loaders
         w0, wn = "workers_0", f"workers_{args.workers}"
+
+        def ratio(a: str, b: str, w: str = w0) -> float:
+            return round(results[a][w] / results[b][w], 2)
+
         out = {
             "size": args.size,
             "torch_threads": args.threads,
@@ -332,43 +365,46 @@ def main(argv: list[str] | None = None) -> dict:
             "batch": BATCH,
             "workers": args.workers,
             "samples_per_s": results,
-            "geoseg_setup_s": setup,
-            "geoseg_vs_torchgeo": round(
-                results["b_geoseg_1file"][w0] / results["a_torchgeo_1file"][w0], 2
+            "setup_s": setup,
+            "tg_sampler_vs_geoseg": ratio("e_geoseg_1file", "b_reference_1file"),
+            "tg_sampler_vs_torchgeo": ratio("e_geoseg_1file", "a_torchgeo_1file"),
+            "geoseg_streamed_vs_raw": ratio("e_geoseg_1file_streamed", "c_rasterio_window"),
+            "tg_sampler_vs_geoseg_16files": ratio("e_geoseg_16files", "b_reference_16files"),
+            "tg_sampler_vs_geoseg_streamed": ratio(
+                "e_geoseg_1file_streamed", "b_reference_1file_streamed"
             ),
-            "geoseg_vs_raw": round(
-                results["b_geoseg_1file"][w0] / results["c_rasterio_window"][w0], 2
+            "tg_sampler_vs_torchgeo_16files": ratio("e_geoseg_16files", "a_torchgeo_16files"),
+            "geoseg_vs_raw": ratio("e_geoseg_1file", "c_rasterio_window"),
+            "reference_streamed_vs_raw": ratio("b_reference_1file_streamed", "c_rasterio_window"),
+            f"tg_sampler_vs_torchgeo_{args.workers}workers": ratio(
+                "e_geoseg_1file", "a_torchgeo_1file", wn
             ),
-            "geoseg_vs_torchgeo_16files": round(
-                results["b_geoseg_16files"][w0] / results["a_torchgeo_16files"][w0], 2
-            ),
-            "geoseg_streamed_vs_raw": round(
-                results["b_geoseg_1file_streamed"][w0] / results["c_rasterio_window"][w0], 2
-            ),
-            f"geoseg_vs_torchgeo_{args.workers}workers": round(
-                results["b_geoseg_1file"][wn] / results["a_torchgeo_1file"][wn], 2
-            ),
-            f"geoseg_vs_raw_{args.workers}workers": round(
-                results["b_geoseg_1file"][wn] / results["c_rasterio_window"][wn], 2
+            f"tg_sampler_vs_geoseg_{args.workers}workers": ratio(
+                "e_geoseg_1file", "b_reference_1file", wn
             ),
         }
         print("\nsamples/s          " + "".join(f"{k:>14s}" for k in (w0, wn)))
         for name, r in results.items():
             print(f"{name:26s}" + "".join(f"{r[k]:14.1f}" for k in (w0, wn)))
         print(
-            f"\nb/a (geoseg vs torchgeo, 1 process): {out['geoseg_vs_torchgeo']:.1f}x"
-            "  (target >= 10)"
+            f"\ne/b (torchgeo-sampled geoseg vs the reference reader, 1 process): "
+            f"{out['tg_sampler_vs_geoseg']:.2f}  (target >= 0.9)"
         )
         print(
-            f"b/c (geoseg vs raw rasterio, 1 process): {out['geoseg_vs_raw']:.2f}  (target >= 0.8)"
+            f"e/a (geoseg vs torchgeo RasterDataset, 1 process): "
+            f"{out['tg_sampler_vs_torchgeo']:.1f}x  (target >= 10)"
         )
         print(
-            f"16 files: b/a = {out['geoseg_vs_torchgeo_16files']:.1f}x; streamed (no RAM) b/c = "
-            f"{out['geoseg_streamed_vs_raw']:.2f}; {args.workers} workers: b/a = "
-            f"{out[f'geoseg_vs_torchgeo_{args.workers}workers']:.1f}x, b/c = "
-            f"{out[f'geoseg_vs_raw_{args.workers}workers']:.2f}"
+            f"e/c streamed (no RAM) vs raw rasterio: {out['geoseg_streamed_vs_raw']:.2f}  "
+            f"(target >= 0.8; the reference reader: {out['reference_streamed_vs_raw']:.2f})"
         )
-        print(f"geoseg setup (index, stats, read into RAM), s: {setup}")
+        print(
+            f"16 files: e/b = {out['tg_sampler_vs_geoseg_16files']:.2f}, e/a = "
+            f"{out['tg_sampler_vs_torchgeo_16files']:.1f}x; {args.workers} workers: e/a = "
+            f"{out[f'tg_sampler_vs_torchgeo_{args.workers}workers']:.1f}x, e/b = "
+            f"{out[f'tg_sampler_vs_geoseg_{args.workers}workers']:.2f}"
+        )
+        print(f"setup (index, stats, read into RAM), s: {setup}")
         if args.json:
             args.json.write_text(json.dumps(out, indent=2))
         return out

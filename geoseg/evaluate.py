@@ -30,7 +30,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from geoseg import io, progress, remote, vectorize
+from geoseg import io, progress, remote, vectorize, windows
 from geoseg.errors import LabelError, RasterError
 
 if TYPE_CHECKING:
@@ -386,9 +386,9 @@ def _confusion(
 
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     inside = _RegionMask(regions, pred)
-    windows = list(vectorize._blocks(pred.width, pred.height, block_size))
-    with progress.bar(len(windows), "evaluate", unit="blocks") as bar:
-        for window in windows:
+    blocks = list(windows.read_blocks(pred.width, pred.height, block_size))
+    with progress.bar(len(blocks), "evaluate", unit="blocks") as bar:
+        for window in blocks:
             p, t = _aligned_block(
                 pred, truth.read(1, window=window), truth_nodata, window, ignore_index
             )
@@ -512,9 +512,9 @@ def _pixels_with_vector(
                 )
         tree = shapely.STRtree(geoms)
         cm = ConfusionMatrix(len(names), ignore_index=ignore_index)
-        windows = list(vectorize._blocks(src.width, src.height, block_size))
-        with progress.bar(len(windows), "evaluate", unit="blocks") as bar:
-            for window in windows:
+        blocks = list(windows.read_blocks(src.width, src.height, block_size))
+        with progress.bar(len(blocks), "evaluate", unit="blocks") as bar:
+            for window in blocks:
                 wt = src.window_transform(window)
                 hits = tree.query(shapely.box(*rasterio.windows.bounds(window, src.transform)))
                 shape = (int(window.height), int(window.width))

@@ -55,7 +55,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from geoseg import io, progress
+from geoseg import io, progress, windows
 from geoseg import labels as labels_mod
 from geoseg.errors import ConfigError, InputNotFoundError, RasterError
 
@@ -233,12 +233,6 @@ def burn_ids(
     return out
 
 
-def _windows(width: int, height: int, size: int) -> Iterator[Window]:
-    for row in range(0, height, size):
-        for col in range(0, width, size):
-            yield Window(col, row, min(size, width - col), min(size, height - row))
-
-
 def _grown(window: Window, halo: int, width: int, height: int) -> tuple[Window, slice, slice]:
     """``window`` grown by ``halo`` pixels (clipped to the raster) and the core's slices in it."""
     c0 = max(0, int(window.col_off) - halo)
@@ -302,7 +296,7 @@ def write_targets(
             image = stack.enter_context(io.open_raster(valid_from)) if valid_from else None
             tmp = output.temp()
             with io.MaskWriter(tmp, grid, class_names=CLASS_NAMES, **tags) as writer:
-                for core in _windows(src.width, src.height, window):
+                for core in windows.read_blocks(src.width, src.height, window):
                     big, rows, cols = _grown(core, halo, src.width, src.height)
                     ids = src.read(1, window=big)
                     valid = src.read_masks(1, window=big) > 0 if src.nodata is not None else None
@@ -356,7 +350,7 @@ def burn_ids_file(
     with io.claim(out, overwrite=overwrite, inputs=[image]) as output:
         tmp = output.temp()
         with rasterio.open(tmp, "w", **profile) as dst:
-            for core in _windows(grid["width"], grid["height"], window):
+            for core in windows.read_blocks(grid["width"], grid["height"], window):
                 wt = rasterio.windows.transform(core, grid["transform"])
                 shape = (int(core.height), int(core.width))
                 block = burn_ids(geoms, ids, wt, shape, all_touched=all_touched, tree=tree)
@@ -563,7 +557,7 @@ class BuildingLabels:
         self.halo = max(1, self.settings.halo_px)
         self._tmp = Path(tempfile.mkdtemp(prefix="geoseg-instances-", dir=scratch))
         self._kept_path = self._tmp / "regions.tif"
-        self.windows = list(_windows(src.width, src.height, block_size))
+        self.windows = list(windows.read_blocks(src.width, src.height, block_size))
         # per block: regions before it, regions in it, seeds before it
         self._offsets: list[tuple[int, int, int]] = []
         self._owner: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]

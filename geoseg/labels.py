@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.windows
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning
-from rasterio.windows import Window
 
-from geoseg import io, progress, remote
+from geoseg import io, progress, remote, windows
 from geoseg.errors import InputNotFoundError, LabelError, RasterError
 from geoseg.io import is_vector  # noqa: F401 - re-exported: callers ask labels.is_vector
 
@@ -163,15 +163,6 @@ def _burn_shapes(
     return out
 
 
-def _windows(width: int, height: int) -> list[Window]:
-    rows, cols = BURN_WINDOW
-    return [
-        Window(c, r, min(cols, width - c), min(rows, height - r))
-        for r in range(0, height, rows)
-        for c in range(0, width, cols)
-    ]
-
-
 def rasterize(
     labels: Path,
     like: Path | str,
@@ -243,14 +234,14 @@ def _burn_into(
     values = gdf["value"].to_numpy()
     tree = shapely.STRtree(geoms)
     tmp = output.temp()
-    windows = _windows(src.width, src.height)
+    blocks = list(windows.read_blocks(src.width, src.height, *BURN_WINDOW))
     all_valid = _all_valid(src)
     with (
         io.reading(path),
         rasterio.Env(GDAL_CACHEMAX=64),  # MB: GDAL's block cache would grow with the image
         io.MaskWriter(tmp, _grid(src), class_names=class_names) as writer,
     ):
-        for window in windows:
+        for window in blocks:
             box = shapely.box(*rasterio.windows.bounds(window, src.transform))
             hits = np.sort(tree.query(box))  # file order: later polygons still win
             block = _burn_shapes(

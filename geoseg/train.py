@@ -219,7 +219,12 @@ def _clear_run_dir(run_dir: Path, resume: bool) -> None:
 
 
 def fit(
-    cfg: PipelineConfig, run_dir: Path, *, resume: bool = False, overwrite: bool = False
+    cfg: PipelineConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    dataset: Any = None,
 ) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` and write the run folder (see the module docstring).
 
@@ -233,6 +238,11 @@ def fit(
         resume: Continue from ``run_dir/last.ckpt`` (settings of the new ``cfg`` apply, e.g. more
             ``epochs``; the model must be the same).
         overwrite: Start again in a run folder that holds a previous run's outputs.
+        dataset: Train on a user's torchgeo datasets instead of ``cfg.data.images``/``labels``:
+            ``Images(...) & Masks(...)`` (RasterDataset subclasses with their own
+            ``filename_regex``/bands), an (images, masks) pair, or an image dataset alone with
+            masks from ``cfg.data.labels``. Their files, bands, CRS and resolution are used;
+            config.yaml records the image files.
 
     Returns:
         A :class:`TrainResult` with the best and last checkpoints and the best epoch's metrics.
@@ -246,6 +256,13 @@ def fit(
     """
     run_dir = Path(run_dir)
     validate(cfg)
+    sources = None
+    if dataset is not None:
+        from geoseg import data
+
+        sources = data.sources_from_torchgeo(dataset)
+        cfg = cfg.model_copy(deep=True)
+        cfg.data.images = [str(p) for p in sources.images]
     _check_run_dir(run_dir, resume, overwrite)
     env = _torchrun_env()
     if env is not None:
@@ -271,6 +288,7 @@ def fit(
             local_rank=local_rank,
             init_group=True,
             prepare=True,
+            sources=sources,
         )
     if cfg.train.num_nodes > 1:
         raise ConfigError(
@@ -280,9 +298,17 @@ def fit(
         )
     _clear_run_dir(run_dir, resume)
     if cfg.train.devices > 1:
-        return _spawn(cfg, run_dir, resume)
+        return _spawn(cfg, run_dir, resume, sources)
     return _run(
-        cfg, run_dir, resume, rank=0, world_size=1, local_rank=0, init_group=False, prepare=False
+        cfg,
+        run_dir,
+        resume,
+        rank=0,
+        world_size=1,
+        local_rank=0,
+        init_group=False,
+        prepare=False,
+        sources=sources,
     )
 
 
@@ -302,7 +328,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _spawn(cfg: PipelineConfig, run_dir: Path, resume: bool) -> TrainResult:
+def _spawn(cfg: PipelineConfig, run_dir: Path, resume: bool, sources: Any = None) -> TrainResult:
     import torch.multiprocessing as mp
 
     n = cfg.train.devices
@@ -325,7 +351,7 @@ def _spawn(cfg: PipelineConfig, run_dir: Path, resume: bool) -> TrainResult:
     try:
         mp.spawn(
             _spawned,
-            args=(n, port, cfg, run_dir, resume, queue, progress.enabled(), level),
+            args=(n, port, cfg, run_dir, resume, queue, progress.enabled(), level, sources),
             nprocs=n,
             join=True,
         )
@@ -356,6 +382,7 @@ def _spawned(
     queue: Any,
     bars: bool,
     level: int,
+    sources: Any = None,
 ) -> None:
     from geoseg import progress
 
@@ -376,6 +403,7 @@ def _spawned(
             local_rank=rank,
             init_group=True,
             prepare=False,
+            sources=sources,
         )
     except errors.GeosegError as err:
         queue.put(("error", (type(err).__name__, str(err))))
@@ -475,29 +503,12 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loader_generators(loader: Any) -> list[torch.Generator]:
-    """The torch.Generators a data loader draws from (itself, its sampler, batch sampler)."""
-    found: list[torch.Generator] = []
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    for obj in (
-        loader,
-        getattr(loader, "sampler", None),
-        batch_sampler,
-        getattr(batch_sampler, "sampler", None),
-    ):
-        gen = getattr(obj, "generator", None)
-        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
-            found.append(gen)
-    return found
-
-
 def _rng_state(loader: Any) -> dict[str, Any]:
     from geoseg import checkpoint
 
+    # The loader's own sampling state (epoch, batches handed out): it draws from seeds.
     state = checkpoint.rng_state()
-    state["loader"] = [g.get_state() for g in _loader_generators(loader)]
-    if callable(getattr(loader, "state_dict", None)):
-        state["loader_state"] = loader.state_dict()
+    state["loader_state"] = loader.state_dict()
     return state
 
 
@@ -505,9 +516,7 @@ def _set_rng_state(state: dict[str, Any], loader: Any) -> None:
     from geoseg import checkpoint
 
     checkpoint.restore_rng_state(state)
-    for gen, gen_state in zip(_loader_generators(loader), state.get("loader", []), strict=False):
-        gen.set_state(gen_state)
-    if "loader_state" in state and callable(getattr(loader, "load_state_dict", None)):
+    if "loader_state" in state:
         loader.load_state_dict(state["loader_state"])
 
 
@@ -579,6 +588,7 @@ def _run_scoped(
     local_rank: int,
     init_group: bool,
     prepare: bool,
+    sources: Any = None,
 ) -> TrainResult:
     from geoseg import data
 
@@ -623,6 +633,7 @@ def _run_scoped(
             rank=rank,
             world_size=world_size,
             patches_per_epoch=cfg.train.patches_per_epoch,
+            sources=sources,
         )
         if dist_.main:
             dist_.barrier()

@@ -33,7 +33,7 @@ from rasterio.windows import Window
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from geoseg import instances, io, progress
+from geoseg import instances, io, progress, windows
 from geoseg.errors import ConfigError, RasterError
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def _polygonize(
     """
     transform = src.transform
     inverse = ~transform
-    windows = list(_blocks(src.width, src.height, block_size))
+    blocks = list(windows.read_blocks(src.width, src.height, block_size))
     geoms, values, on_seam, sums, counts = [], [], [], [], []
     nodata = src.nodata if src.nodata is not None else 255
     wanted = np.array([i for i in ids if i != nodata], dtype=np.int64)
@@ -274,7 +274,7 @@ def _polygonize(
         with instances.BuildingLabels(
             src, block_size=block_size, probabilities=Path(probabilities) if probabilities else None
         ) as labels:
-            with progress.bar(len(windows), "vectorize", unit="blocks") as bar, _gc_paused():
+            with progress.bar(len(blocks), "vectorize", unit="blocks") as bar, _gc_paused():
                 for window, regions in labels.regions():
                     selected = regions > 0
                     if selected.any():
@@ -293,8 +293,8 @@ def _polygonize(
         counts = [x[k] for x, k in zip(counts, keep, strict=True)] if counts else counts
         values = [v[k] for v, k in zip(values, keep, strict=True)]
     else:
-        with progress.bar(len(windows), "vectorize", unit="blocks") as bar, _gc_paused():
-            for window in windows:
+        with progress.bar(len(blocks), "vectorize", unit="blocks") as bar, _gc_paused():
+            for window in blocks:
                 block = src.read(1, window=window)
                 selected = block == wanted[0] if len(wanted) == 1 else np.isin(block, wanted)
                 if selected.any():
@@ -335,12 +335,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _blocks(width: int, height: int, size: int) -> Iterator[Window]:
-    for row in range(0, height, size):
-        for col in range(0, width, size):
-            yield Window(col, row, min(size, width - col), min(size, height - row))
 
 
 def _shapes(

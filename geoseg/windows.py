@@ -1,4 +1,5 @@
-"""The window grid of sliding-window inference, and the weights that blend overlapping patches.
+"""The window grid of sliding-window inference, the weights that blend overlapping patches, and
+the read blocks that keep whole-raster passes (vectorize, evaluate, instances) in bounded memory.
 
 A *patch* is one model input window of ``patch_size`` x ``patch_size`` pixels. Patches step by
 ``stride = patch_size - overlap`` and the last patch of each row and column is shifted back so it
@@ -13,12 +14,13 @@ outer rows and columns are never blanked (the geoai bug) and get the same weight
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
 from rasterio.windows import Window
 
-__all__ = ["offsets", "grid", "ramp", "blend_weights"]
+__all__ = ["offsets", "grid", "ramp", "blend_weights", "read_blocks"]
 
 
 def _check(patch_size: int, overlap: int) -> None:
@@ -42,6 +44,17 @@ def offsets(length: int, patch_size: int, overlap: int) -> list[int]:
         return [0]
     stride = patch_size - overlap
     return list(range(0, length - patch_size, stride)) + [length - patch_size]
+
+
+def read_blocks(width: int, height: int, rows: int, cols: int | None = None) -> Iterator[Window]:
+    """Windows of at most ``rows`` x ``cols`` pixels (``cols`` = ``rows`` when not given) tiling
+    a ``width`` x ``height`` raster, row by row, the last row and column clipped to its edge:
+    what a pass over a whole raster reads at a time. Unlike :func:`grid`, blocks never overlap
+    and are never shifted."""
+    cols = rows if cols is None else cols
+    for row in range(0, height, rows):
+        for col in range(0, width, cols):
+            yield Window(col, row, min(cols, width - col), min(rows, height - row))
 
 
 def grid(width: int, height: int, patch_size: int, overlap: int) -> list[Window]:

@@ -1,9 +1,9 @@
 """geoseg export: ONNX that agrees with the checkpoint and carries Deepness/GeoDeep metadata,
 a STAC MLM item that validates, QGIS style sidecars, and one-line errors.
 
-A width-8 UNet is trained for a few epochs on the session's demo tiles (module fixture); the
-exported ONNX is run through ``geoseg infer`` next to the checkpoint on the demo and on a real
-OpenAerialMap scene.
+A width-8 UNet is trained for a few epochs on the session's demo tiles (module fixture; the
+tests that use it are marked slow); the exported ONNX is run through ``geoseg infer`` next to the
+checkpoint on the demo and on a real OpenAerialMap scene, and through GeoDeep.
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ def make_checkpoint(path: Path, name: str, *, patch: int = 64, seed: int = 0) ->
 # ------------------------------------------------------------------------ ONNX vs checkpoint
 
 
+@pytest.mark.slow  # trains a model (module fixture)
 def test_onnx_masks_agree_with_the_checkpoint_on_the_demo(
     trained: Path, exported: Path, demo_data, tmp_path: Path
 ) -> None:
@@ -132,6 +133,7 @@ def test_onnx_masks_agree_with_the_checkpoint_on_the_demo(
         assert len(np.unique(rasterio.open(a).read(1))) > 1  # the model predicts something
 
 
+@pytest.mark.slow  # trains a model (module fixture)
 def test_onnx_masks_agree_on_a_real_oam_scene(
     trained: Path, exported: Path, real_data: Path, tmp_path: Path
 ) -> None:
@@ -249,6 +251,35 @@ def test_metadata_reads_as_deepness_and_geodeep_read_it(tmp_path: Path) -> None:
     assert json.loads(meta["band_names"]) == ["red", "green", "blue"]
 
 
+@pytest.mark.slow  # trains a model (module fixture)
+def test_geodeep_runs_the_input_scale_255_export(
+    trained: Path, exported: Path, demo_data, tmp_path: Path
+) -> None:
+    """GeoDeep itself reads the metadata, feeds a tile its way (uint8 / 255) and gets the
+    classes geoseg's raw-pixel export gives; its whole-raster run works too."""
+    import onnxruntime as ort
+    from geodeep import segment
+    from geodeep.inference import create_session
+    from geodeep.segmentation import execute_segmentation
+    from rasterio.windows import Window
+
+    model = export.onnx(trained, tmp_path / "geodeep.onnx", input_scale=255)
+    session, cfg = create_session(str(model))
+    assert cfg["model_type"] == "Segmentor" and cfg["tiles_size"] == 64
+    assert cfg["class_names"] == {"0": "background", "1": "building"}
+    assert cfg["resolution"] == pytest.approx(50.0) and cfg["tiles_overlap"] == 25.0
+    image = demo_data.images[1]
+    with rasterio.open(image) as src:
+        tiles = [src.read(window=Window(x, y, 64, 64)) for x, y in ((0, 0), (64, 128), (192, 64))]
+    raw = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    for tile in tiles:
+        theirs = execute_segmentation(tile, session, cfg)
+        ours = raw.run(None, {"pixels": tile[None].astype(np.float32)})[0].argmax(1)
+        assert np.mean(theirs == ours) >= 0.999
+    mask = segment(str(image), str(model), output_type="raw")  # tiles, median filter, sieve
+    assert mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 1}
+
+
 # ------------------------------------------------------------------------ STAC MLM
 
 
@@ -290,6 +321,7 @@ def test_stac_item_validates_against_the_mlm_extension(resnet18: tuple[Path, Pat
 # ------------------------------------------------------------------------ QGIS styles
 
 
+@pytest.mark.slow  # trains a model (module fixture)
 def test_mask_style_sidecar_parses_back_and_leaves_the_mask_alone(
     exported: Path, demo_data, tmp_path: Path
 ) -> None:
@@ -332,6 +364,7 @@ def test_rasterize_writes_a_style_sidecar_with_the_class_names(demo_data, tmp_pa
     ]
 
 
+@pytest.mark.slow  # trains a model (module fixture)
 def test_footprint_style_is_a_qgis_layer_style(exported: Path, demo_data, tmp_path: Path) -> None:
     import pyogrio
 

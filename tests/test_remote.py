@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from helpers import make_geotiff
 from rasterio.env import getenv
 from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
@@ -20,23 +21,8 @@ from geoseg.errors import CatalogError, InputNotFoundError, OutputExistsError, R
 
 
 def _cog(path: Path, size: int = 1024, *, seed: int = 0, block: int = 256) -> Path:
-    """A small 3-band uint8 COG with seeded content."""
-    from rasterio.transform import from_origin
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = path.with_suffix(".raw.tif")
-    data = np.random.default_rng(seed).integers(0, 255, (3, size, size), dtype=np.uint8)
-    profile = dict(
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=3,
-        dtype="uint8",
-        crs="EPSG:32631",
-        transform=from_origin(500000, 5000000, 0.5, 0.5),
-    )
-    with rasterio.open(raw, "w", **profile) as dst:
-        dst.write(data)
+    """A small 3-band uint8 COG of seeded noise (``helpers.make_geotiff``, then GDAL's COG)."""
+    raw = make_geotiff(path.with_suffix(".raw.tif"), size=(size, size), seed=seed)
     rio_copy(raw, path, driver="COG", blocksize=block, compress="DEFLATE", overviews="NONE")
     raw.unlink()
     return path

@@ -91,21 +91,24 @@ def test_infer_s3_inputs_and_outputs_equal_local_copies(
     assert_one_line_error(again, f"{out}tile_00.tif exists; pass --overwrite")
 
 
-def test_one_mask_to_an_s3_key_and_a_vrt_of_remote_tiles(
+def test_one_mask_and_its_footprints_to_s3_keys(
     s3_cogs: str, local_cogs: Path, ckpt: Path, tmp_path: Path
 ) -> None:
-    key = f"s3://{s3_cogs}/out/one.tif"
-    res = _geoseg("infer", ckpt, f"s3://{s3_cogs}/images/tile_01.tif", "--out", key, "-q")
+    import geopandas as gpd
+
+    key, gpkg = f"s3://{s3_cogs}/out/one.tif", f"s3://{s3_cogs}/out/one.gpkg"
+    src = f"s3://{s3_cogs}/images/tile_01.tif"
+    res = _geoseg("infer", ckpt, src, "--out", key, "--vectorize", gpkg, "-q")
     assert res.exit_code == 0, res.output
     local = tmp_path / "one.tif"
-    assert (
-        _geoseg(
-            "infer", ckpt, local_cogs / "images" / "tile_01.tif", "--out", local, "-q"
-        ).exit_code
-        == 0
-    )
-    body = remote.s3_client().get_object(Bucket=s3_cogs, Key="out/one.tif")["Body"].read()
-    assert body == local.read_bytes()
+    res = _geoseg("infer", ckpt, local_cogs / "images" / "tile_01.tif", "--out", local, "-q")
+    assert res.exit_code == 0, res.output
+    s3 = remote.s3_client()
+    assert s3.get_object(Bucket=s3_cogs, Key="out/one.tif")["Body"].read() == local.read_bytes()
+    assert _keys(s3_cogs, "out/") == ["out/one.gpkg", "out/one.qml", "out/one.tif"]
+    s3.download_file(s3_cogs, "out/one.gpkg", str(tmp_path / "one.gpkg"))
+    with rasterio.open(local) as mask:
+        assert gpd.read_file(tmp_path / "one.gpkg").crs == mask.crs
 
 
 @pytest.mark.slow

@@ -179,3 +179,12 @@ def test_border_rows_and_columns_keep_full_weight() -> None:
     assert not np.isnan(stitched).any()
     for edge in (stitched[:, 0], stitched[:, -1], stitched[:, :, 0], stitched[:, :, -1]):
         np.testing.assert_allclose(edge.sum(0), 1.0, atol=1e-5)  # probabilities, never blanked
+
+
+def test_read_blocks_tile_the_raster_exactly_once() -> None:
+    for width, height, rows, cols in [(100, 70, 32, None), (5, 3, 8, None), (1000, 9, 4, 300)]:
+        cover = np.zeros((height, width), int)
+        for w in windows.read_blocks(width, height, rows, cols):
+            assert w.height <= rows and w.width <= (cols or rows)
+            cover[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width] += 1
+        assert (cover == 1).all()
