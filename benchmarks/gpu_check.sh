@@ -1,29 +1,43 @@
 #!/usr/bin/env bash
-# GPU checks for the notes (not part of CI): CUDA training step and AMP, end-to-end CLI train +
-# infer on CUDA, inference throughput. Run on a CUDA machine from the repo root:
+# The GPU figures (issue 14), in one run of under 8 minutes on a CUDA machine, from the repo root:
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
-# Each step is time-boxed so one slow step cannot eat the whole budget.
+# Installs geoseg into the machine's python3 (the one with torch; wheels from .whl/ first when
+# present: a machine without network gets them from benchmarks/gpu_wheels.sh, run where pip
+# works, and carried along), then runs, time-boxed:
+#   infer.json        benchmarks/infer.py --device cuda: model only, geoseg (8k, ResNet18-UNet,
+#                     bf16, batch 32), the torchgeo-style loop, null model vs I/O floor, 32k RSS
+#   train_step.json   benchmarks/train_step.py --device cuda (UNet w64, 256 px, batch 16)
+#   train_step_w6.json  the same with 6 loader workers
+# after tests/test_gpu.py (the device paths agree with the CPU's on the GPU),
+# and writes env.txt (GPU, torch, cores) and gpu_check.log (every step's output) next to them.
 set -uo pipefail
 OUT=${OUT:-/tmp/geoseg-gpu}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-step() { local name=$1 limit=$2; shift 2; echo "=== $name"; local t0=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
-  tail -n 25 "$OUT/$name.log"; echo "--- $name rc=$rc in $((SECONDS - t0)) s"; }
+LOG="$OUT/gpu_check.log"
+: > "$LOG"
+step() { local name=$1 limit=$2; shift 2; echo "=== $name (limit ${limit} s)" | tee -a "$LOG"
+  local t0=$SECONDS; timeout "$limit" "$@" >> "$LOG" 2>&1; local rc=$?
+  echo "--- $name rc=$rc in $((SECONDS - t0)) s" | tee -a "$LOG"; }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0), 'bf16', torch.cuda.is_bf16_supported())"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  echo "cores $(nproc)"; date -u +%Y-%m-%dT%H:%MZ; } > "$OUT/env.txt" 2>&1
 
-step train_step 100 $PY benchmarks/train_step.py --device cuda --width 64 --patch-size 256 --batch-size 16 --json "$OUT/train_step.json"
-step train_step_w6 100 $PY benchmarks/train_step.py --device cuda --width 64 --patch-size 256 --batch-size 16 --workers 6 --json "$OUT/train_step_w6.json"
-step cli_chain 120 bash -c "
-  $PY -m geoseg.cli.main -q demo-data $OUT/demo --size 512 --overwrite &&
-  $PY -m geoseg.cli.main train $OUT/demo/images --labels $OUT/demo/masks --out $OUT/run --overwrite \
-      --epochs 3 --width 32 --patch-size 256 --batch-size 16 --device cuda --precision auto &&
-  $PY -m geoseg.cli.main infer $OUT/run/best.ckpt $OUT/demo/images/tile_01.tif --out $OUT/tile_01_mask.tif \
-      --device cuda --tta flip --overwrite &&
-  $PY -c \"import rasterio; a=rasterio.open('$OUT/tile_01_mask.tif'); b=rasterio.open('$OUT/demo/images/tile_01.tif'); print('same grid', a.crs==b.crs and a.transform==b.transform and a.shape==b.shape)\""
-step infer_bench 170 $PY benchmarks/infer.py --device cuda --precision auto --size 8192 --model unet-resnet18 \
-    --batch-size 32 --skip-dask --json "$OUT/infer.json"
-echo "=== json"; cat "$OUT"/*.json 2>/dev/null
+if compgen -G ".whl/*.whl" > /dev/null; then
+  step wheels 60 "$PY" -m pip install --no-index --no-deps --no-compile .whl/*.whl
+fi
+step install 30 "$PY" -m pip install --no-index --no-deps --no-build-isolation -e .
+"$PY" -c "import geoseg" 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+"$PY" -c "import torch, geoseg; print('torch', torch.__version__, torch.cuda.get_device_name(0), \
+'bf16', torch.cuda.is_bf16_supported(), 'geoseg', geoseg.__version__)" >> "$OUT/env.txt" 2>&1
+
+step tests 45 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py
+step infer 225 "$PY" benchmarks/infer.py --device cuda --precision auto --model unet-resnet18 \
+    --batch-size 32 --skip-dask --rss-32k --workdir /tmp/geoseg-bench --json "$OUT/infer.json"
+step train_step 60 "$PY" benchmarks/train_step.py --device cuda --width 64 --patch-size 256 \
+    --batch-size 16 --json "$OUT/train_step.json"
+step train_step_w6 60 "$PY" benchmarks/train_step.py --device cuda --width 64 --patch-size 256 \
+    --batch-size 16 --workers 6 --json "$OUT/train_step_w6.json"
+cat "$OUT/env.txt"; for f in "$OUT"/*.json; do echo "== $f"; cat "$f"; done

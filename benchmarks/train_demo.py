@@ -1,8 +1,9 @@
 """The demo recipe's training: building IoU on the test split, and the minutes it took.
 
 Trains ``pipelines/demo.yaml`` (its data, model and train sections) on the demo scenes and scores
-best.ckpt on the test split (building = interior + edge with the recipe's instance targets). Target: building IoU >= 0.85 in <= ~7 minutes on a 2-core CPU (the
-whole ``make demo`` chain, inference included, must fit in ~10 minutes).
+best.ckpt on the test split (building = interior + edge with the recipe's instance targets).
+Target: building IoU >= 0.85 in <= ~7 minutes on a 2-core CPU (the whole ``make demo`` chain,
+inference included, must fit in ~10 minutes).
 
 Run:  python benchmarks/train_demo.py                         (makes the demo data if missing)
       python benchmarks/train_demo.py --data demo/data --out /tmp/demo-run \

@@ -186,8 +186,12 @@ def main() -> None:
             )
             inst.append(
                 run(
-                    "vectorize", str(inst_mask), "--out", str(tmp / "fp_inst.gpkg"),
-                    "--overwrite", "--quiet",
+                    "vectorize",
+                    str(inst_mask),
+                    "--out",
+                    str(tmp / "fp_inst.gpkg"),
+                    "--overwrite",
+                    "--quiet",
                 )  # fmt: skip
             )
         floor_best = min(floor, key=lambda r: r["seconds"])

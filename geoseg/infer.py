@@ -62,6 +62,7 @@ NODATA = io.MASK_NODATA
 PROB_SCALE = 254  # probability p is stored as round(p * 254); 255 is nodata
 BLOCKSIZE = io.MASK_BLOCKSIZE
 EMIT_ROWS = 64  # finished rows are divided, argmax-ed and queued for writing in pieces this tall
+STAGED_BYTES = 256 * 2**20  # outputs up to this size wait for their COG copy in memory
 RES_TOLERANCE = 0.25
 #: An input band whose median lies further than this many training standard deviations from the
 #: training mean cannot be what the model learnt on (refused); beyond VALUE_Z_WARN: a warning.
@@ -266,28 +267,56 @@ def _tta_ops(tta: str) -> list[tuple[Callable[[Any], Any], Callable[[Any], Any]]
     raise ConfigError(f"tta={tta!r} is not one of none, flip, d4")
 
 
-def _make_forward(
-    model: Any, settings: _Settings
-) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
-    """A function: raw batch (B, C, P, P) + nodata mask (B, P, P) -> probabilities (B, K, P, P).
+@dataclass(frozen=True)
+class _Forward:
+    """The model applied to raw batches, in two halves that run in different threads.
 
-    The batch is normalised on the device with the card's mean/std; nodata pixels become 0
-    (the band mean). Probabilities are float32, averaged over the TTA transforms.
+    ``prepare(batch, invalid)`` runs on the host in the thread that cuts the batches: on the CPU
+    it normalises them there (numpy), next to the main thread's model work; for a GPU it leaves
+    them raw (uint8 crosses the bus at a quarter of float32). ``run(prepared)`` returns the
+    probabilities (B, K, P, P), float32, averaged over the TTA transforms: a tensor on a GPU
+    (blending and argmax happen there too), a numpy array on the CPU (see :func:`_stream`).
     """
+
+    prepare: Callable[[np.ndarray, np.ndarray | None], Any]
+    run: Callable[[Any], Any]
+
+
+def _make_forward(model: Any, settings: _Settings) -> _Forward:
+    """:class:`_Forward` for ``model``: normalised with the card's mean/std (nodata pixels
+    become 0, the band mean), bf16 autocast and channels_last as the settings say."""
     import torch
 
     ops = _tta_ops(settings.tta)
     dev = torch.device(settings.device)
+    host = _host_arrays(dev.type)
     bf16 = settings.precision == "bf16"
     fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
-    mean = torch.tensor(settings.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
-    inv_std = (1 / torch.tensor(settings.std, dtype=torch.float32, device=dev)).view(1, -1, 1, 1)
+    mean32 = np.asarray(settings.mean, np.float32).reshape(1, -1, 1, 1)
+    inv_std32 = (1 / np.asarray(settings.std, np.float32)).reshape(1, -1, 1, 1)
+    mean, inv_std = torch.from_numpy(mean32).to(dev), torch.from_numpy(inv_std32).to(dev)
 
-    def forward(batch: np.ndarray, invalid: np.ndarray | None) -> np.ndarray:
-        x = torch.from_numpy(batch).to(dev, non_blocking=True).float()
-        x = (x - mean) * inv_std
+    def normalise_on_host(batch: np.ndarray, invalid: np.ndarray | None) -> np.ndarray:
+        # The arithmetic of the device branch below, in numpy: the same float32 values.
+        x = np.subtract(batch, mean32, dtype=np.float32)
+        x *= inv_std32
         if invalid is not None:
-            x = x.masked_fill(torch.from_numpy(invalid).to(dev)[:, None], 0.0)
+            x[np.broadcast_to(invalid[:, None], x.shape)] = 0.0
+        return x
+
+    def raw(batch: np.ndarray, invalid: np.ndarray | None) -> tuple[np.ndarray, Any]:
+        return batch, invalid
+
+    def run(prepared: Any) -> Any:
+        if host:
+            x = torch.from_numpy(prepared)
+        else:
+            batch, invalid = prepared
+            x = torch.from_numpy(batch).to(dev, non_blocking=True).float()
+            x = (x - mean) * inv_std
+            if invalid is not None:
+                bad = torch.from_numpy(invalid).to(dev, non_blocking=True)
+                x = x.masked_fill(bad[:, None], 0.0)
         x = x.contiguous(memory_format=fmt)
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             total = None
@@ -303,9 +332,15 @@ def _make_forward(
             assert total is not None  # ops is never empty
             if len(ops) > 1:
                 total = total / len(ops)
-        return total.contiguous().cpu().numpy()
+        return total.contiguous().numpy() if host else total
 
-    return forward
+    return _Forward(prepare=normalise_on_host if host else raw, run=run)
+
+
+def _host_arrays(device_type: str) -> bool:
+    """Whether blending and argmax run in numpy on the host (the CPU) rather than in torch on
+    the model's device (a GPU). Tests switch it off to run the device code on CPU tensors."""
+    return device_type == "cpu"
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,6 +375,8 @@ def _open_source(
                 width=width,
                 height=height,
                 resampling=Resampling.bilinear,
+                # Warping is most of a resampled read: on all cores (the same values).
+                warp_extras={"NUM_THREADS": "ALL_CPUS"},
                 **extra,
             ) as vrt:
                 yield vrt
@@ -420,6 +457,36 @@ def _torch_friendly(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _read_strips(
+    src: Any, plan: _Plan, settings: _Settings, rows: range
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """Strips of patch rows ``rows``, in order: ``(r, data (C, h, W), nodata mask (h, W) or None)``.
+
+    One handle: GDAL decodes the tiles of each strip on all cores (GDAL_NUM_THREADS; warping
+    too, see :func:`_open_source`) and its block cache keeps the tile row that two strips share.
+    Several handles reading strips at once were measured: 1.7x the decoding CPU (each handle
+    decodes the shared tile rows again) and slower on 2 cores, on an 8k deflate GeoTIFF.
+    """
+    idx = list(settings.band_indexes)
+    h = min(plan.patch_size, plan.height)
+    for r in rows:
+        y0 = plan.rows[r]
+        raw = src.read(idx, window=Window(0, y0, plan.width, h))
+        valid = _and_finite(_valid_rows(src, y0, y0 + h), raw)
+        data = _torch_friendly(raw)
+        yield r, data, None if valid is None else ~valid
+
+
+def _host_array(shape: tuple[int, ...], dtype: np.dtype, pinned: bool) -> np.ndarray:
+    """An empty array; page-locked when it will be copied to a GPU (the copy is then async)."""
+    if not pinned:
+        return np.empty(shape, dtype)
+    import torch
+
+    like = torch.from_numpy(np.empty(0, dtype))
+    return torch.empty(shape, dtype=like.dtype, pin_memory=True).numpy()
+
+
 def _read_batches(
     src: Any, plan: _Plan, settings: _Settings, i0: int, i1: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None, range]]:
@@ -432,26 +499,32 @@ def _read_batches(
     happens on the model's device (:func:`_make_forward`): a uint8 batch crosses to a GPU at a
     quarter of the float32 size.
     """
+    nc = len(plan.cols)
+    strips = _read_strips(src, plan, settings, range(i0 // nc, -(-i1 // nc)))
+    yield from _assemble(strips, plan, settings, i0, i1)
+
+
+def _assemble(
+    strips: Iterator[tuple[int, np.ndarray, np.ndarray | None]],
+    plan: _Plan,
+    settings: _Settings,
+    i0: int,
+    i1: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray | None, range]]:
+    """The batches of patches [i0, i1) cut from ``strips`` (see :func:`_read_batches`)."""
     P, nc = plan.patch_size, len(plan.cols)
-    idx = list(settings.band_indexes)
-    strips: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+    pinned = settings.device.startswith("cuda")
+    r_have, data, bad = -1, np.empty(0), None
     for b0 in range(i0, i1, plan.batch_size):
         b1 = min(b0 + plan.batch_size, plan.n_patches)
         batch: np.ndarray | None = None
         invalid: np.ndarray | None = None
         for n, i in enumerate(range(b0, b1)):
             r, c = divmod(i, nc)
-            if r not in strips:
-                y0 = plan.rows[r]
-                h = min(P, plan.height)
-                raw = src.read(idx, window=Window(0, y0, plan.width, h))
-                valid = _and_finite(_valid_rows(src, y0, y0 + h), raw)
-                data = _torch_friendly(raw)
-                strips.clear()  # patches come in row-major order: an old strip is never needed
-                strips[r] = (data, None if valid is None else ~valid)
-            data, bad = strips[r]
+            while r_have < r:  # patches come in row-major order: an old strip is never needed
+                r_have, data, bad = next(strips)
             if batch is None:
-                batch = np.empty((b1 - b0, len(idx), P, P), data.dtype)
+                batch = _host_array((b1 - b0, len(settings.band_indexes), P, P), data.dtype, pinned)
             x0 = plan.cols[c]
             w = min(P, plan.width)
             patch = data[:, :, x0 : x0 + w]
@@ -461,35 +534,72 @@ def _read_batches(
             batch[n] = patch
             if bad is not None:
                 if invalid is None:
-                    invalid = np.zeros((b1 - b0, P, P), bool)
+                    invalid = _host_array((b1 - b0, P, P), np.dtype(bool), pinned)
+                    invalid[:] = False
                 m = bad[:, x0 : x0 + w]
                 invalid[n] = np.pad(m, pad, mode="reflect") if pad[0][1] or pad[1][1] else m
         assert batch is not None  # b1 > b0
         yield batch, invalid, range(b0, b1)
 
 
-def _threaded(it: Iterator[Any], maxsize: int = 2) -> Iterator[Any]:
-    """Run an iterator in a reader thread with a bounded queue (I/O overlaps compute)."""
+@contextmanager
+def _closed_after(it: Iterator[Any]) -> Iterator[None]:
+    """Close a generator when the block ends (its cleanup, e.g. stopping an earlier stage's
+    thread, runs now rather than at garbage collection); plain iterators need nothing."""
+    try:
+        yield
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
+def _prepared(
+    batches: Iterator[tuple[np.ndarray, np.ndarray | None, range]],
+    prepare: Callable[[np.ndarray, np.ndarray | None], Any],
+) -> Iterator[tuple[Any, range]]:
+    with _closed_after(batches):
+        for batch, invalid, indexes in batches:
+            yield prepare(batch, invalid), indexes
+
+
+def _run_model(
+    batches: Iterator[tuple[Any, range]], run: Callable[[Any], Any]
+) -> Iterator[tuple[Any, range]]:
+    with _closed_after(batches):
+        for prepared, indexes in batches:
+            yield run(prepared), indexes
+
+
+def _threaded(it: Iterator[Any], maxsize: int = 2, name: str = "reader") -> Iterator[Any]:
+    """Run an iterator in a thread of its own with a bounded queue (its work overlaps ours)."""
     q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
     done = object()
     stop = threading.Event()
 
+    def put(item: Any) -> bool:
+        while not stop.is_set():  # the consumer may be gone: never block for good
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def run() -> None:
         try:
             for item in it:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(done)
+            put(done)
         except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
-            q.put(err)
+            put(err)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()  # the generator's own cleanup (earlier stages' threads) runs here
 
-    t = threading.Thread(target=run, name="geoseg-reader", daemon=True)
+    t = threading.Thread(target=run, name=f"geoseg-{name}", daemon=True)
     t.start()
     try:
         while True:
@@ -505,7 +615,7 @@ def _threaded(it: Iterator[Any], maxsize: int = 2) -> Iterator[Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Blending and streaming
+# Blending and streaming (on the model's device)
 # --------------------------------------------------------------------------------------------
 
 
@@ -521,24 +631,41 @@ def _weight_sum(length: int, patch_size: int, overlap: int) -> np.ndarray:
 
 
 def _stream(
-    src: Any,
+    src_path: str | Path,
     plan: _Plan,
     settings: _Settings,
-    forward: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
+    forward: _Forward,
     r0: int,
     r1: int,
     *,
     threaded: bool = True,
     bar: Any = None,
-) -> Iterator[tuple[int, np.ndarray]]:
+) -> Iterator[tuple[int, Any]]:
     """Blended probabilities of the row-block of patch rows [r0, r1), in finished pieces.
 
-    With ``threaded`` a reader thread reads ``src``: the caller must not use that handle
-    meanwhile (GDAL datasets are not thread-safe; open a second one for other reads).
+    The input is read from ``src_path`` (resampled to ``settings.target_res`` if set) through a
+    handle of the stream's own; with ``threaded`` the batches are read, cut and
+    ``forward.prepare``-d in a thread of their own, a bounded queue ahead of the model, and
+    ``forward.run`` maps them to probabilities (B, K, P, P) in another, a bounded queue ahead
+    of the blending in this one.
 
-    Yields ``(y0, probs)`` with probs float32 (K, h, W) for output rows [y0, y0 + h), in order,
-    covering exactly ``plan.owned(r0, r1)``. Only ``patch_size`` accumulator rows are held.
+    The accumulator lives where the probabilities are: on a GPU a tensor there, so nothing but
+    the batches crosses the bus until :func:`_finalize` brings back uint8; on the CPU a numpy
+    array (numpy's single-threaded arithmetic beats torch's here: its OpenMP barrier per small
+    op costs more than the op when other processes share the cores). Same arithmetic, same bytes.
+
+    Yields ``(y0, probs)`` with probs float32 (K, h, W) (numpy, or a tensor on the device) for
+    output rows [y0, y0 + h), in order, covering exactly ``plan.owned(r0, r1)``. Only
+    ``patch_size`` accumulator rows are held.
     """
+    import torch
+
+    dev = torch.device(settings.device)
+    host = _host_arrays(dev.type)
+
+    def on_device(a: np.ndarray) -> Any:
+        return a if host else torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+
     P, ov = plan.patch_size, plan.overlap
     nc, H, W = len(plan.cols), plan.height, plan.width
     ph, pw = min(P, H), min(P, W)
@@ -546,61 +673,105 @@ def _stream(
     start, stop = plan.owned(r0, r1)
     rh = plan.halo_start(r0)
     i0, i1 = _patch_index_range(plan, rh, r1)
-    wsum_rows = _weight_sum(H, P, ov)
-    wsum_cols = _weight_sum(W, P, ov)
-    weights: dict[tuple[bool, bool, bool, bool], np.ndarray] = {}
+    wsum_rows = on_device(_weight_sum(H, P, ov)[:, None])
+    wsum_cols = on_device(_weight_sum(W, P, ov)[None, :])
+    weights: dict[tuple[bool, bool, bool, bool], Any] = {}
 
-    acc = np.zeros((K, ph, W), np.float32)
+    acc = on_device(np.zeros((K, ph, W), np.float32))
     band_row = rh  # patch row whose offset is the accumulator's first row
     band_top = plan.rows[rh]
 
-    def emit(y_end: int) -> Iterator[tuple[int, np.ndarray]]:
+    def emit(y_end: int) -> Iterator[tuple[int, Any]]:
         # Rows [band_top, y_end) are final: divide by the weight sum, hand out the owned part.
         n = y_end - band_top
         lo, hi = max(band_top, start), min(y_end, stop)
         # In pieces of EMIT_ROWS rows: the float temporaries stay small on wide rasters.
         for a in range(lo, hi, EMIT_ROWS):
             b = min(hi, a + EMIT_ROWS)
-            denom = np.outer(wsum_rows[a:b], wsum_cols)
-            yield a, acc[:, a - band_top : b - band_top] / denom
-        acc[:, : ph - n] = acc[:, n:]
+            yield a, acc[:, a - band_top : b - band_top] / (wsum_rows[a:b] * wsum_cols)
+        # The rows later patches still add to move up (numpy copies overlapping slices safely).
+        acc[:, : ph - n] = acc[:, n:] if host else acc[:, n:].clone()
         acc[:, ph - n :] = 0.0
 
-    batches = _read_batches(src, plan, settings, i0, i1)
-    if threaded:
-        batches = _threaded(batches)
-    for batch, invalid, indexes in batches:
-        probs = forward(batch, invalid)
-        if bar is not None:
-            bar.advance(len(indexes))
-        for n, i in enumerate(indexes):
-            r, c = divmod(i, nc)
-            if r < rh or r >= r1:
-                continue  # a batch-mate outside this block: computed only to keep batches equal
-            if r != band_row:
-                yield from emit(plan.rows[r])
-                band_row, band_top = r, plan.rows[r]
-            key = (c == 0, r == 0, c == nc - 1, r == len(plan.rows) - 1)
-            if key not in weights:
-                weights[key] = windows.blend_weights(
-                    P, ov, left=key[0], top=key[1], right=key[2], bottom=key[3]
-                )[:ph, :pw]
-            x0 = plan.cols[c]
-            acc[:, :, x0 : x0 + pw] += probs[n, :, :ph, :pw] * weights[key]
+    with _open_source(src_path, settings.target_res, settings.target_crs) as src:
+        batches = _prepared(_read_batches(src, plan, settings, i0, i1), forward.prepare)
+        if threaded:
+            batches = _threaded(batches)
+        outputs = _run_model(batches, forward.run)
+        if threaded:  # the model runs in a thread of its own too, the blending here beside it
+            outputs = _threaded(outputs, name="model")
+        with _closed_after(outputs):
+            for probs, indexes in outputs:
+                if not host:
+                    probs = torch.as_tensor(probs, device=dev)
+                if bar is not None:
+                    bar.advance(len(indexes))
+                for n, i in enumerate(indexes):
+                    r, c = divmod(i, nc)
+                    if r < rh or r >= r1:
+                        continue  # a batch-mate outside this block: computed to keep batches equal
+                    if r != band_row:
+                        yield from emit(plan.rows[r])
+                        band_row, band_top = r, plan.rows[r]
+                    key = (c == 0, r == 0, c == nc - 1, r == len(plan.rows) - 1)
+                    if key not in weights:
+                        weights[key] = on_device(
+                            windows.blend_weights(
+                                P, ov, left=key[0], top=key[1], right=key[2], bottom=key[3]
+                            )[:ph, :pw]
+                        )
+                    x0 = plan.cols[c]
+                    acc[:, :, x0 : x0 + pw] += probs[n, :, :ph, :pw] * weights[key]
     end = H if r1 >= len(plan.rows) else plan.rows[r1]
     yield from emit(end)
 
 
+def _argmax0(probs: Any) -> Any:
+    """Index of the first largest value along axis 0 of (K, h, W) probabilities: uint8 (h, W).
+
+    Hand-written (numpy array or torch tensor alike): numpy's and torch's argmax over the
+    leading axis are 2-15x slower than these K passes; the result (first maximum) is theirs.
+    """
+    if isinstance(probs, np.ndarray):
+        best: Any = probs[0].copy()
+        index: Any = np.zeros(probs.shape[1:], np.uint8)
+        maximum: Any = np.maximum
+    else:
+        import torch
+
+        best = probs[0].clone()
+        index = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
+        maximum = torch.maximum
+    for k in range(1, probs.shape[0]):
+        index[probs[k] > best] = k
+        maximum(best, probs[k], out=best)
+    return index
+
+
 def _finalize(
-    probs: np.ndarray, valid: np.ndarray | None, settings: _Settings
+    probs: Any, valid: np.ndarray | None, settings: _Settings
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Class ids (uint8, 255 = nodata) and optional uint8 probabilities from (K, h, W) floats."""
-    arg = probs.argmax(0)
-    values = np.asarray(settings.class_values, np.uint8)
-    classes = values[arg]
+    """Class ids (uint8, 255 = nodata) and optional uint8 probabilities from (K, h, W) floats.
+
+    ``probs`` is a numpy array or a tensor on the model's device; argmax and the probability
+    encoding run there, and only the uint8 results cross back to the host.
+    """
+    index = _argmax0(probs)
+    identity = settings.class_values == tuple(range(len(settings.class_values)))
     prob8 = None
-    if settings.with_probabilities:
-        prob8 = np.rint(np.clip(probs, 0.0, 1.0) * PROB_SCALE).astype(np.uint8)
+    if isinstance(probs, np.ndarray):
+        classes = index if identity else np.asarray(settings.class_values, np.uint8)[index]
+        if settings.with_probabilities:
+            prob8 = np.rint(np.clip(probs, 0.0, 1.0) * PROB_SCALE).astype(np.uint8)
+    else:
+        import torch
+
+        if not identity:
+            values = torch.tensor(settings.class_values, dtype=torch.uint8, device=probs.device)
+            index = values[index.long()]
+        classes = index.cpu().numpy()
+        if settings.with_probabilities:
+            prob8 = torch.round(probs.clamp(0.0, 1.0) * PROB_SCALE).to(torch.uint8).cpu().numpy()
     if valid is not None:
         classes[~valid] = NODATA
         if prob8 is not None:
@@ -628,15 +799,19 @@ class _Outputs:
     _mask: Any = None
     _prob: Any = None
 
+    def _profile(self, count: int) -> dict[str, Any]:
+        profile = io.mask_profile(self.profile, count=count, final=self.final)
+        if _staged_in_memory(self.mask_tmp):  # not packed: only the COG copy reads it
+            for key in ("compress", "predictor", "zlevel"):
+                profile.pop(key)
+        return profile
+
     def __enter__(self) -> _Outputs:
-        self._mask = rasterio.open(
-            self.mask_tmp, "w", **io.mask_profile(self.profile, final=self.final)
-        )
+        self._mask = rasterio.open(self.mask_tmp, "w", **self._profile(1))
         io.describe_mask(self._mask, self.class_names, self.class_values, **self.meta)
         if self.prob_tmp is not None:
             k = len(self.class_names)
-            profile = io.mask_profile(self.profile, count=k, final=self.final)
-            self._prob = rasterio.open(self.prob_tmp, "w", **profile)
+            self._prob = rasterio.open(self.prob_tmp, "w", **self._profile(k))
             for b, name in enumerate(self.class_names, 1):
                 self._prob.set_band_description(b, f"p({name})")
             self._prob.scales = [1.0 / PROB_SCALE] * k
@@ -787,8 +962,7 @@ def _write_block(
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with (
             rasterio.Env(**GDAL_ENV, **dict(settings.gdal_options)),
-            _open_source(src_path, settings.target_res, settings.target_crs) as src,
-            # the reader thread has src
+            # the readers have their own handle
             _open_source(src_path, settings.target_res, settings.target_crs) as mask_src,
             io.reading(src_path),
             _Outputs(
@@ -803,7 +977,7 @@ def _write_block(
         ):
             writer = _Writer(outputs)
             try:
-                for y0, probs in _stream(src, plan, settings, forward, r0, r1):
+                for y0, probs in _stream(src_path, plan, settings, forward, r0, r1):
                     h = probs.shape[1]
                     cls, prb = _finalize(probs, _output_valid(mask_src, y0, h, settings), settings)
                     writer.put(y0 - start, cls, prb)
@@ -1327,9 +1501,14 @@ def predict_raster(
             job.prob_out = claims.enter_context(
                 io.claim(probabilities, overwrite=overwrite, inputs=[*inputs, dst])
             )
-        mask_tmp = job.mask_out.temp()
-        prob_tmp = job.prob_out.temp() if job.prob_out is not None else None
+        # A COG is a copy of a finished raster: up to STAGED_BYTES, stage that raster in memory
+        # (uncompressed), so the copy is its only write and nothing is decoded again.
+        bands = 1 + (len(class_names) if probabilities is not None else 0)
+        staged = cfg.cog and profile["width"] * profile["height"] * bands <= STAGED_BYTES
+        mask_tmp = claims.enter_context(_staging(job.mask_out, staged))
+        prob_tmp = claims.enter_context(_staging(job.prob_out, staged))
         with remote.env([src], **GDAL_ENV):
+            assert mask_tmp is not None  # job.mask_out is always claimed
             if target is None:
                 _predict_to(src, job, mask_tmp, prob_tmp, final=not cfg.cog)
             else:
@@ -1344,6 +1523,28 @@ def predict_raster(
     mp = profile["width"] * profile["height"] / 1e6
     log.info("%s -> %s: %.2f MP in %.1f s", src.name, dst, mp, time.perf_counter() - t0)
     return dst
+
+
+@contextmanager
+def _staging(output: io.Output | None, in_memory: bool) -> Iterator[Path | None]:
+    """Where ``output`` is written before it is published: a temporary file next to it, or a
+    GDAL in-memory file (``/vsimem/``, freed on exit) that only the COG copy reads."""
+    if output is None:
+        yield None
+    elif not in_memory:
+        yield output.temp()
+    else:
+        from rasterio.io import MemoryFile
+
+        memory = MemoryFile(ext=".tif")
+        try:
+            yield Path(memory.name)
+        finally:
+            memory.close()
+
+
+def _staged_in_memory(path: Path) -> bool:
+    return str(path).startswith("/vsimem/")
 
 
 def check_patch(patch_size: int, overlap: int, architecture: str, source: str) -> None:
@@ -1419,7 +1620,7 @@ def _predict_to(
             client_for(job.workers, job.scheduler)
             if job.client is None
             else nullcontext(job.client) as cl,
-            # GDAL handles are not thread-safe: the reader thread reads `source`, this one masks.
+            # GDAL handles are not thread-safe: the readers have their own, this one masks.
             _open_source(src, settings.target_res, settings.target_crs) as mask_src,
             _Outputs(
                 grid_profile,
@@ -1438,7 +1639,7 @@ def _predict_to(
                     model = _cached_model(settings)
                     forward = _make_forward(model, settings)
                     for y0, probs in _stream(
-                        source, plan, settings, forward, 0, len(plan.rows), bar=bar
+                        src, plan, settings, forward, 0, len(plan.rows), bar=bar
                     ):
                         h = probs.shape[1]
                         valid = _output_valid(mask_src, y0, h, settings)
@@ -1473,7 +1674,8 @@ def _publish(items: list[tuple[io.Output | None, Path | None, str]], cog: bool) 
     for output, tmp, resampling in items:
         if output is None or tmp is None:
             continue
-        _verified(tmp, output)
+        if not _staged_in_memory(tmp):  # memory has no full disk to check for
+            _verified(tmp, output)
         if cog:
             cog_tmp = output.temp("cog")
             try:

@@ -227,7 +227,8 @@ def _lock_name(path: Path) -> Path:
 
 def write_failure(path: Path, err: BaseException | None = None) -> OutputWriteError:
     """An OutputWriteError naming ``path`` and, where it can be told, why the write failed."""
-    code = getattr(err, "errno", None)
+    # A GDAL error's ``errno`` is GDAL's error number (1 = CPLE_AppDefined), not the OS's.
+    code = None if isinstance(err, CPLE_BaseError) else getattr(err, "errno", None)
     if code in _WRITE_ERRNOS:
         why = f"{os.strerror(code)}; {_WRITE_ERRNOS[code]}"
     elif isinstance(err, OSError) and err.strerror:

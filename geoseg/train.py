@@ -69,6 +69,7 @@ OUTPUTS = (
     "tb",
 )
 
+
 @dataclass
 class TrainResult:
     """What :func:`fit` produced.
@@ -718,6 +719,12 @@ class _Trainer:
             class_weights=cfg.train.class_weights,
         ).to(device)
         self.optimizer = _build_optimizer(cfg, self.model.parameters())
+        if device.type == "cuda":  # batches cross as uint8, normalised and augmented on the GPU
+            from geoseg.data import Loader
+
+            for loader in (td.train, td.val, td.test):
+                if isinstance(loader, Loader):
+                    loader.to(device)
         self.steps_per_epoch = dist_.min(len(td.train))
         self.scheduler = _build_scheduler(cfg, self.optimizer, self.steps_per_epoch, self.mode)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
@@ -1202,8 +1209,8 @@ class _Trainer:
             x, y = self._to_device(batch)
             with _autocast(self.device, self.precision):
                 pred = model(x).argmax(1).cpu()
-            image = (batch["image"].float() * std + mean).numpy()
-            mask = batch["mask"].numpy()
+            image = (batch["image"].float().cpu() * std + mean).numpy()
+            mask = batch["mask"].cpu().numpy()
             for i in range(len(mask)):
                 valid = mask[i] != self.ignore_index
                 fg = float(((mask[i] > 0) & valid).mean())
@@ -1252,8 +1259,6 @@ def _tb_tag(key: str) -> str:
     if key.startswith(("iou_", "f1_")) or key in ("miou", "accuracy"):
         return f"val/{key}"
     return f"train/{key}"
-
-
 
 
 def _yaml(cfg: PipelineConfig) -> str:

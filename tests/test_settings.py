@@ -239,9 +239,7 @@ def test_overlap_that_cannot_fit_the_patch_fails_when_the_file_is_read(tmp_path:
 
 def test_bad_pipeline_settings_exit_2_before_training(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
-    path.write_text(
-        yaml.safe_dump({"out": str(tmp_path / "run"), "infer": {"patch_size": 100}})
-    )
+    path.write_text(yaml.safe_dump({"out": str(tmp_path / "run"), "infer": {"patch_size": 100}}))
     result = runner.invoke(app, ["run", str(path)])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()

@@ -115,12 +115,15 @@ def _stitch(
             transform=from_origin(0, 1000, 1, 1),
         ) as dst:
             dst.write(data)
-        with mem.open() as src:
-            for r0, r1 in blocks or [(0, len(plan.rows))]:
-                forward = lambda raw, invalid: _pointwise(_normalized(raw, invalid, s))  # noqa: E731
-                for y0, probs in infer._stream(src, plan, s, forward, r0, r1, threaded=r0 % 2 == 0):
-                    assert np.isnan(out[:, y0 : y0 + probs.shape[1]]).all()  # each row once
-                    out[:, y0 : y0 + probs.shape[1]] = probs
+        for r0, r1 in blocks or [(0, len(plan.rows))]:
+            forward = infer._Forward(
+                prepare=lambda raw, invalid: _normalized(raw, invalid, s), run=_pointwise
+            )
+            for y0, probs in infer._stream(
+                mem.name, plan, s, forward, r0, r1, threaded=r0 % 2 == 0
+            ):
+                assert np.isnan(out[:, y0 : y0 + probs.shape[1]]).all()  # each row once
+                out[:, y0 : y0 + probs.shape[1]] = np.asarray(probs)
     return out
 
 

@@ -55,7 +55,8 @@ class Loader:
     (epoch, batches handed out), so a run resumed from it continues with exactly the batches an
     uninterrupted run would have seen. A batch: ``image`` float32 [B, C, H, W] normalised,
     ``mask`` int64 [B, H, W], ``bounds`` float64 [B, 4], ``crs``; with ``transform=None`` the raw
-    collated batch (image in the files' dtype, mask uint8, for normalising elsewhere).
+    collated batch (image in the files' dtype, mask uint8, for normalising elsewhere). After
+    :meth:`to` a GPU, ``image`` and ``mask`` are on it, normalised and augmented there.
     """
 
     def __init__(
@@ -71,8 +72,17 @@ class Loader:
         self.dataset, self.batches, self.transform = dataset, batches, transform
         self.workers, self.seed, self.rank = workers, seed, rank
         self.epoch, self.start = 0, 0
+        self.device: torch.device | None = None
         self._pass: list[int] | None = None
         self._dl: DataLoader | None = None
+
+    def to(self, device: torch.device | str) -> Loader:
+        """Hand batches out on ``device``: the raw batch (the image in the files' dtype, uint8
+        imagery at a quarter of float32; page-locked when a GPU is present, so the copy is
+        asynchronous) is copied there and the transform runs there. The same batches as on the
+        CPU: the transform draws its random numbers on the CPU either way."""
+        self.device = torch.device(device)
+        return self
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -113,6 +123,10 @@ class Loader:
         self._pass = [epoch, start]
         for i, raw in enumerate(self._dataloader(), start):
             raw["bounds"] = bounds_tensor(raw["bounds"])
+            if self.device is not None:
+                for key in ("image", "mask"):
+                    if key in raw:
+                        raw[key] = raw[key].to(self.device, non_blocking=True)
             if self.transform is not None:
                 g = torch.Generator().manual_seed(seed_of((self.seed, epoch, self.rank, i, 1)))
                 raw = self.transform(raw, g)
