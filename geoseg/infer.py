@@ -646,7 +646,7 @@ def _weight_sum(length: int, patch_size: int, overlap: int) -> np.ndarray:
 
 
 def _stream(
-    src_path: str | Path,
+    source: str | Path | Any,
     plan: _Plan,
     settings: _Settings,
     forward: _Forward,
@@ -658,8 +658,10 @@ def _stream(
 ) -> Iterator[tuple[int, Any]]:
     """Blended probabilities of the row-block of patch rows [r0, r1), in finished pieces.
 
-    The input is read from ``src_path`` (resampled to ``settings.target_res`` if set) through a
-    handle of the stream's own; with ``threaded`` the batches are read, cut and
+    The input is read from ``source``: a path (opened, resampled to ``settings.target_res`` if
+    set, through a handle of the stream's own) or an open raster no other thread uses (the
+    handle the caller checked the input with: a remote raster's tiles are not fetched twice);
+    with ``threaded`` the batches are read, cut and
     ``forward.prepare``-d in a thread of their own, a bounded queue ahead of the model, and
     ``forward.run`` maps them to probabilities (B, K, P, P) in another, a bounded queue ahead
     of the blending in this one.
@@ -708,7 +710,11 @@ def _stream(
         acc[:, : ph - n] = acc[:, n:] if host else acc[:, n:].clone()
         acc[:, ph - n :] = 0.0
 
-    with _open_source(src_path, settings.target_res, settings.target_crs) as src:
+    with (
+        _open_source(source, settings.target_res, settings.target_crs)
+        if isinstance(source, str | Path)
+        else nullcontext(source)
+    ) as src:
         batches = _prepared(_read_batches(src, plan, settings, i0, i1), forward.prepare)
         if threaded:
             batches = _threaded(batches)
@@ -1654,8 +1660,9 @@ def _predict_to(
                 if cl is None:
                     model = _cached_model(settings)
                     forward = _make_forward(model, settings)
+                    # `source` is idle from here on: the stream's reader thread reads it.
                     for y0, probs in _stream(
-                        src, plan, settings, forward, 0, len(plan.rows), bar=bar
+                        source, plan, settings, forward, 0, len(plan.rows), bar=bar
                     ):
                         h = probs.shape[1]
                         valid = _output_valid(mask_src, y0, h, settings)

@@ -175,3 +175,23 @@ def test_entry_lookup_is_the_same_for_few_and_many_entries(scene) -> None:
             if er <= r and ec <= c and r + 6 <= er + eh and c + 6 <= ec + ew
         ]
         assert k == (inside[0] if inside else -1)
+
+
+def test_nan_pixels_of_a_float_image_are_ignore(tmp_path: Path) -> None:
+    # NaN (and inf) pixels of a float image are nodata whether or not the file declares it:
+    # ignore in the mask, a finite value in the image (a NaN would make every loss NaN).
+    from helpers import make_geotiff
+
+    img = np.random.default_rng(0).uniform(0, 200, (3, 64, 64)).astype("float32")
+    img[:, 10:20, 10:30] = np.nan
+    img[2, 40, 40] = np.inf
+    grid = rasterio.Affine(RES, 0, X0, 0, -RES, Y0)
+    make_geotiff(tmp_path / "img" / "a.tif", img, transform=grid)
+    make_geotiff(tmp_path / "msk" / "a.tif", np.ones((64, 64), np.uint8), transform=grid)
+    bad = ~np.isfinite(img).all(0)
+    for budget in ({}, {"memory_budget": 0}):  # in RAM, streamed
+        ds = GeoRasterDataset(tmp_path / "img", masks=tmp_path / "msk", **budget)
+        sample = ds[_box(0, 0, 64, 64)]
+        assert torch.isfinite(sample["image"]).all()
+        mask = sample["mask"].numpy()
+        assert (mask[bad] == 255).all() and (mask[~bad] == 1).all()

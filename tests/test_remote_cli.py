@@ -260,3 +260,54 @@ def test_rasterize_like_and_evaluate_on_s3(
     for key in ("per_class", "miou", "accuracy", "confusion_matrix"):
         assert reports["s3"][key] == reports["local"][key]
     assert reports["s3"]["miou"] > 0.5  # the demo's truth mask against its burned buildings
+
+
+@pytest.mark.slow
+def test_train_on_s3_equals_training_on_local_copies(
+    s3_cogs: str, local_cogs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from geoseg import checkpoint
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same arithmetic in both runs
+    config = tmp_path / "small.yaml"
+    config.write_text(
+        "data:\n  split: {method: blocks, block_size: 128, ratios: [0.6, 0.2, 0.2], seed: 0}\n"
+        "train:\n  patches_per_epoch: 8\n"
+    )
+    tiny = ["--epochs", 1, "--width", 4, "--patch-size", 64, "--batch-size", 4, "--seed", 0]
+    runs = {}
+    for name, images, labels in (
+        ("s3", f"s3://{s3_cogs}/images/", f"s3://{s3_cogs}/masks/"),
+        ("local", local_cogs / "images", local_cogs / "masks"),
+    ):
+        runs[name] = tmp_path / name
+        res = _geoseg(
+            "-q",
+            "train",
+            images,
+            "--labels",
+            labels,
+            "--out",
+            runs[name],
+            "--config",
+            config,
+            "--precision",
+            "32",
+            *tiny,
+        )
+        assert res.exit_code == 0, (res.output, res.stderr)
+    for ckpt in ("best.ckpt", "last.ckpt"):
+        a = checkpoint.load(runs["s3"] / ckpt).state_dict
+        b = checkpoint.load(runs["local"] / ckpt).state_dict
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    import csv
+
+    def scores(run: Path) -> list[dict[str, str]]:  # all but the wall-clock columns
+        with (run / "metrics.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        return [{k: v for k, v in r.items() if k not in ("seconds", "patches_per_s")} for r in rows]
+
+    assert scores(runs["s3"]) == scores(runs["local"])

@@ -467,7 +467,7 @@ class GeoRasterDataset(GeoDataset):
         with progress.bar(len(self.tiles), "reading tiles into memory") as bar:
             for i, t in enumerate(self.tiles):
                 img, mask, valid = self._read_file(i, Window(0, 0, t.width, t.height))
-                arrays.append((img, mask, valid if t.check_valid else None))
+                arrays.append((img, mask, valid))
                 bar.advance()
         self.arrays = arrays
         self._handles = {}
@@ -511,6 +511,14 @@ class GeoRasterDataset(GeoDataset):
             if t.check_valid:  # the image's nodata, read for this window only (never whole)
                 valid = src.dataset_mask(window=win) > 0
                 mask[~valid] = self.ignore_index
+            if img.dtype.kind == "f":  # NaN/inf pixels are nodata, declared or not (as in infer)
+                finite = np.isfinite(img).all(0)
+                if not finite.all():
+                    img[:, ~finite] = 0  # in place: img may be the caller's batch buffer
+                    if img_out is not None and not same:
+                        img_out[:, ~finite] = 0
+                    mask[~finite] = self.ignore_index
+                    valid = finite if valid is None else valid & finite
         return img, mask, valid
 
     def read(

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
 from rasterio.windows import Window
@@ -214,7 +214,8 @@ def open_warped(
         transform=transform,
         width=width,
         height=height,
-        add_alpha=src.nodata is None or is_mask,
+        # A source alpha band is warped as the VRT's last band already (GDAL refuses a second).
+        add_alpha=(src.nodata is None and ColorInterp.alpha not in src.colorinterp) or is_mask,
         resampling=Resampling.nearest if is_mask else Resampling.bilinear,
     )
     if src.nodata is not None and not is_mask:
