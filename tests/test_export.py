@@ -446,3 +446,30 @@ def test_existing_output_and_bad_opset_are_one_line(tmp_path: Path) -> None:
         assert not (tmp_path / "new.onnx").exists()
     res = _cli("export", ck)
     assert res.exit_code == 2 and "--stac" in res.output
+
+
+def test_a_per_patch_normalised_model_exports_its_normalisation(tmp_path: Path) -> None:
+    """data.normalization: patch: the graph normalises each tile by its own mean/std, as
+    training and geoseg infer do (geoseg.normalize), so a darker copy gets the same output."""
+    import onnxruntime as ort
+
+    from geoseg.normalize import patch_statistics
+
+    ck = make_checkpoint(tmp_path / "m.ckpt", "unet")
+    model, card = checkpoint.load_model(ck)
+    card.normalization = "patch"
+    checkpoint.save(ck, model=model, card=card)
+    path = export.onnx(ck, tmp_path / "m.onnx")
+    raw = torch.randint(0, 256, (2, 3, 64, 64)).float()
+    mean, std = patch_statistics(raw, torch.tensor(card.std))
+    with torch.inference_mode():
+        want = torch.softmax(model((raw - mean) / std), 1).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"pixels": raw.numpy()})[0]
+    assert np.abs(got - want).max() < 1e-4
+    with torch.inference_mode():
+        dataset = (raw - torch.tensor(card.mean).view(1, -1, 1, 1)) / torch.tensor(card.std).view(
+            1, -1, 1, 1
+        )
+        plain = torch.softmax(model(dataset), 1).numpy()
+    assert np.abs(got - plain).max() > 1e-3  # not the training data's statistics
