@@ -114,6 +114,9 @@ class DataConfig(_Section):
     """Random flips and 90-degree rotations of training patches."""
     color_jitter: float = 0.0
     """Brightness/contrast jitter strength (0 = off)."""
+    grayscale: float = Field(default=0.0, ge=0, le=1)
+    """Probability that a training patch is shown without colour (its bands replaced by their
+    mean): shapes over colours, for roofs of colours the training areas lack (0 = off)."""
     split: SplitConfig = Field(default_factory=SplitConfig)
 
     @field_validator("images", mode="before")

@@ -79,3 +79,16 @@ def test_per_patch_normalisation_ignores_brightness_and_contrast() -> None:
     assert (plain(batch)["image"] - plain(dull)["image"]).abs().max() > 1
     floor = BatchTransform([0.0] * 3, [500.0] * 3, per_patch=True)(batch)["image"]
     assert floor.std((2, 3)).max() < 0.7  # the floor (0.1 x 500) damps a uniform-ish patch
+
+
+def test_grayscale_augmentation_replaces_the_bands_by_their_mean() -> None:
+    batch = _batch(b=64, size=8)
+    g = torch.Generator().manual_seed(1)
+    out = BatchTransform([0.0] * 3, [1.0] * 3, grayscale=0.5)(batch, g)["image"]
+    grey = (out[:, :1] == out).all(dim=(1, 2, 3))
+    assert 16 < int(grey.sum()) < 48  # about half the samples
+    want = batch["image"].float().mean(1)
+    torch.testing.assert_close(out[grey, 0], want[grey])
+    torch.testing.assert_close(out[~grey], batch["image"][~grey].float())
+    plain = BatchTransform([0.0] * 3, [1.0] * 3)(batch, g)["image"]
+    assert not (plain[:, :1] == plain).all(dim=(1, 2, 3)).any()  # off by default

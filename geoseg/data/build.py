@@ -145,7 +145,12 @@ def build_training_data(
     )
     per_patch = cfg.normalization == "patch"
     augment = BatchTransform(
-        mean, std, augment=cfg.augment, color_jitter=cfg.color_jitter, per_patch=per_patch
+        mean,
+        std,
+        augment=cfg.augment,
+        color_jitter=cfg.color_jitter,
+        per_patch=per_patch,
+        grayscale=cfg.grayscale,
     )
     plain = BatchTransform(mean, std, per_patch=per_patch)
     train = Loader(train_view, train_batches, augment, workers=workers, seed=seed, rank=rank)

@@ -29,6 +29,8 @@ class BatchTransform:
             normalisation.
         per_patch: normalise each patch by its own per-band mean/std (``std`` then only sets
             the floor, see :func:`geoseg.normalize.patch_statistics`).
+        grayscale: probability that a sample's bands are all replaced by their mean (after
+            normalisation), so the model learns shapes more than colours (0 = off).
     """
 
     def __init__(
@@ -39,10 +41,12 @@ class BatchTransform:
         augment: bool = False,
         color_jitter: float = 0.0,
         per_patch: bool = False,
+        grayscale: float = 0.0,
     ) -> None:
         self.mean = torch.tensor(list(mean), dtype=torch.float32)
         self.std = torch.tensor(list(std), dtype=torch.float32)
         self.augment, self.color_jitter, self.per_patch = augment, color_jitter, per_patch
+        self.grayscale = grayscale
 
     def statistics(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) for ``image`` [B, C, H, W]: shape [C] (dataset statistics) or [B, C]
@@ -83,6 +87,10 @@ class BatchTransform:
             j = self.color_jitter
             u = torch.rand((2, b, 1, 1, 1), generator=generator).to(x.device)
             image.mul_(1 - j + 2 * j * u[0]).add_(j * (2 * u[1] - 1))
+        if self.grayscale > 0:  # colour-blind samples: roofs of colours the training lacks
+            grey = torch.rand((b,), generator=generator).to(x.device) < self.grayscale
+            if grey.any():
+                image[grey] = image[grey].mean(1, keepdim=True).expand(-1, x.shape[1], -1, -1)
         out = dict(batch)
         out["image"] = image
         if mask is not None:
