@@ -96,6 +96,8 @@ class ModelCard(BaseModel):
     (background, interior, edge, contact of buildings, see :mod:`geoseg.instances`; the masks
     ``infer`` writes are then tagged so that ``vectorize`` separates touching buildings), with
     the ``edge_width_m`` and ``contact_distance_m`` the targets were made with.
+    ``normalization`` is ``data.normalization``: with ``patch`` each patch is normalised by its
+    own mean/std (:mod:`geoseg.normalize`), ``mean``/``std`` are then the training data's.
     """
 
     model_config = ConfigDict(extra="ignore", validate_assignment=True)
@@ -121,6 +123,7 @@ class ModelCard(BaseModel):
     target: Literal["semantic", "instances"] = "semantic"
     edge_width_m: float | None = None
     contact_distance_m: float | None = None
+    normalization: str = "meanstd"
 
     @field_validator("model_args", "metrics")
     @classmethod

@@ -42,8 +42,27 @@ class SplitConfig(_Section):
     """Pixels left unused between regions of different splits; default: the patch size."""
     roi_file: str | None = None
     """Vector file with a ``split`` column (train/val/test) when ``method: roi``."""
+    val_files: list[str] = Field(default_factory=list)
+    """``method: files``: file-name patterns (e.g. ``3_banepa_*``) of the validation files;
+    with ``val_files`` or ``test_files`` the files are chosen by name and ``ratios`` is unused."""
+    test_files: list[str] = Field(default_factory=list)
+    """``method: files``: file-name patterns of the test files, e.g. a whole town held out;
+    files matching neither list train."""
     seed: int = 0
     """Seed of the block/file assignment."""
+
+    @field_validator("val_files", "test_files", mode="before")
+    @classmethod
+    def _patterns(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _named_files_need_the_files_method(self) -> SplitConfig:
+        if (self.val_files or self.test_files) and self.method != "files":
+            raise ValueError(
+                "split.val_files and split.test_files choose whole files: set split.method: files"
+            )
+        return self
 
     @field_validator("ratios")
     @classmethod
@@ -61,7 +80,8 @@ class DataConfig(_Section):
     images: list[str] = Field(default_factory=list)
     """Folder(s), glob(s), a text file of paths, or a STAC ItemCollection JSON."""
     labels: str | None = None
-    """A folder of mask GeoTIFFs, or a vector file (GeoPackage, GeoJSON, Shapefile)."""
+    """A folder of mask GeoTIFFs, a vector file (GeoPackage, GeoJSON, Shapefile), or a folder of
+    vector files (read as one layer)."""
     layout: Literal["geo", "tiles"] = "geo"
     """``geo``: georeferenced rasters; ``tiles``: ``img/`` + ``mask/`` folders of plain tiles."""
     label_attribute: str | None = None
@@ -86,8 +106,10 @@ class DataConfig(_Section):
     """Target pixel size in CRS units; default: the first raster's."""
     ignore_index: int = 255
     """Mask value that is left out of the loss and the metrics (nodata, unlabelled)."""
-    normalization: Literal["meanstd", "percentile"] = "meanstd"
-    """Per-band statistics from the training split: ``meanstd`` or ``percentile`` (2nd/98th)."""
+    normalization: Literal["meanstd", "percentile", "patch"] = "meanstd"
+    """Per-band statistics from the training split: ``meanstd`` or ``percentile`` (2nd/98th); or
+    ``patch``: each patch's own mean/std, in training and inference alike (travels to imagery of
+    another brightness or colour; recorded in the model card)."""
     augment: bool = True
     """Random flips and 90-degree rotations of training patches."""
     color_jitter: float = 0.0

@@ -117,6 +117,7 @@ def _graph_module(model: Any, card: ModelCard, input_scale: float) -> Any:
     class RawPixelsToProbabilities(nn.Module):
         mean: torch.Tensor  # buffers (they move with the module)
         inv_std: torch.Tensor
+        std: torch.Tensor
 
         def __init__(self) -> None:
             super().__init__()
@@ -128,11 +129,18 @@ def _graph_module(model: Any, card: ModelCard, input_scale: float) -> Any:
             self.register_buffer(
                 "inv_std", (1 / torch.tensor(std, dtype=torch.float32)).view(1, -1, 1, 1)
             )
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
             self.input_scale = float(input_scale)
+            self.per_patch = card.normalization == "patch"
 
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
             # The same arithmetic as geoseg.infer's forward, so both runs agree to rounding.
             x = pixels if self.input_scale == 1.0 else pixels * self.input_scale
+            if self.per_patch:  # each tile by its own mean/std, as in training
+                from geoseg.normalize import patch_statistics
+
+                m, s = patch_statistics(x, self.std)
+                return torch.softmax(self.model((x - m) / s), dim=1)
             return torch.softmax(self.model((x - self.mean) * self.inv_std), dim=1)
 
     return RawPixelsToProbabilities().eval()

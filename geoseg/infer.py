@@ -152,6 +152,7 @@ class _Settings:
     target_crs: str | None = None  # ... in this CRS (WKT; a geographic input's UTM zone)
     threads: int | None = None  # torch threads in a dask worker
     with_probabilities: bool = False
+    per_patch: bool = False  # each patch normalised by its own mean/std (geoseg.normalize)
     # GDAL options for a remote input (geoseg.remote), so workers read it the same way;
     # credentials are not in here: each worker finds its own in its AWS environment.
     gdal_options: tuple[tuple[str, str], ...] = ()
@@ -296,10 +297,24 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
     inv_std32 = (1 / np.asarray(settings.std, np.float32)).reshape(1, -1, 1, 1)
     mean, inv_std = torch.from_numpy(mean32).to(dev), torch.from_numpy(inv_std32).to(dev)
 
+    std = torch.tensor(settings.std, dtype=torch.float32, device=dev)
+
+    def per_patch(x: Any, invalid: Any) -> Any:  # x float32 [B, C, H, W] tensor, normalised
+        from geoseg.normalize import patch_statistics
+
+        m, s = patch_statistics(x, std, None if invalid is None else ~invalid)
+        return (x - m) / s
+
     def normalise_on_host(batch: np.ndarray, invalid: np.ndarray | None) -> np.ndarray:
-        # The arithmetic of the device branch below, in numpy: the same float32 values.
-        x = np.subtract(batch, mean32, dtype=np.float32)
-        x *= inv_std32
+        if settings.per_patch:
+            x = per_patch(
+                torch.from_numpy(batch.astype(np.float32)),
+                None if invalid is None else torch.from_numpy(invalid),
+            ).numpy()
+        else:
+            # The arithmetic of the device branch below, in numpy: the same float32 values.
+            x = np.subtract(batch, mean32, dtype=np.float32)
+            x *= inv_std32
         if invalid is not None:
             x[np.broadcast_to(invalid[:, None], x.shape)] = 0.0
         return x
@@ -313,9 +328,9 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
         else:
             batch, invalid = prepared
             x = torch.from_numpy(batch).to(dev, non_blocking=True).float()
-            x = (x - mean) * inv_std
-            if invalid is not None:
-                bad = torch.from_numpy(invalid).to(dev, non_blocking=True)
+            bad = None if invalid is None else torch.from_numpy(invalid).to(dev, non_blocking=True)
+            x = per_patch(x, bad) if settings.per_patch else (x - mean) * inv_std
+            if bad is not None:
                 x = x.masked_fill(bad[:, None], 0.0)
         x = x.contiguous(memory_format=fmt)
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
@@ -1467,6 +1482,7 @@ def predict_raster(
         target_res=target[0] if target else None,
         target_crs=target[1] if target else None,
         with_probabilities=probabilities is not None,
+        per_patch=getattr(card, "normalization", "meanstd") == "patch",
         gdal_options=tuple(remote.worker_options([src]).items()),
     )
     meta = {  # after the class tags (geoseg.io.describe_mask)

@@ -492,7 +492,7 @@ def training_masks(
     from geoseg import catalog
 
     labels = Path(labels)
-    if io.is_vector(labels):
+    if labels_mod.is_vector_source(labels):
         return list(
             targets_cached(
                 labels,

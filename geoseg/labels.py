@@ -49,8 +49,32 @@ def _fmt(b: Sequence[float] | np.ndarray) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in b) + ")"
 
 
+def vector_folder(path: str | Path) -> list[Path]:
+    """The vector files directly in folder ``path``, sorted; ``[]`` when ``path`` is not a
+    folder, or holds a raster (a mask folder) or no vector file.
+
+    Polygons often come split by area (one GeoJSON per town or tile): such a folder is read as
+    one layer by :func:`read_vector`.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    files = sorted(f for f in path.iterdir() if f.is_file())
+    if any(io.is_raster(f) for f in files):
+        return []
+    return [f for f in files if io.is_vector(f)]
+
+
+def is_vector_source(path: str | Path) -> bool:
+    """Whether ``path`` is a vector file or a folder of vector files (see :func:`vector_folder`)."""
+    return is_vector(path) or bool(vector_folder(path))
+
+
 def read_vector(path: str | Path, attribute: str | None = None):
     """Read a polygon file into a GeoDataFrame with a ``value`` column (class ids, 1 by default).
+
+    ``path`` may be a folder of vector files (:func:`vector_folder`): their polygons are read
+    into one frame, in the first file's CRS.
 
     Raises:
         InputNotFoundError: the file does not exist.
@@ -59,6 +83,16 @@ def read_vector(path: str | Path, attribute: str | None = None):
     path = Path(path)
     if not path.exists():
         raise InputNotFoundError(f"{path}: labels file not found; check the path")
+    parts = vector_folder(path)
+    if parts:
+        import geopandas as gpd
+        import pandas as pd
+
+        frames = [read_vector(f, attribute) for f in parts]
+        crs = frames[0].crs
+        return gpd.GeoDataFrame(
+            pd.concat([f.to_crs(crs) for f in frames], ignore_index=True), crs=crs
+        )
     gdf = io.read_vector(path, what="labels")
     if gdf.crs is None:
         raise LabelError(f"{path}: the labels have no CRS; set one (e.g. ogr2ogr -a_srs EPSG:XXXX)")

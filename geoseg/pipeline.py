@@ -114,7 +114,8 @@ def _test_split(run_dir: Path) -> tuple[Any, list[Path]]:
     """The test split written by training: (regions or None, files of a file-based split).
 
     Region-based splits (blocks, roi) give polygons to restrict the scores to; file-based splits
-    give whole files, scored in full.
+    give whole files, predicted and scored in full, and their footprints as the regions (so
+    vector truth covering other files, e.g. the training towns, is left out of the scores).
     """
     import geopandas as gpd
 
@@ -126,9 +127,7 @@ def _test_split(run_dir: Path) -> tuple[Any, list[Path]]:
         return None, []
     test = regions[regions["split"] == "test"]
     files = [Path(f) for f in ";".join(test.get("files", [])).split(";") if f]
-    if files:
-        return None, files
-    return (test if len(test) and test.crs is not None else None), []
+    return (test if len(test) and test.crs is not None else None), files
 
 
 def _infer_inputs(cfg: PipelineConfig, run_dir: Path) -> list[Path]:
@@ -242,7 +241,7 @@ def _truth_rasters(
     names = cfg.model.resolved_class_names
     ignore = cfg.data.ignore_index
     out: list[Path | None] = []
-    if src.is_dir():
+    if src.is_dir() and not labels.vector_folder(src):
         # Predictions keep their image's base name: pair them with masks as training did.
         masks = catalog.find_rasters([str(src)], suffixes=catalog.TILE_SUFFIXES)
         for pred, mask in zip(
@@ -321,10 +320,12 @@ def _truth_polygons(cfg: PipelineConfig, truths: list[Path | None]):
     import geopandas as gpd
     import pandas as pd
 
-    from geoseg import vectorize
-
     # Object truth: evaluate.truth, else vector labels, else the truth masks vectorised.
+    from geoseg import labels, vectorize
+
     src = cfg.evaluate.truth or cfg.data.labels
+    if src and labels.vector_folder(src):  # polygons split over several files
+        return labels.read_vector(src)
     if src and Path(src).is_file() and Path(src).suffix.lower() not in (".tif", ".tiff"):
         return io.read_vector(src)
     frames = [
@@ -354,10 +355,10 @@ def _evaluate(
     truths = _truth_rasters(cfg, run_dir, predictions)
     report: dict[str, Any] = {
         "area": (
-            "test split regions"
-            if regions is not None
-            else "test split files"
+            "test split files"
             if files
+            else "test split regions"
+            if regions is not None
             else "whole predicted rasters"
         ),
         "predictions": [str(p) for p in predictions],

@@ -758,6 +758,7 @@ class _Trainer:
             dtype=self.image_dtype,
             epoch=epoch,
             metrics=metrics,
+            normalization=self.cfg.data.normalization,
             **_target_card(self.cfg),
         )
 

@@ -248,6 +248,26 @@ def test_roi_and_files_splits(tmp_path: Path) -> None:
     assert sorted(split["split"]) == ["test", "train", "val"] and len(files.test_images) == 1
 
 
+def test_files_split_by_name(tmp_path: Path) -> None:
+    """val_files / test_files hold out whole files by name (e.g. a town); the rest trains."""
+    img, msk = mosaic(tmp_path / "d", grid=(2, 2), size=64)
+    split = {"method": "files", "val_files": ["tile_01*"], "test_files": ["tile_02*", "tile_03*"]}
+    td = _build(_cfg(img, msk, split=split), tmp_path)
+    regions = gpd.read_file(td.split_path).set_index("split")
+    assert regions.loc["val", "files"] == str(img / "tile_01.tif")
+    assert regions.loc["test", "files"].split(";") == [str(img / f"tile_0{k}.tif") for k in (2, 3)]
+    assert [p.name for p in td.test_images] == ["tile_02.tif", "tile_03.tif"]
+    train = shapely.union_all(_boxes(torch.cat([b["bounds"] for b in td.train])))
+    with rasterio.open(img / "tile_00.tif") as src:
+        assert shapely.box(*src.bounds).buffer(1e-6).contains(train)
+    with pytest.raises(ConfigError, match="test_files: 'kampala_\\*' matches none"):
+        _build(_cfg(img, msk, split={**split, "test_files": ["kampala_*"]}), tmp_path / "x")
+    with pytest.raises(ConfigError, match="tile_01.tif: matches both"):
+        _build(_cfg(img, msk, split={**split, "test_files": ["tile_0[123]*"]}), tmp_path / "y")
+    with pytest.raises(ValueError, match="set split.method: files"):
+        SplitConfig(val_files=["a*"])
+
+
 # ---- seed layouts: plain tile folders ----------------------------------------------------------
 
 

@@ -64,3 +64,18 @@ def test_color_jitter_changes_values_not_masks() -> None:
     jit = BatchTransform([0.0] * 3, [1.0] * 3, color_jitter=0.3)(batch, torch.Generator())
     assert torch.equal(plain["mask"], jit["mask"])
     assert not torch.allclose(plain["image"], jit["image"])
+
+
+def test_per_patch_normalisation_ignores_brightness_and_contrast() -> None:
+    """``per_patch``: each patch by its own mean/std, so a brighter, flatter copy of a patch
+    reaches the model as the same numbers (the dataset std only sets a small floor)."""
+    batch = _batch(b=4, size=32)
+    dull = dict(batch, image=(batch["image"].float() * 0.5 + 60).to(torch.uint8))
+    t = BatchTransform([0.0] * 3, [1e-3] * 3, per_patch=True)
+    a, b = t(batch)["image"], t(dull)["image"]
+    assert a.mean((2, 3)).abs().max() < 1e-4 and (a.std((2, 3)) - 1).abs().max() < 0.02
+    torch.testing.assert_close(a, b, atol=0.03, rtol=0)  # uint8 rounding of the dull copy
+    plain = BatchTransform([100.0] * 3, [50.0] * 3)
+    assert (plain(batch)["image"] - plain(dull)["image"]).abs().max() > 1
+    floor = BatchTransform([0.0] * 3, [500.0] * 3, per_patch=True)(batch)["image"]
+    assert floor.std((2, 3)).max() < 0.7  # the floor (0.1 x 500) damps a uniform-ish patch

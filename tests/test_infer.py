@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, make_geotiff
 from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
@@ -609,3 +609,30 @@ def test_rgba_files_a_model_was_trained_on_are_predicted(demo_data, tmp_path: Pa
     _same_grid(out, src)
     with rasterio.open(out) as d:
         assert (d.read(1)[:32, :48] == 255).all()
+
+
+def test_per_patch_normalised_model_sees_a_duller_image_alike(tmp_path: Path) -> None:
+    """A model trained with data.normalization: patch (recorded in its card) normalises each
+    inference patch by its own mean/std: a darker, flatter copy of an image gets the same
+    probabilities; a model with the training data's mean/std does not."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (3, 96, 96)).astype(np.uint8)
+    src = make_geotiff(tmp_path / "img.tif", img, crs="EPSG:32631")
+    dull = make_geotiff(tmp_path / "dull.tif", (img * 0.5 + 60).astype(np.uint8), crs="EPSG:32631")
+    ck = make_checkpoint(tmp_path / "patch.ckpt", mean=0.0, std=1e-3, crs="EPSG:32631")
+    model, card = checkpoint.load_model(ck)
+    card.normalization = "patch"
+    checkpoint.save(ck, model=model, card=card)
+    plain = make_checkpoint(tmp_path / "plain.ckpt", mean=128.0, std=4.0, crs="EPSG:32631")
+
+    def probs(model: Path, image: Path) -> np.ndarray:
+        out = tmp_path / f"{model.stem}_{image.stem}.tif"
+        prob = tmp_path / f"{model.stem}_{image.stem}_prob.tif"
+        infer.predict_raster(image, out, checkpoint=model, overlap=8, probabilities=prob)
+        with rasterio.open(prob) as p:
+            return p.read().astype(int)
+
+    same = probs(ck, src)
+    assert np.abs(same - probs(ck, dull)).max() <= 3
+    assert same.max() - same.min() > 30  # the model does look at the pixels
+    assert np.abs(probs(plain, src) - probs(plain, dull)).max() > 3

@@ -249,3 +249,23 @@ def test_shapefile_labels(tmp_path: Path) -> None:
     assert (tmp_path / "shp" / "b.dbf").exists()
     with rasterio.open(labels.rasterize(tmp_path / "shp" / "b.shp", like, tmp_path / "m.tif")) as m:
         assert (m.read(1) == 1).sum() == 8 * 12
+
+
+def test_folder_of_vector_files_is_one_layer(tmp_path: Path) -> None:
+    """Polygons split by area (one GeoJSON per block, in any CRS) burn like one file."""
+    like = write(tmp_path / "img.tif", np.full((1, 32, 64), 9, np.uint8))
+    left = shapely.box(X0 + 4 * RES, Y0 - 20 * RES, X0 + 16 * RES, Y0 - 4 * RES)
+    right = shapely.box(X0 + 40 * RES, Y0 - 20 * RES, X0 + 52 * RES, Y0 - 4 * RES)
+    folder = tmp_path / "footprints"
+    folder.mkdir()
+    gpd.GeoDataFrame(geometry=[left], crs="EPSG:32631").to_file(folder / "a.geojson")
+    gpd.GeoDataFrame(geometry=[right], crs="EPSG:32631").to_crs("EPSG:4326").to_file(
+        folder / "b.geojson"
+    )
+    assert labels.vector_folder(folder) == [folder / "a.geojson", folder / "b.geojson"]
+    assert labels.is_vector_source(folder) and not labels.vector_folder(like.parent)
+    gdf = labels.read_vector(folder)
+    assert len(gdf) == 2 and gdf.crs == "EPSG:32631"
+    with rasterio.open(labels.rasterize(folder, like, tmp_path / "m.tif")) as m:
+        a = m.read(1)
+    assert (a[:, :30] == 1).sum() > 100 and (a[:, 30:] == 1).sum() > 100

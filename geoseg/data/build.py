@@ -130,7 +130,10 @@ def build_training_data(
 
     # Statistics from a sample of training patches (nodata excluded), drawn with their own key.
     _, windows = patches.draw((seed, stats.STAT_PATCHES, 0), stats.STAT_PATCHES)
-    mean, std = stats.patch_statistics(ds, windows, patch_size, cfg.normalization)
+    # per-patch normalisation keeps the mean/std: the floor of each patch's std, and the value
+    # check of inference
+    method = "meanstd" if cfg.normalization == "patch" else cfg.normalization
+    mean, std = stats.patch_statistics(ds, windows, patch_size, method)
 
     train_batches = sampling.TrainBatches(
         patches,
@@ -140,8 +143,11 @@ def build_training_data(
         rank=rank,
         world_size=world_size,
     )
-    augment = BatchTransform(mean, std, augment=cfg.augment, color_jitter=cfg.color_jitter)
-    plain = BatchTransform(mean, std)
+    per_patch = cfg.normalization == "patch"
+    augment = BatchTransform(
+        mean, std, augment=cfg.augment, color_jitter=cfg.color_jitter, per_patch=per_patch
+    )
+    plain = BatchTransform(mean, std, per_patch=per_patch)
     train = Loader(train_view, train_batches, augment, workers=workers, seed=seed, rank=rank)
     held = [sampling.split_windows(ds, split, labelled, s, patch_size) for s in (1, 2)]
     if not held[0][1]:

@@ -348,7 +348,7 @@ def _attach_masks(tiles: list[Tile], grid: Grid, cfg: DataConfig, cache: Path | 
     lab = Path(cfg.labels)
     if not lab.exists():
         raise InputNotFoundError(f"{lab}: labels not found; check the path")
-    if labels.is_vector(lab):
+    if labels.is_vector_source(lab):
         if cache is None:
             raise ConfigError(f"{lab}: vector labels need a cache folder to burn them into")
         masks = labels.burn_cached(

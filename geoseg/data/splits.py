@@ -339,8 +339,37 @@ def _rect_map(
     return SplitMap(method, TileCells(cell, lattices), regions)
 
 
+def _named_files(tiles: list[Tile], sp: SplitConfig) -> list[int]:
+    """The split of each tile from ``sp.val_files`` / ``sp.test_files`` (file-name patterns)."""
+    from fnmatch import fnmatch
+
+    tile_split = []
+    for t in tiles:
+        name = Path(t.source).name
+        val = any(fnmatch(name, p) for p in sp.val_files)
+        test = any(fnmatch(name, p) for p in sp.test_files)
+        if val and test:
+            raise ConfigError(
+                f"{t.source}: matches both split.val_files and split.test_files; "
+                "make the patterns exclusive"
+            )
+        tile_split.append(1 if val else 2 if test else 0)
+    names = [Path(t.source).name for t in tiles]
+    for key, patterns in (("val_files", sp.val_files), ("test_files", sp.test_files)):
+        for p in patterns:
+            if not any(fnmatch(n, p) for n in names):
+                raise ConfigError(
+                    f"split.{key}: '{p}' matches none of the {len(names)} image file names "
+                    f"(e.g. {names[0]}); fix the pattern"
+                )
+    return tile_split
+
+
 def files_split(tiles: list[Tile], sp: SplitConfig, patch: int, gap: int) -> SplitMap:
-    """Whole files shuffled by seed into train/val/test."""
+    """Whole files into train/val/test: by name (``val_files``, ``test_files``), else shuffled
+    by seed in ``ratios``."""
+    if sp.val_files or sp.test_files:
+        return _files_map(tiles, _named_files(tiles, sp), patch, gap)
     counts = assign_counts(len(tiles), sp.ratios)
     if any(c > 0 for c in counts[1:]) and len(tiles) < sum(1 for r in sp.ratios if r > 0):
         raise ConfigError(
@@ -354,6 +383,10 @@ def files_split(tiles: list[Tile], sp: SplitConfig, patch: int, gap: int) -> Spl
         for i in order[k : k + counts[s]]:
             tile_split[int(i)] = s
         k += counts[s]
+    return _files_map(tiles, tile_split, patch, gap)
+
+
+def _files_map(tiles: list[Tile], tile_split: list[int], patch: int, gap: int) -> SplitMap:
     regions: list[list[Rect]] = [[], [], []]
     for s, t in zip(tile_split, tiles, strict=True):
         regions[s].append(t.rect)

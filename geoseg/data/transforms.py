@@ -7,8 +7,7 @@ and 90° turns (the same for image and mask) and brightness/contrast jitter of t
 plain torch on any device, so it can run after the copy to a GPU as well as in the loader.
 
 Normalisation statistics come from :meth:`BatchTransform.statistics`: the dataset's per-band
-mean/std, shape [C]. A per-image normalisation (e.g. each image's own mean/std, for generalising
-to unseen places) would return [B, C] there; nothing else changes.
+mean/std, shape [C], or with ``per_patch`` each patch's own (:mod:`geoseg.normalize`), [B, C].
 """
 
 from __future__ import annotations
@@ -28,6 +27,8 @@ class BatchTransform:
         augment: random flips and 90° turns per sample (square patches).
         color_jitter: brightness/contrast jitter strength (0 = off), per sample, after
             normalisation.
+        per_patch: normalise each patch by its own per-band mean/std (``std`` then only sets
+            the floor, see :func:`geoseg.normalize.patch_statistics`).
     """
 
     def __init__(
@@ -37,15 +38,21 @@ class BatchTransform:
         *,
         augment: bool = False,
         color_jitter: float = 0.0,
+        per_patch: bool = False,
     ) -> None:
         self.mean = torch.tensor(list(mean), dtype=torch.float32)
         self.std = torch.tensor(list(std), dtype=torch.float32)
-        self.augment, self.color_jitter = augment, color_jitter
+        self.augment, self.color_jitter, self.per_patch = augment, color_jitter, per_patch
 
     def statistics(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) for ``image`` [B, C, H, W]: shape [C] (dataset statistics) or [B, C]
-        (per-image statistics, for a subclass)."""
-        return self.mean, self.std
+        (``per_patch``)."""
+        if not self.per_patch:
+            return self.mean, self.std
+        from geoseg.normalize import patch_statistics
+
+        mean, std = patch_statistics(image.to(torch.float32), self.std.to(image.device))
+        return mean[:, :, 0, 0], std[:, :, 0, 0]
 
     def __call__(
         self, batch: dict[str, Any], generator: torch.Generator | None = None
