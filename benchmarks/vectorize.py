@@ -179,10 +179,19 @@ def main() -> None:
             f"{time.perf_counter() - t0:.1f} s"
         )
         floor, ours, inst = [], [], []
+        every = ["--min-area", "0"]  # every region, as bare shapes gives them
         for _ in range(a.repeat):  # interleaved, so all see the same machine load
             floor.append(run("shapes", str(mask)))
             ours.append(
-                run("vectorize", str(mask), "--out", str(tmp / "fp.gpkg"), "--overwrite", "--quiet")
+                run(
+                    "vectorize",
+                    str(mask),
+                    "--out",
+                    str(tmp / "fp.gpkg"),
+                    "--overwrite",
+                    "-q",
+                    *every,
+                )
             )
             inst.append(
                 run(
@@ -192,6 +201,7 @@ def main() -> None:
                     str(tmp / "fp_inst.gpkg"),
                     "--overwrite",
                     "--quiet",
+                    *every,
                 )  # fmt: skip
             )
         floor_best = min(floor, key=lambda r: r["seconds"])

@@ -264,11 +264,11 @@ class VectorizeConfig(_Section):
 
     enabled: bool = True
     """Run the vectorize stage."""
-    classes: list[str] = Field(default_factory=lambda: ["building"])
-    """Class names or ids to turn into polygons."""
-    min_area_m2: float = 4.0
+    classes: list[str] = Field(default_factory=list)
+    """Class names or ids to turn into polygons; empty = every class but the background."""
+    min_area_m2: float = Field(default=4.0, ge=0)
     """Drop polygons smaller than this, in square metres (also on geographic rasters)."""
-    simplify_m: float = 0.0
+    simplify_m: float = Field(default=0.0, ge=0)
     """Simplification tolerance in metres (topology preserved); 0 = off."""
     regularize: bool = False
     """Square building outlines to their dominant orientation."""

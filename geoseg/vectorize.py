@@ -34,6 +34,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from geoseg import instances, io, progress, units, windows
+from geoseg.config import VectorizeConfig
 from geoseg.errors import ConfigError, RasterError
 
 log = logging.getLogger(__name__)
@@ -96,9 +97,10 @@ def polygons(
     *,
     classes: Sequence[str | int] | None = None,
     probabilities: Path | str | None = None,
-    min_area_m2: float = 0.0,
-    simplify_m: float = 0.0,
-    regularize: bool = False,
+    # The defaults are the settings schema's (geoseg vectorize, geoseg run and this agree).
+    min_area_m2: float = VectorizeConfig().min_area_m2,
+    simplify_m: float = VectorizeConfig().simplify_m,
+    regularize: bool = VectorizeConfig().regularize,
     block_size: int = 2048,
     allow_ungeoreferenced: bool = False,
     separate: bool | None = None,
@@ -694,7 +696,9 @@ def _clean_in_metres(
 # ----------------------------------------------------------------------------- output
 
 
-def write(gdf: Any, out: Path | str, *, layer: str = "footprints", overwrite: bool = False) -> Path:
+def write(
+    gdf: Any, out: Path | str, *, layer: str = VectorizeConfig().layer, overwrite: bool = False
+) -> Path:
     """Write polygons atomically: GeoPackage (spatial index), GeoJSON, FlatGeobuf or Shapefile.
 
     The format follows the extension (:data:`geoseg.io.VECTOR_DRIVERS`). The file is written
@@ -739,7 +743,7 @@ def vectorize(
     mask: Path | str,
     out: Path | str,
     *,
-    layer: str = "footprints",
+    layer: str = VectorizeConfig().layer,
     overwrite: bool = False,
     **kwargs: Any,
 ) -> Path:

@@ -32,14 +32,17 @@ def make_checkpoint(
     seed: int = 0,
     crs: str | None = None,
     dtype: str | None = None,
+    architecture: str = "unet",
 ) -> Path:
-    """A tiny plain-UNet checkpoint (width 2) with a card that matches the given bands."""
+    """A tiny plain-UNet checkpoint (width 2; or another architecture) with a card that matches
+    the given bands."""
     torch.manual_seed(seed)
-    model = models.build("unet", in_channels=in_channels, num_classes=classes, width=2)
+    args = {"width": 2} if architecture == "unet" else {}
+    model = models.build(architecture, in_channels=in_channels, num_classes=classes, **args)
     names = ["background", "building", "road", "water"][:classes]
     card = checkpoint.ModelCard(
-        architecture="unet",
-        model_args={"width": 2},
+        architecture=architecture,
+        model_args=args,
         in_channels=in_channels,
         band_names=[f"b{i}" for i in range(in_channels)],
         band_indexes=band_indexes or list(range(1, in_channels + 1)),
@@ -636,3 +639,36 @@ def test_per_patch_normalised_model_sees_a_duller_image_alike(tmp_path: Path) ->
     assert np.abs(same - probs(ck, dull)).max() <= 3
     assert same.max() - same.min() > 30  # the model does look at the pixels
     assert np.abs(probs(plain, src) - probs(plain, dull)).max() > 3
+
+
+def test_a_light_model_runs_on_one_torch_thread_and_the_setting_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Memory-bound ops of a tiny model lose to OpenMP's fork/join on cores the pipeline's other
+    # threads share: such a model streams on one torch thread; the caller's setting is restored.
+    from helpers import make_geotiff
+
+    seen: list[int] = []
+    real_forward = infer._make_forward
+
+    def spying_forward(model, settings):
+        forward = real_forward(model, settings)
+
+        def run(prepared):
+            seen.append(torch.get_num_threads())
+            return forward.run(prepared)
+
+        return infer._Forward(forward.prepare, run, forward.torch_threads)
+
+    monkeypatch.setattr(infer, "_make_forward", spying_forward)
+    ckpt = make_checkpoint(tmp_path / "linear.ckpt", architecture="linear")
+    image = make_geotiff(tmp_path / "in.tif", size=(96, 96))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        infer.predict_raster(image, tmp_path / "m.tif", checkpoint=ckpt, device="cpu")
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    _same_grid(tmp_path / "m.tif", image)

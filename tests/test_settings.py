@@ -6,6 +6,7 @@ new field one of the three ways forgets, fails here.
 
 from __future__ import annotations
 
+import inspect
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,15 @@ from geoseg.cli._settings import Flag, field_of
 from geoseg.cli.infer import INFER_FLAGS
 from geoseg.cli.main import app
 from geoseg.cli.train import TRAIN_FLAGS
-from geoseg.config import DataConfig, InferConfig, ModelConfig, PipelineConfig, TrainConfig
+from geoseg.cli.vectorize import VECTORIZE_FLAGS
+from geoseg.config import (
+    DataConfig,
+    InferConfig,
+    ModelConfig,
+    PipelineConfig,
+    TrainConfig,
+    VectorizeConfig,
+)
 from geoseg.errors import ConfigError
 
 runner = CliRunner()
@@ -218,6 +227,65 @@ def test_every_infer_setting_is_an_option() -> None:
     assert {f.key for f in INFER_FLAGS} == {f"infer.{n}" for n in _fields(InferConfig)} - {
         "infer.inputs"
     }
+
+
+# ------------------------------------------------------------------------------ footprints
+
+
+@pytest.fixture
+def captured_vectorize(monkeypatch) -> list[dict[str, Any]]:
+    """Calls of vectorize.vectorize, with their keyword arguments, instead of polygonising."""
+    import pyogrio
+
+    from geoseg import vectorize
+
+    calls: list[dict[str, Any]] = []
+
+    def fake_vectorize(mask, out, **kwargs):
+        calls.append(kwargs)
+        return Path(out)
+
+    monkeypatch.setattr(vectorize, "vectorize", fake_vectorize)
+    monkeypatch.setattr(pyogrio, "read_info", lambda *a, **k: {"features": 0})
+    return calls
+
+
+def test_every_vectorize_default_is_the_schemas_in_the_library() -> None:
+    from geoseg import vectorize
+
+    schema = VectorizeConfig()
+    polygons = inspect.signature(vectorize.polygons).parameters
+    for name in ("min_area_m2", "simplify_m", "regularize"):
+        assert polygons[name].default == getattr(schema, name), f"polygons: {name}"
+    for func in (vectorize.vectorize, vectorize.write):
+        assert inspect.signature(func).parameters["layer"].default == schema.layer
+
+
+def test_every_vectorize_default_is_the_schemas_in_the_cli(
+    tmp_path: Path, captured_vectorize
+) -> None:
+    result = runner.invoke(app, ["vectorize", "m.tif", "--out", str(tmp_path / "f.gpkg")])
+    assert result.exit_code == 0, result.output
+    cli = captured_vectorize[-1]
+    schema = VectorizeConfig()
+    assert cli["classes"] is None and schema.classes == []  # every class but the background
+    for name in ("min_area_m2", "simplify_m", "regularize", "layer"):
+        assert cli[name] == getattr(schema, name), f"geoseg vectorize: vectorize.{name}"
+
+
+@pytest.mark.parametrize("flag", VECTORIZE_FLAGS, ids=lambda f: f.key)
+def test_each_vectorize_option_sets_its_key(flag: Flag, tmp_path: Path, captured_vectorize) -> None:
+    text, value = _other_value(flag)
+    args = _invoke(["vectorize", "m.tif", "-o", str(tmp_path / "f.gpkg")], flag, text, value)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert captured_vectorize[-1][flag.key.split(".")[1]] == value
+
+
+def test_vectorize_classes_repeat(tmp_path: Path, captured_vectorize) -> None:
+    args = ["vectorize", "m.tif", "-o", str(tmp_path / "f.gpkg"), "--class", "1", "--class", "2"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert captured_vectorize[-1]["classes"] == ["1", "2"]
 
 
 def test_old_spelling_is_a_hidden_alias(tmp_path: Path, captured_fit) -> None:

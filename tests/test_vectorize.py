@@ -94,7 +94,7 @@ def test_square_comes_back_exactly_where_its_pixels_are(tmp_path, real_data, cas
     m = np.zeros((10, 12), np.uint8)
     m[2:5, 5:8] = 1  # rows 2..4, columns 5..7
     mask = write_mask(tmp_path / "m.tif", m, crs=crs, transform=from_origin(x0, y0, res, res))
-    out = vectorize.vectorize(mask, tmp_path / "fp.gpkg", classes=["building"])
+    out = vectorize.vectorize(mask, tmp_path / "fp.gpkg", classes=["building"], min_area_m2=0)
     gdf = gpd.read_file(out, layer="footprints")
     assert len(gdf) == 1
     expected = shapely.box(x0 + 5 * res, y0 - 5 * res, x0 + 8 * res, y0 - 2 * res)
@@ -118,7 +118,7 @@ def test_custom_crs_is_kept_as_wkt_in_the_geopackage(tmp_path, real_data):
         crs=wkt,
         transform=from_origin(-673425.0, 2130165.0, 30, 30),
     )
-    out = vectorize.vectorize(mask, tmp_path / "fp.gpkg")
+    out = vectorize.vectorize(mask, tmp_path / "fp.gpkg", min_area_m2=0)
     info = pyogrio.read_info(out)
     assert CRS.from_user_input(info["crs"]).equals(CRS.from_wkt(wkt))
     assert "Albers" in CRS.from_user_input(info["crs"]).to_wkt()
@@ -148,8 +148,8 @@ def test_nodata_and_background_are_not_polygonised(tmp_path):
 @pytest.mark.parametrize("block_size", [32, 7])
 def test_blocks_give_the_same_polygons_as_the_whole_mask(tmp_path, block_size):
     mask = write_mask(tmp_path / "m.tif", seam_mask(), names=["background", "building", "road"])
-    whole = vectorize.polygons(mask, block_size=4096)
-    blocks = vectorize.polygons(mask, block_size=block_size)
+    whole = vectorize.polygons(mask, block_size=4096, min_area_m2=0)
+    blocks = vectorize.polygons(mask, block_size=block_size, min_area_m2=0)
     # square, cross, U, ring, strip and the corner pair (two regions) of building, one road
     assert len(whole) == 8
     assert sorted(whole.class_id) == [1] * 7 + [2]
@@ -182,8 +182,8 @@ def test_random_masks_merge_like_the_whole_mask(tmp_path, grid):
         transform=transform,
         names=["background", "building", "tree"],
     )
-    whole = vectorize.polygons(mask, block_size=4096)
-    blocks = vectorize.polygons(mask, block_size=13)
+    whole = vectorize.polygons(mask, block_size=4096, min_area_m2=0)
+    blocks = vectorize.polygons(mask, block_size=13, min_area_m2=0)
     assert len(whole) == len(blocks) > 50
     pixel = abs(transform.determinant)
     for cls in (1, 2):
@@ -323,7 +323,7 @@ def test_geopackage_has_named_layer_spatial_index_and_schema(tmp_path):
     m = np.zeros((16, 16), np.uint8)
     m[2:5, 2:5] = m[8:12, 8:14] = 1
     out = vectorize.vectorize(
-        write_mask(tmp_path / "m.tif", m), tmp_path / "fp.gpkg", layer="houses"
+        write_mask(tmp_path / "m.tif", m), tmp_path / "fp.gpkg", layer="houses", min_area_m2=0
     )
     info = pyogrio.read_info(out, layer="houses")
     assert info["features"] == 2 and info["geometry_type"] == "Polygon"
@@ -347,7 +347,7 @@ def test_empty_mask_gives_an_empty_layer_with_schema_and_crs(tmp_path):
 def test_format_is_chosen_by_extension(tmp_path, name):
     m = np.zeros((8, 8), np.uint8)
     m[1:3, 1:3] = 1
-    out = vectorize.vectorize(write_mask(tmp_path / "m.tif", m), tmp_path / name)
+    out = vectorize.vectorize(write_mask(tmp_path / "m.tif", m), tmp_path / name, min_area_m2=0)
     gdf = gpd.read_file(out)
     assert len(gdf) == 1 and gdf.crs.to_epsg() == 32631
     assert {"class_id", "class_name", "area_m2", "confidence"} <= set(gdf.columns)

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from geoseg.cli._common import Overwrite, Quiet, echo, set_quiet
+from geoseg.cli._settings import Flag, section_settings, with_settings
 
 Opt = typer.Option
 
+# The footprint settings, as the schema (and `geoseg run`) has them. The classes stay a
+# repeatable --class of their own: `--class building --class roof` must keep both.
+VECTORIZE_FLAGS = [
+    Flag("vectorize.min_area_m2", name="--min-area"),
+    Flag("vectorize.simplify_m", name="--simplify"),
+    Flag("vectorize.regularize"),
+    Flag("vectorize.layer"),
+]
 
+
+@with_settings(*VECTORIZE_FLAGS)
 def vectorize(
     mask: Annotated[Path, typer.Argument(help="Mask GeoTIFF of class ids (from geoseg infer).")],
     out: Annotated[Path, Opt("--out", "-o", help="Output .gpkg, .geojson or .shp.")],
+    settings: dict[str, Any],
     classes: Annotated[
         list[str] | None,
         Opt(
@@ -26,14 +38,6 @@ def vectorize(
         Path | None,
         Opt("--probabilities", help="Probability raster (MASK_prob.tif): per-polygon confidence."),
     ] = None,
-    min_area: Annotated[
-        float, Opt("--min-area", min=0, help="Drop polygons under this many m².")
-    ] = 0.0,
-    simplify: Annotated[
-        float, Opt("--simplify", min=0, help="Simplify by this many metres.")
-    ] = 0.0,
-    regularize: Annotated[bool, Opt("--regularize", help="Square building outlines.")] = False,
-    layer: Annotated[str, Opt("--layer", help="GeoPackage layer name.")] = "footprints",
     allow_ungeoreferenced: Annotated[
         bool, Opt("--allow-ungeoreferenced", help="Accept a mask without a CRS (transform units).")
     ] = False,
@@ -48,18 +52,22 @@ def vectorize(
     import pyogrio
 
     from geoseg import vectorize as lib
+    from geoseg.config import VectorizeConfig
 
+    given = section_settings(settings, "vectorize")
+    cfg = VectorizeConfig(**given, classes=classes or [])
     path = lib.vectorize(
         mask,
         out,
-        classes=classes,
+        classes=list(cfg.classes) or None,
         probabilities=probabilities,
-        min_area_m2=min_area,
-        simplify_m=simplify,
-        regularize=regularize,
-        layer=layer,
+        min_area_m2=cfg.min_area_m2,
+        simplify_m=cfg.simplify_m,
+        regularize=cfg.regularize,
+        layer=cfg.layer,
         overwrite=overwrite,
         allow_ungeoreferenced=allow_ungeoreferenced,
     )
-    info = pyogrio.read_info(path, layer=layer if path.suffix.lower() == ".gpkg" else None)
+    layer = cfg.layer if path.suffix.lower() == ".gpkg" else None
+    info = pyogrio.read_info(path, layer=layer)
     echo(f"{info['features']} polygons -> {path}")
