@@ -10,14 +10,28 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from geoseg.errors import ConfigError, InputNotFoundError
 
-Precision = Literal["auto", "32", "bf16", "16"]
+
+def _number_as_text(v: Any) -> Any:
+    # YAML and `--set train.precision=32` read 32 as a number; the setting's values are text.
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+Precision = Annotated[Literal["auto", "32", "bf16", "16"], BeforeValidator(_number_as_text)]
 Device = Literal["auto", "cpu", "cuda"]
 S = TypeVar("S", bound=BaseModel)
 
@@ -227,7 +241,7 @@ class InferConfig(_Section):
     """Patches per forward pass; default: tuned to the device."""
     tta: Literal["none", "flip", "d4"] = "none"
     """Test-time augmentation: ``none``, ``flip`` (4 flips) or ``d4`` (8 rotations/flips)."""
-    precision: Literal["auto", "32", "bf16"] = "auto"
+    precision: Annotated[Literal["auto", "32", "bf16"], BeforeValidator(_number_as_text)] = "auto"
     """``auto`` (bf16 where fast), ``32`` or ``bf16``."""
     device: Device = "auto"
     """``auto`` = CUDA when available, else CPU."""

@@ -76,3 +76,13 @@ def test_readme_reference_lists_every_key_as_the_schema_does() -> None:
     assert config.reference_markdown() in readme, (
         "README's pipeline file reference is stale: paste geoseg.config.reference_markdown()"
     )
+
+
+def test_precision_written_as_a_number_reads_as_its_text(tmp_path: Path) -> None:
+    # `precision: 32` in YAML and `--set train.precision=32` arrive as the number 32.
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  precision: 32\ninfer:\n  precision: 32\n")
+    cfg = config.load(path, ["train.precision=16"])
+    assert cfg.train.precision == "16" and cfg.infer.precision == "32"
+    with pytest.raises(ConfigError, match="train.precision"):
+        config.load(path, ["train.precision=64"])
