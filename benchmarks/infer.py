@@ -544,23 +544,22 @@ def main() -> None:
     )
     rows = []
     summary: dict[str, Any] = {}
+    # What every geoseg/floor child shares; the precision is resolved here so all run the same.
+    common = dict(
+        patch=ns.patch_size,
+        overlap=ns.overlap,
+        batch_size=ns.batch_size,
+        precision=precision,
+        device=ns.device,
+        threads=0,
+        workers=1,
+        no_cog=False,
+    )
     if not ns.skip_null and not ns.rss_only:
         # (n) vs (f): the pipeline's own ceiling against reading the input and writing the COG.
         nsrc = make_input(work, ns.null_size)
         null_ckpt = make_checkpoint(work / "identity.ckpt", "identity", 0, ns.patch_size)
-        null = dict(
-            checkpoint=str(null_ckpt),
-            input=str(nsrc),
-            size=ns.null_size,
-            patch=ns.patch_size,
-            overlap=ns.overlap,
-            batch_size=ns.batch_size,
-            precision=precision,
-            device=ns.device,
-            threads=0,
-            workers=1,
-            no_cog=False,
-        )
+        null = dict(common, checkpoint=str(null_ckpt), input=str(nsrc), size=ns.null_size)
         res = best_of(
             [
                 ("n", "geoseg", dict(null, out=str(work / "null_mask.tif"), keep=True)),
@@ -589,19 +588,11 @@ def main() -> None:
     src = make_input(work, ns.size)
     ckpt = make_checkpoint(work / f"{ns.model}.ckpt", ns.model, ns.width, ns.patch_size)
     base = dict(
+        common,
         checkpoint=str(ckpt),
         input=str(src),
         out=str(work / "out.tif"),
         size=ns.size,
-        patch=ns.patch_size,
-        overlap=ns.overlap,
-        batch_size=ns.batch_size,
-        # Resolved here so (a), (b) and (c) all run the same precision.
-        precision=precision,
-        device=ns.device,
-        threads=0,
-        workers=1,
-        no_cog=False,
         max_batches=ns.max_batches,
         time_bf16=not ns.rss_only,
     )

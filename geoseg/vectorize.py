@@ -39,6 +39,9 @@ from geoseg.errors import ConfigError, RasterError
 
 log = logging.getLogger(__name__)
 
+#: The settings schema's defaults: geoseg vectorize, geoseg run and these functions agree.
+DEFAULTS = VectorizeConfig()
+
 COLUMNS = ["class_id", "class_name", "area_m2", "perimeter_m", "confidence"]
 SHAPEFILE_NAMES = {"perimeter_m": "perim_m"}
 #: Below this IoU with the polygon it came from, a regularised outline is rejected.
@@ -97,10 +100,9 @@ def polygons(
     *,
     classes: Sequence[str | int] | None = None,
     probabilities: Path | str | None = None,
-    # The defaults are the settings schema's (geoseg vectorize, geoseg run and this agree).
-    min_area_m2: float = VectorizeConfig().min_area_m2,
-    simplify_m: float = VectorizeConfig().simplify_m,
-    regularize: bool = VectorizeConfig().regularize,
+    min_area_m2: float = DEFAULTS.min_area_m2,
+    simplify_m: float = DEFAULTS.simplify_m,
+    regularize: bool = DEFAULTS.regularize,
     block_size: int = 2048,
     allow_ungeoreferenced: bool = False,
     separate: bool | None = None,
@@ -697,7 +699,7 @@ def _clean_in_metres(
 
 
 def write(
-    gdf: Any, out: Path | str, *, layer: str = VectorizeConfig().layer, overwrite: bool = False
+    gdf: Any, out: Path | str, *, layer: str = DEFAULTS.layer, overwrite: bool = False
 ) -> Path:
     """Write polygons atomically: GeoPackage (spatial index), GeoJSON, FlatGeobuf or Shapefile.
 
@@ -743,7 +745,7 @@ def vectorize(
     mask: Path | str,
     out: Path | str,
     *,
-    layer: str = VectorizeConfig().layer,
+    layer: str = DEFAULTS.layer,
     overwrite: bool = False,
     **kwargs: Any,
 ) -> Path:

@@ -15,6 +15,7 @@ import pytest
 import rasterio
 import torch
 from helpers import assert_one_line_error, make_geotiff
+from test_train import _one_thread  # noqa: F401  (one torch thread, as test_train runs)
 from typer.testing import CliRunner
 
 from geoseg import checkpoint, config, evaluate, instances
@@ -27,16 +28,6 @@ SMALL = (
     "train:\n  patches_per_epoch: 16\n"
 )
 TINY = ["--width", "8", "--patch-size", "64", "--batch-size", "4", "--seed", "0"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
