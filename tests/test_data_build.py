@@ -181,6 +181,21 @@ def test_color_jitter_changes_values_not_masks(tmp_path: Path) -> None:
     assert torch.equal(x["mask"], y["mask"]) and not torch.allclose(x["image"], y["image"])
 
 
+def test_scale_range_zooms_training_batches_only(tmp_path: Path) -> None:
+    """data.scale_range reaches the training batches (the same patches, zoomed: the class
+    fractions change) and leaves the validation batches alone."""
+    img, msk = mosaic(tmp_path / "d", grid=(2, 2), size=64)
+    kw = dict(split={"block_size": 64}, augment=False)
+    a = _build(_cfg(img, msk, **kw), tmp_path / "a", patches_per_epoch=16)
+    b = _build(_cfg(img, msk, scale_range=[0.6, 1.6], **kw), tmp_path / "b", patches_per_epoch=16)
+    x, y = next(iter(a.train)), next(iter(b.train))
+    assert torch.equal(x["bounds"], y["bounds"]) and x["image"].shape == y["image"].shape
+    assert not torch.equal(x["mask"], y["mask"])
+    assert set(y["mask"].unique().tolist()) <= set(x["mask"].unique().tolist())
+    va, vb = next(iter(a.val)), next(iter(b.val))
+    assert torch.equal(va["image"], vb["image"]) and torch.equal(va["mask"], vb["mask"])
+
+
 def test_statistics_on_uint16_exclude_nodata(real_data: Path, tmp_path: Path) -> None:
     image = real_data / "atlanta_pan_0p5m.tif"
     with rasterio.open(image) as src:

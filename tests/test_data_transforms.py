@@ -92,3 +92,56 @@ def test_grayscale_augmentation_replaces_the_bands_by_their_mean() -> None:
     torch.testing.assert_close(out[~grey], batch["image"][~grey].float())
     plain = BatchTransform([0.0] * 3, [1.0] * 3)(batch, g)["image"]
     assert not (plain[:, :1] == plain).all(dim=(1, 2, 3)).any()  # off by default
+
+
+def _squares(b: int, size: int = 64) -> dict:
+    """Batches of one bright square building (mask 1) on dark ground, with an ignored corner."""
+    image = torch.full((b, 3, size, size), 20, dtype=torch.uint8)
+    mask = torch.zeros((b, size, size), dtype=torch.uint8)
+    image[:, :, 24:40, 24:40] = 220
+    mask[:, 24:40, 24:40] = 1
+    mask[:, :4, :4] = 255  # ignore index: must stay 255, never blend into a class
+    return {"image": image, "mask": mask}
+
+
+def test_scale_range_zooms_image_and_mask_together() -> None:
+    batch = _squares(48)
+    t = BatchTransform([0.0] * 3, [1.0] * 3, scale_range=(0.7, 1.4))
+    out = t(batch, torch.Generator().manual_seed(3))
+    image, mask = out["image"], out["mask"]
+    assert image.shape == (48, 3, 64, 64) and mask.shape == (48, 64, 64)
+    assert mask.dtype == torch.int64 and set(mask.unique().tolist()) <= {0, 1, 255}
+    # the building's area follows s^2: from 0.49x to 1.96x of the 256 pixels, not all equal
+    area = (mask == 1).sum((1, 2)).float()
+    assert area.min() >= 0.4 * 256 and area.max() <= 2.1 * 256
+    assert area.min() < 0.85 * 256 and area.max() > 1.3 * 256
+    # zoomed out (smaller square): the patch is mirrored beyond its border, no padding value
+    assert image.min() >= 20 - 1e-3 and image.max() <= 220 + 1e-3
+    # image and mask stay aligned: bright where the mask says building (bilinear edges aside)
+    inside, outside = image[:, 0][mask == 1], image[:, 0][mask == 0]
+    assert inside.float().mean() > 200 and outside.float().mean() < 40
+    again = t(batch, torch.Generator().manual_seed(3))
+    assert torch.equal(again["mask"], mask) and torch.equal(again["image"], image)
+
+
+def test_scale_range_off_by_default_and_checked_in_the_config() -> None:
+    import pytest
+
+    from geoseg.config import DataConfig
+
+    batch = _squares(4)
+    plain = BatchTransform([0.0] * 3, [1.0] * 3)(batch, torch.Generator().manual_seed(3))
+    assert torch.equal(plain["mask"], batch["mask"].long())
+    assert DataConfig().scale_range == (1.0, 1.0)
+    assert DataConfig(scale_range=[0.7, 1.4]).scale_range == (0.7, 1.4)
+    for bad in ([1.4, 0.7], [0, 1.2]):
+        with pytest.raises(ValueError, match="scale_range"):
+            DataConfig(scale_range=bad)
+    # a fixed zoom of 2: the centre square (16 px) becomes 32 px wide where the random view
+    # holds it whole (it does not touch the patch border), and never larger
+    two = BatchTransform([0.0] * 3, [1.0] * 3, scale_range=(2.0, 2.0))
+    m = two(_squares(16), torch.Generator().manual_seed(0))["mask"] == 1
+    border = m[:, 0].any(1) | m[:, -1].any(1) | m[:, :, 0].any(1) | m[:, :, -1].any(1)
+    area = m.sum((1, 2))
+    assert (~border).sum() >= 2 and (area[~border] == 32 * 32).all()
+    assert (area[border] <= 32 * 32).all() and (area[border] < 32 * 32).any()

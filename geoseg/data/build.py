@@ -151,6 +151,7 @@ def build_training_data(
         color_jitter=cfg.color_jitter,
         per_patch=per_patch,
         grayscale=cfg.grayscale,
+        scale_range=cfg.scale_range,
     )
     plain = BatchTransform(mean, std, per_patch=per_patch)
     train = Loader(train_view, train_batches, augment, workers=workers, seed=seed, rank=rank)

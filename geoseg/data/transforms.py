@@ -3,7 +3,8 @@
 The dataset and ``stack_samples`` hand over images in the files' own dtype (uint8 imagery stays
 uint8, four times smaller than float32) and masks as uint8; :class:`BatchTransform` turns them
 into what a model takes: float32 ``(image - mean) / std`` and int64 masks, with the random flips
-and 90° turns (the same for image and mask) and brightness/contrast jitter of training. It is
+and 90° turns (the same for image and mask), brightness/contrast jitter, colourless samples
+and random zoom of training. It is
 plain torch on any device, so it can run after the copy to a GPU as well as in the loader.
 
 Normalisation statistics come from :meth:`BatchTransform.statistics`: the dataset's per-band
@@ -31,6 +32,10 @@ class BatchTransform:
             the floor, see :func:`geoseg.normalize.patch_statistics`).
         grayscale: probability that a sample's bands are all replaced by their mean (after
             normalisation), so the model learns shapes more than colours (0 = off).
+        scale_range: (low, high) zoom factors; each sample is enlarged by a factor drawn
+            log-uniformly from it, at a random offset (image bilinear, mask nearest; zooming
+            out mirrors the patch at its border, so no pixel is lost to padding).
+            ``(1, 1)`` = off.
     """
 
     def __init__(
@@ -42,11 +47,13 @@ class BatchTransform:
         color_jitter: float = 0.0,
         per_patch: bool = False,
         grayscale: float = 0.0,
+        scale_range: tuple[float, float] = (1.0, 1.0),
     ) -> None:
         self.mean = torch.tensor(list(mean), dtype=torch.float32)
         self.std = torch.tensor(list(std), dtype=torch.float32)
         self.augment, self.color_jitter, self.per_patch = augment, color_jitter, per_patch
         self.grayscale = grayscale
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
 
     def statistics(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) for ``image`` [B, C, H, W]: shape [C] (dataset statistics) or [B, C]
@@ -91,11 +98,45 @@ class BatchTransform:
             grey = torch.rand((b,), generator=generator).to(x.device) < self.grayscale
             if grey.any():
                 image[grey] = image[grey].mean(1, keepdim=True).expand(-1, x.shape[1], -1, -1)
+        if self.scale_range != (1.0, 1.0):
+            image, mask = _zoom(image, mask, self.scale_range, generator)
         out = dict(batch)
         out["image"] = image
         if mask is not None:
             out["mask"] = mask
         return out
+
+
+def _zoom(
+    image: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale_range: tuple[float, float],
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each sample of ``image`` [B, C, H, W] (float) and ``mask`` [B, H, W] (int64) enlarged by
+    a factor s drawn log-uniformly from ``scale_range``, at a random offset that keeps the view
+    inside the patch (s > 1) or the patch inside the view (s < 1, mirrored beyond its border).
+
+    One ``grid_sample`` for the whole batch (torch has no per-sample-factor resize); the mask is
+    sampled nearest, so class ids (and the ignore index) stay exact.
+    """
+    b = image.shape[0]
+    lo, hi = np.log(scale_range[0]), np.log(scale_range[1])
+    u = torch.rand((3, b), generator=generator, dtype=torch.float64)
+    half = torch.exp(-(lo + (hi - lo) * u[0]))  # half-size of the view, in patch units (1/s)
+    room = (half - 1).abs()  # how far the view's centre may move and stay aligned as above
+    theta = torch.zeros((b, 2, 3), dtype=torch.float64)
+    theta[:, 0, 0] = theta[:, 1, 1] = half
+    theta[:, :, 2] = room[:, None] * (2 * u[1:].T - 1)
+    grid = torch.nn.functional.affine_grid(
+        theta.to(image.dtype).to(image.device), list(image.shape), align_corners=False
+    )
+    sample = torch.nn.functional.grid_sample
+    out = sample(image, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if mask is None:
+        return out, None
+    m = sample(mask[:, None].to(image.dtype), grid, "nearest", "reflection", align_corners=False)
+    return out, m[:, 0].round().to(torch.int64)
 
 
 def _cpu_batch(
