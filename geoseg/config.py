@@ -131,7 +131,7 @@ class DataConfig(_Section):
     grayscale: float = Field(default=0.0, ge=0, le=1)
     """Probability that a training patch is shown without colour (its bands replaced by their
     mean): shapes over colours, for roofs of colours the training areas lack (0 = off)."""
-    scale_range: tuple[float, float] = (1.0, 1.0)
+    scale_range: list[float] = Field(default_factory=lambda: [1.0, 1.0])
     """Random zoom of training patches: each patch is shown enlarged by a factor drawn
     log-uniformly from [low, high] (0.7 = buildings 30 % smaller, mirrored at the patch border;
     1.4 = a crop shown 40 % larger), image bilinear, mask nearest: buildings of more sizes
@@ -145,8 +145,8 @@ class DataConfig(_Section):
 
     @field_validator("scale_range")
     @classmethod
-    def _zoom_range(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < v[0] <= v[1]:
+    def _zoom_range(cls, v: list[float]) -> list[float]:
+        if len(v) != 2 or not 0 < v[0] <= v[1]:
             raise ValueError(
                 f"data.scale_range {list(v)} must be [low, high] with 0 < low <= high, "
                 "e.g. [0.7, 1.4] (or [1, 1] for off)"

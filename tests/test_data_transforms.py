@@ -132,9 +132,9 @@ def test_scale_range_off_by_default_and_checked_in_the_config() -> None:
     batch = _squares(4)
     plain = BatchTransform([0.0] * 3, [1.0] * 3)(batch, torch.Generator().manual_seed(3))
     assert torch.equal(plain["mask"], batch["mask"].long())
-    assert DataConfig().scale_range == (1.0, 1.0)
-    assert DataConfig(scale_range=[0.7, 1.4]).scale_range == (0.7, 1.4)
-    for bad in ([1.4, 0.7], [0, 1.2]):
+    assert DataConfig().scale_range == [1.0, 1.0]
+    assert DataConfig(scale_range=[0.7, 1.4]).scale_range == [0.7, 1.4]
+    for bad in ([1.4, 0.7], [0, 1.2], [0.8]):
         with pytest.raises(ValueError, match="scale_range"):
             DataConfig(scale_range=bad)
     # a fixed zoom of 2: the centre square (16 px) becomes 32 px wide where the random view

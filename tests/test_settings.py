@@ -7,6 +7,7 @@ new field one of the three ways forgets, fails here.
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -178,7 +179,8 @@ def _other_value(flag: Flag) -> tuple[str, Any]:
     field = field_of(flag.key)
     default = field.get_default(call_default_factory=True)
     kind = field.annotation
-    args = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+    union = typing.get_origin(kind) in (typing.Union, types.UnionType)  # not list[float]'s args
+    args = [a for a in typing.get_args(kind) if a is not type(None)] if union else [kind]
     base = args[0] if len(args) == 1 else kind
     if typing.get_origin(base) is Literal:
         choice = next(c for c in typing.get_args(base) if c != default)

@@ -47,7 +47,7 @@ class BatchTransform:
         color_jitter: float = 0.0,
         per_patch: bool = False,
         grayscale: float = 0.0,
-        scale_range: tuple[float, float] = (1.0, 1.0),
+        scale_range: Sequence[float] = (1.0, 1.0),
     ) -> None:
         self.mean = torch.tensor(list(mean), dtype=torch.float32)
         self.std = torch.tensor(list(std), dtype=torch.float32)
