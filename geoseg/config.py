@@ -301,6 +301,10 @@ class VectorizeConfig(_Section):
     """Simplification tolerance in metres (topology preserved); 0 = off."""
     regularize: bool = False
     """Square building outlines to their dominant orientation."""
+    seed_erosion_m: float | None = Field(default=None, ge=0)
+    """Instance masks: interior pixels closer than this (metres) to a non-interior pixel do
+    not seed the watershed, so a thin bridge of interior between touching buildings does not
+    join them (too large loses small buildings' seeds); none = one pixel."""
     layer: str = "footprints"
     """GeoPackage layer name."""
 

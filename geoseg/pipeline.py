@@ -188,6 +188,7 @@ def _vectorize(cfg: PipelineConfig, run_dir: Path, predictions: list[Path]) -> l
             min_area_m2=v.min_area_m2,
             simplify_m=v.simplify_m,
             regularize=v.regularize,
+            seed_erosion_m=v.seed_erosion_m,
             allow_ungeoreferenced=cfg.data.layout == "tiles",
         )
         gdf["source"] = pred.name

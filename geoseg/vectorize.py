@@ -103,6 +103,7 @@ def polygons(
     min_area_m2: float = DEFAULTS.min_area_m2,
     simplify_m: float = DEFAULTS.simplify_m,
     regularize: bool = DEFAULTS.regularize,
+    seed_erosion_m: float | None = DEFAULTS.seed_erosion_m,
     block_size: int = 2048,
     allow_ungeoreferenced: bool = False,
     separate: bool | None = None,
@@ -127,6 +128,9 @@ def polygons(
             pixel outlines.
         regularize: square building outlines (edges snapped to the dominant orientation);
             outlines that would be invalid or differ too much stay as they were.
+        seed_erosion_m: instance masks: interior pixels closer than this (metres, rounded to
+            whole pixels, at least one) to a non-interior pixel are no watershed seeds; None =
+            one pixel (:class:`geoseg.instances.SeedSettings`).
         block_size: side of the blocks read at once, in pixels. Memory is about
             ``block_size² × (1 + 4 × probability bands)`` bytes plus the polygons.
         allow_ungeoreferenced: accept a mask without a CRS (areas then in its transform units).
@@ -176,7 +180,13 @@ def polygons(
         grid = (src.crs, src.transform, src.width, src.height)
         try:
             geoms, class_id, conf_sum, conf_n = _polygonize(
-                src, ids, block_size, prob, separate=buildings, probabilities=probabilities
+                src,
+                ids,
+                block_size,
+                prob,
+                separate=buildings,
+                probabilities=probabilities,
+                seeds=_seed_settings(src, seed_erosion_m) if buildings else None,
             )
         finally:
             if prob is not None:
@@ -237,6 +247,19 @@ def _separates(
     return not wanted or wanted <= building_words
 
 
+def _seed_settings(
+    src: rasterio.DatasetReader, seed_erosion_m: float | None
+) -> instances.SeedSettings:
+    """Seed settings of a mask: ``seed_erosion_m`` in whole pixels of its grid (at least 1)."""
+    if seed_erosion_m is None:
+        return instances.SeedSettings()
+    if src.crs is None:  # ungeoreferenced: the transform's units are taken as metres
+        pixel_m = abs(src.transform.a * src.transform.e) ** 0.5
+    else:
+        pixel_m = instances.pixel_size_m(src.crs, src.transform, src.width, src.height)
+    return instances.SeedSettings(erosion_px=max(1, round(seed_erosion_m / pixel_m)))
+
+
 def _polygonize(
     src: rasterio.DatasetReader,
     ids: list[int],
@@ -245,6 +268,7 @@ def _polygonize(
     *,
     separate: bool = False,
     probabilities: Path | str | None = None,
+    seeds: instances.SeedSettings | None = None,
 ) -> tuple[np.ndarray, ...]:
     """Block pass + seam merge. Returns geometries (CRS), class ids, confidence sums, counts.
 
@@ -273,7 +297,10 @@ def _polygonize(
 
     if separate:
         with instances.BuildingLabels(
-            src, block_size=block_size, probabilities=Path(probabilities) if probabilities else None
+            src,
+            block_size=block_size,
+            probabilities=Path(probabilities) if probabilities else None,
+            seeds=seeds,
         ) as labels:
             with progress.bar(len(blocks), "vectorize", unit="blocks") as bar, _gc_paused():
                 for window, regions in labels.regions():

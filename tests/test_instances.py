@@ -304,6 +304,35 @@ def test_probability_seeds_split_like_class_seeds(tmp_path: Path) -> None:
     assert gdf["confidence"].to_numpy() == pytest.approx(1.0)
 
 
+def test_seed_erosion_in_metres_cuts_an_interior_bridge(tmp_path: Path) -> None:
+    """Two houses whose predicted interiors are joined by a 3-pixel bridge: with the default
+    (1 px) erosion the bridge keeps one seed, one footprint; ``seed_erosion_m`` of 1 m (2 px
+    of 0.5 m) cuts it, two footprints, and the building pixels stay the same."""
+    from typer.testing import CliRunner
+
+    from geoseg.cli.main import app
+
+    cls = np.zeros((30, 44), np.uint8)
+    cls[3:27, 3:41] = EDGE
+    cls[5:25, 5:20] = INTERIOR
+    cls[5:25, 24:39] = INTERIOR
+    cls[14:17, 20:24] = INTERIOR  # the bridge between the two interiors
+    mask = instance_mask(tmp_path / "pred.tif", cls)
+    default = vectorize.polygons(mask, min_area_m2=0)
+    assert len(default) == 1
+    two = vectorize.polygons(mask, min_area_m2=0, seed_erosion_m=1.0, block_size=16)
+    assert len(two) == 2
+    assert sum(two.area) == pytest.approx(sum(default.area)) == pytest.approx(24 * 38 * 0.25)
+    # rounded to whole pixels, at least one: 0.2 m is the default's one pixel
+    assert len(vectorize.polygons(mask, min_area_m2=0, seed_erosion_m=0.2)) == 1
+    out = tmp_path / "two.gpkg"
+    result = CliRunner().invoke(
+        app, ["vectorize", str(mask), "--out", str(out), "--seed-erosion", "1", "--min-area", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(gpd.read_file(out)) == 2
+
+
 def test_a_plain_semantic_mask_is_vectorized_as_before(tmp_path: Path) -> None:
     ids = random_ids(seed=0, size=100)
     plain = write_raster(

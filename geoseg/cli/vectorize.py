@@ -18,6 +18,7 @@ VECTORIZE_FLAGS = [
     Flag("vectorize.min_area_m2", name="--min-area"),
     Flag("vectorize.simplify_m", name="--simplify"),
     Flag("vectorize.regularize"),
+    Flag("vectorize.seed_erosion_m", name="--seed-erosion"),
     Flag("vectorize.layer"),
 ]
 
@@ -64,6 +65,7 @@ def vectorize(
         min_area_m2=cfg.min_area_m2,
         simplify_m=cfg.simplify_m,
         regularize=cfg.regularize,
+        seed_erosion_m=cfg.seed_erosion_m,
         layer=cfg.layer,
         overwrite=overwrite,
         allow_ungeoreferenced=allow_ungeoreferenced,
