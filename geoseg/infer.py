@@ -700,8 +700,10 @@ def _stream(
     op costs more than the op when other processes share the cores). Same arithmetic, same bytes.
 
     Yields ``(y0, probs)`` with probs float32 (K, h, W) (numpy, or a tensor on the device) for
-    output rows [y0, y0 + h), in order, covering exactly ``plan.owned(r0, r1)``. Only
-    ``patch_size`` accumulator rows are held.
+    output rows [y0, y0 + h), in order, covering exactly ``plan.owned(r0, r1)``: blended
+    probabilities with ``settings.with_probabilities``, else their weighted sums (the same
+    argmax; a view of the accumulator, valid until the next item). Only ``patch_size``
+    accumulator rows are held.
     """
     import torch
 
@@ -723,6 +725,7 @@ def _stream(
     weights: dict[tuple[bool, bool, bool, bool], Any] = {}
 
     acc = on_device(np.zeros((K, ph, W), np.float32))
+    scratch = np.empty((K, ph, pw), np.float32)
     band_row = rh  # patch row whose offset is the accumulator's first row
     band_top = plan.rows[rh]
 
@@ -733,7 +736,9 @@ def _stream(
         # In pieces of EMIT_ROWS rows: the float temporaries stay small on wide rasters.
         for a in range(lo, hi, EMIT_ROWS):
             b = min(hi, a + EMIT_ROWS)
-            yield a, acc[:, a - band_top : b - band_top] / (wsum_rows[a:b] * wsum_cols)
+            rows = acc[:, a - band_top : b - band_top]
+            # The classes alone need no division: every class of a pixel shares its weight sum.
+            yield a, rows / (wsum_rows[a:b] * wsum_cols) if settings.with_probabilities else rows
         # The rows later patches still add to move up (numpy copies overlapping slices safely).
         acc[:, : ph - n] = acc[:, n:] if host else acc[:, n:].clone()
         acc[:, ph - n :] = 0.0
@@ -771,7 +776,11 @@ def _stream(
                             )[:ph, :pw]
                         )
                     x0 = plan.cols[c]
-                    acc[:, :, x0 : x0 + pw] += probs[n, :, :ph, :pw] * weights[key]
+                    if host:  # into one scratch array: no fresh 2 MB temporary per patch
+                        np.multiply(probs[n, :, :ph, :pw], weights[key], out=scratch)
+                        acc[:, :, x0 : x0 + pw] += scratch
+                    else:
+                        acc[:, :, x0 : x0 + pw] += probs[n, :, :ph, :pw] * weights[key]
     end = H if r1 >= len(plan.rows) else plan.rows[r1]
     yield from emit(end)
 
@@ -782,19 +791,24 @@ def _argmax0(probs: Any) -> Any:
     Hand-written (numpy array or torch tensor alike): numpy's and torch's argmax over the
     leading axis are 2-15x slower than these K passes; the result (first maximum) is theirs.
     """
-    if isinstance(probs, np.ndarray):
+    numpy = isinstance(probs, np.ndarray)
+    if not numpy:
+        import torch
+    if probs.shape[0] == 2:  # one comparison; a bool is a 0/1 byte
+        greater = probs[1] > probs[0]
+        return greater.view(np.uint8) if numpy else greater.view(torch.uint8)
+    if numpy:
         best: Any = probs[0].copy()
         index: Any = np.zeros(probs.shape[1:], np.uint8)
         maximum: Any = np.maximum
     else:
-        import torch
-
         best = probs[0].clone()
         index = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
         maximum = torch.maximum
     for k in range(1, probs.shape[0]):
         index[probs[k] > best] = k
-        maximum(best, probs[k], out=best)
+        if k < probs.shape[0] - 1:
+            maximum(best, probs[k], out=best)
     return index
 
 

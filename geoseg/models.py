@@ -173,24 +173,16 @@ def _smp_factory(arch: str, encoder: str, **defaults: Any) -> Callable[..., nn.M
 
 
 class PixelLinear(nn.Conv2d):
-    """A per-pixel linear classifier: a 1x1 convolution (the weights of ``nn.Conv2d``).
+    """A per-pixel linear classifier: a 1x1 convolution, ``[B, C, H, W]`` -> ``[B, K, H, W]``.
 
-    Computed as ``in_channels`` multiply-adds of whole band planes: for a handful of bands
-    that is cheaper than oneDNN's 1x1 convolution, which on a CPU whose cores are shared with
-    other processes was measured 50x slower with 2 threads than with 1.
+    On a CPU, inference runs it on one torch thread (:data:`geoseg.infer.LIGHT_MODEL_PARAMS`):
+    oneDNN's 1x1 convolution there takes 3 ms for 8 patches of 512 px, and beats the
+    band-by-band multiply-adds this class once computed (6-10 ms); on two threads whose cores
+    other processes share it was measured 50x slower.
     """
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__(in_channels, num_classes, kernel_size=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` -> ``[B, K, H, W]`` logits: ``bias + sum_c weight[:, c] * x[:, c]``."""
-        w = self.weight[:, :, 0, 0, None, None]  # (K, C, 1, 1)
-        assert self.bias is not None  # built with bias=True
-        out = self.bias.view(1, -1, 1, 1)
-        for c in range(x.shape[1]):
-            out = torch.addcmul(out, w[:, c], x[:, c : c + 1])
-        return out
 
 
 def _build_linear(*, in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:

@@ -62,9 +62,9 @@ def test_batches_moved_before_the_transform_are_the_same_batches(
     assert batch["image"].device.type == device and batch["mask"].dtype == torch.int64
 
 
-def _pointwise_checkpoint(path: Path) -> Path:
+def _pointwise_checkpoint(path: Path, num_classes: int = 3) -> Path:
     torch.manual_seed(5)
-    net = models.build("linear", in_channels=3, num_classes=3)
+    net = models.build("linear", in_channels=3, num_classes=num_classes)
     card = checkpoint.ModelCard(
         architecture="linear",
         model_args={},
@@ -73,8 +73,8 @@ def _pointwise_checkpoint(path: Path) -> Path:
         band_indexes=[1, 2, 3],
         mean=[100.0] * 3,
         std=[50.0] * 3,
-        class_names=["a", "b", "c"],
-        class_ids=[0, 4, 7],
+        class_names=["a", "b", "c"][:num_classes],
+        class_ids=[0, 4, 7][:num_classes],
         patch_size=32,
         res=0.5,
     )
@@ -113,3 +113,38 @@ def test_device_blending_agrees_with_the_host(
     else:
         assert (mh != md).mean() < 1e-3
         assert np.abs(ph.astype(int) - pd).max() <= 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_two_class_masks_without_probabilities_agree(
+    tmp_path: Path, make_geotiff, monkeypatch: pytest.MonkeyPatch, device: str
+) -> None:
+    """The classes alone (no division by the weight sums, one comparison for two classes):
+    the same mask as the run that writes probabilities, on the host and on ``device``."""
+    ckpt = _pointwise_checkpoint(tmp_path / "lin2.ckpt", num_classes=2)
+    data = np.random.default_rng(8).integers(1, 255, (3, 150, 110)).astype("uint8")
+    data[:, 40:60, 30:80] = 0
+    src = make_geotiff("input.tif", data=data, nodata=0)
+    kw = dict(checkpoint=ckpt, overlap=12, batch_size=5, precision="32")
+    infer.predict_raster(src, tmp_path / "probs.tif", probabilities=tmp_path / "p.tif", **kw)
+    infer.predict_raster(src, tmp_path / "host.tif", **kw)
+    monkeypatch.setattr(infer, "_host_arrays", lambda device_type: False)
+    infer.predict_raster(src, tmp_path / "dev.tif", device=device, **kw)
+    masks = []
+    for name in ("probs.tif", "host.tif", "dev.tif"):
+        with rasterio.open(tmp_path / name) as m:
+            masks.append(m.read(1))
+    with rasterio.open(tmp_path / "p.tif") as p:
+        building = p.read(2)
+    assert set(np.unique(masks[0])) == {0, 4, 255}
+    assert (masks[0] == masks[1]).all() and (masks[1] == masks[2]).all()
+    assert ((building > 127) == (masks[0] == 4))[masks[0] != 255].mean() > 0.99
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_argmax_is_the_first_largest_class(k: int) -> None:
+    probs = np.random.default_rng(k).integers(0, 4, (k, 7, 9)).astype(np.float32)  # many ties
+    want = probs.argmax(0)
+    on_host, on_device = infer._argmax0(probs), infer._argmax0(torch.from_numpy(probs))
+    assert on_host.dtype == np.uint8 and (on_host == want).all()
+    assert on_device.dtype == torch.uint8 and (on_device.numpy() == want).all()
