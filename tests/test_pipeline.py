@@ -259,7 +259,9 @@ def _crop(src_path: Path, out: Path, size: int) -> Path:
     return out
 
 
-def test_oam_recipe_on_crops_of_the_real_areas(real_data: Path, tmp_path: Path) -> None:
+def test_oam_recipe_on_crops_of_the_real_areas(
+    real_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The OAM recipe as written (Kampala held out by name, the footprint folder as labels),
     on 256-px crops of one block per area, for one tiny epoch: the held-out town is predicted
     on its own grid, vectorised and scored against its own buildings only."""
@@ -274,6 +276,13 @@ def test_oam_recipe_on_crops_of_the_real_areas(real_data: Path, tmp_path: Path) 
         _crop(oam / "images" / f"{n}_z19.tif", tmp_path / "images" / f"{n}_z19.tif", 256)
         for n in names
     ]
+    from geoseg import vectorize
+
+    calls: list[dict] = []  # the recipe's footprint settings reach vectorize
+    polygons = vectorize.polygons
+    monkeypatch.setattr(
+        vectorize, "polygons", lambda *a, **kw: calls.append(kw) or polygons(*a, **kw)
+    )
     out = tmp_path / "run"
     code, output = _run(
         "oam_buildings.yaml",
@@ -283,6 +292,7 @@ def test_oam_recipe_on_crops_of_the_real_areas(real_data: Path, tmp_path: Path) 
         "train.precision='32'",
     )
     assert code == 0, output
+    assert [(c["min_area_m2"], c["seed_erosion_m"]) for c in calls] == [(8.0, 0.8)]
     report = _check_outputs(out)
     preds = sorted(p for p in (out / "predictions").glob("*.tif") if "_prob" not in p.name)
     assert [p.name for p in preds] == ["2_kampala_ug_b1_z19.tif"]  # the test town only
