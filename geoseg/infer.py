@@ -770,6 +770,7 @@ def _stream(
     scratch = np.empty((K, ph, pw) if not fused else 0, np.float32)
     band_row = rh  # patch row whose offset is the accumulator's first row
     band_top = plan.rows[rh]
+    carried = 0  # the accumulator's first rows that hold sums from the patch row above
 
     def emit(y_end: int) -> Iterator[tuple[int, Any]]:
         # Rows [band_top, y_end) are final: divide by the weight sum, hand out the owned part.
@@ -781,9 +782,9 @@ def _stream(
             rows = acc[:, a - band_top : b - band_top]
             # The classes alone need no division: every class of a pixel shares its weight sum.
             yield a, rows / (wsum_rows[a:b] * wsum_cols) if settings.with_probabilities else rows
-        # The rows later patches still add to move up (numpy copies overlapping slices safely).
+        # The rows later patches still add to move up (numpy copies overlapping slices safely);
+        # the rows below them are stale until the next patch row assigns them (see _blend).
         acc[:, : ph - n] = acc[:, n:] if host else acc[:, n:].clone()
-        acc[:, ph - n :] = 0.0
 
     with (
         _torch_threads(forward.torch_threads),
@@ -809,6 +810,7 @@ def _stream(
                         continue  # a batch-mate outside this block: computed to keep batches equal
                     if r != band_row:
                         yield from emit(plan.rows[r])
+                        carried = ph - (plan.rows[r] - band_top)
                         band_row, band_top = r, plan.rows[r]
                     key = (c == 0, r == 0, c == nc - 1, r == len(plan.rows) - 1)
                     if key not in weights:
@@ -818,15 +820,47 @@ def _stream(
                             )[:ph, :pw]
                         )
                     x0 = plan.cols[c]
-                    if fused:  # acc += p * w in one pass, in place
-                        acc_t[:, :, x0 : x0 + pw].addcmul_(
-                            torch.as_tensor(probs[n, :, :ph, :pw]), torch.as_tensor(weights[key])
-                        )
-                    else:  # into one scratch array: no fresh 2 MB temporary per patch
-                        np.multiply(probs[n, :, :ph, :pw], weights[key], out=scratch)
-                        acc[:, :, x0 : x0 + pw] += scratch
+                    # columns the patch to the left covered (a block's rows start at column 0)
+                    done = 0 if c == 0 else min(pw, plan.cols[c - 1] + pw - x0)
+                    _blend(
+                        (acc_t if fused else acc)[:, :, x0 : x0 + pw],
+                        probs[n, :, :ph, :pw],
+                        weights[key],
+                        carried,
+                        done,
+                        scratch,
+                    )
     end = H if r1 >= len(plan.rows) else plan.rows[r1]
     yield from emit(end)
+
+
+def _blend(acc: Any, probs: Any, weights: Any, rows: int, cols: int, scratch: np.ndarray) -> None:
+    """``acc += probs * weights`` for one patch ((K, h, w) views; tensors, or numpy arrays with
+    a ``scratch`` as large), where only the first ``rows`` rows and, below them, the first
+    ``cols`` columns hold sums already: the rest is assigned, not added (not read, and never
+    zeroed beforehand: 5 MB of traffic a 512-px patch instead of 9; the same values, as
+    ``0 + x`` is ``x``).
+
+    Patches come in row-major order and overlap their neighbours by at most ``overlap``, so
+    what lies below the rows carried from the patch row above and right of the previous patch
+    is untouched.
+    """
+    regions = [(slice(0, rows), slice(None)), (slice(rows, None), slice(0, cols))]
+    fresh = (slice(rows, None), slice(cols, None))
+    if isinstance(acc, np.ndarray):
+        np.multiply(probs[:, fresh[0], fresh[1]], weights[fresh], out=acc[:, fresh[0], fresh[1]])
+        for r, c in regions:
+            part = probs[:, r, c]
+            tmp = scratch.reshape(-1)[: part.size].reshape(part.shape)
+            np.multiply(part, weights[r, c], out=tmp)
+            acc[:, r, c] += tmp
+    else:
+        import torch
+
+        probs, weights = torch.as_tensor(probs), torch.as_tensor(weights)
+        torch.mul(probs[:, fresh[0], fresh[1]], weights[fresh], out=acc[:, fresh[0], fresh[1]])
+        for r, c in regions:
+            acc[:, r, c].addcmul_(probs[:, r, c], weights[r, c])
 
 
 def _argmax0(probs: Any) -> Any:
