@@ -276,10 +276,11 @@ class _Forward:
     """The model applied to raw batches, in two halves that run in different threads.
 
     ``prepare(batch, invalid)`` runs on the host in the thread that cuts the batches: on the CPU
-    it normalises them there (numpy), next to the main thread's model work; for a GPU it leaves
-    them raw (uint8 crosses the bus at a quarter of float32). ``run(prepared)`` returns the
-    probabilities (B, K, P, P), float32, averaged over the TTA transforms: a tensor on a GPU
-    (blending and argmax happen there too), a numpy array on the CPU (see :func:`_stream`).
+    it normalises them there (numpy), next to the main thread's model work; for a GPU, and for
+    a light model that runs patch by patch, it leaves them raw (uint8 crosses the bus at a
+    quarter of float32). ``run(prepared)`` returns the probabilities (B, K, P, P), float32,
+    averaged over the TTA transforms: a tensor on a GPU (blending and argmax happen there too),
+    a numpy array on the CPU, or a list of B (K, P, P) arrays (see :func:`_stream`).
     """
 
     prepare: Callable[[np.ndarray, np.ndarray | None], Any]
@@ -328,10 +329,11 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
         return batch, invalid
 
     def normalised(batch: Any, invalid: Any) -> Any:  # raw tensors -> float32 on the device
-        x = batch.to(dev, non_blocking=True).float()
+        # a new tensor (also from float32 input), normalised in place: no temporaries
+        x = batch.to(dev, torch.float32, non_blocking=True, copy=True)
         bad = None if invalid is None else invalid.to(dev, non_blocking=True)
-        x = per_patch(x, bad) if settings.per_patch else (x - mean) * inv_std
-        return x if bad is None else x.masked_fill(bad[:, None], 0.0)
+        x = per_patch(x, bad) if settings.per_patch else x.sub_(mean).mul_(inv_std)
+        return x if bad is None else x.masked_fill_(bad[:, None], 0.0)
 
     def probabilities(x: Any) -> Any:
         x = x.contiguous(memory_format=fmt)
@@ -369,12 +371,7 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
             bad = None if invalid is None else invalid[i : i + 1]
             return probabilities(normalised(batch[i : i + 1], bad))
 
-        first = patch(0)
-        total = first.new_empty((batch.shape[0], *first.shape[1:]))
-        total[:1] = first
-        for i in range(1, batch.shape[0]):
-            total[i : i + 1] = patch(i)
-        return total.numpy()
+        return [patch(i)[0].numpy() for i in range(batch.shape[0])]  # not copied into one
 
     n_params = sum(p.numel() for p in getattr(model, "parameters", list)())
     light = host and 0 < n_params < LIGHT_MODEL_PARAMS
@@ -824,7 +821,7 @@ def _stream(
                     done = 0 if c == 0 else min(pw, plan.cols[c - 1] + pw - x0)
                     _blend(
                         (acc_t if fused else acc)[:, :, x0 : x0 + pw],
-                        probs[n, :, :ph, :pw],
+                        probs[n][:, :ph, :pw],
                         weights[key],
                         carried,
                         done,
