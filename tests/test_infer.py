@@ -641,6 +641,37 @@ def test_per_patch_normalised_model_sees_a_duller_image_alike(tmp_path: Path) ->
     assert np.abs(probs(plain, src) - probs(plain, dull)).max() > 3
 
 
+@pytest.mark.parametrize(
+    ("architecture", "normalization"), [("linear", "stats"), ("linear", "patch"), ("unet", "stats")]
+)
+def test_light_models_go_patch_by_patch_to_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, architecture: str, normalization: str
+) -> None:
+    """A light model normalises and runs one patch at a time in the model thread; a heavier
+    one gets batches normalised ahead. The same masks and probabilities, nodata included."""
+    data = np.random.default_rng(3).integers(1, 255, (3, 100, 90)).astype(np.uint8)
+    data[:, 10:30, 20:50] = 0
+    image = make_geotiff(tmp_path / "in.tif", data, crs="EPSG:32631", nodata=0)
+    ck = make_checkpoint(
+        tmp_path / "m.ckpt", crs="EPSG:32631", classes=3, architecture=architecture
+    )
+    model, card = checkpoint.load_model(ck)
+    card.normalization = normalization
+    checkpoint.save(ck, model=model, card=card)
+    outputs = {}
+    for light in (True, False):
+        monkeypatch.setattr(infer, "LIGHT_MODEL_PARAMS", 10**9 if light else 0)
+        mask, prob = tmp_path / f"mask_{light}.tif", tmp_path / f"prob_{light}.tif"
+        infer.predict_raster(
+            image, mask, checkpoint=ck, overlap=8, batch_size=3, probabilities=prob
+        )
+        with rasterio.open(mask) as m, rasterio.open(prob) as p:
+            outputs[light] = (m.read(), p.read())
+    (mask_light, prob_light), (mask_batched, prob_batched) = outputs[True], outputs[False]
+    assert (mask_light[0, 10:30, 20:50] == 255).all() and len(np.unique(prob_light)) > 5
+    assert np.array_equal(mask_light, mask_batched) and np.array_equal(prob_light, prob_batched)
+
+
 def test_a_light_model_runs_on_one_torch_thread_and_the_setting_comes_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

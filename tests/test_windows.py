@@ -89,6 +89,7 @@ def _settings(**kw: object) -> infer._Settings:
         std=(5.0, 10.0, 20.0),
         num_classes=3,
         class_values=(0, 1, 2),
+        with_probabilities=True,  # blended probabilities (else their weighted sums)
     )
     base.update(kw)
     return infer._Settings(**base)  # type: ignore[arg-type]
@@ -100,9 +101,14 @@ def _stitch(
     overlap: int,
     batch: int,
     blocks: list[tuple[int, int]] | None = None,
+    *,
+    fused: bool = False,
+    probabilities: bool = True,
 ) -> np.ndarray:
+    """Streamed output of a pointwise model; ``fused``: blended in torch (as for a model that
+    runs on one torch thread) rather than numpy."""
     _, h, w = data.shape
-    s = _settings()
+    s = _settings(with_probabilities=probabilities)
     plan = infer._Plan.make(w, h, patch, overlap, batch)
     out = np.full((3, h, w), np.nan, np.float32)
     with MemoryFile() as mem:
@@ -117,7 +123,9 @@ def _stitch(
             dst.write(data)
         for r0, r1 in blocks or [(0, len(plan.rows))]:
             forward = infer._Forward(
-                prepare=lambda raw, invalid: _normalized(raw, invalid, s), run=_pointwise
+                prepare=lambda raw, invalid: _normalized(raw, invalid, s),
+                run=_pointwise,
+                torch_threads=1 if fused else None,
             )
             for y0, probs in infer._stream(
                 mem.name, plan, s, forward, r0, r1, threaded=r0 % 2 == 0
@@ -135,14 +143,15 @@ def _stitch(
     overlap_frac=st.floats(0, 0.9),
     batch=st.integers(1, 5),
     seed=st.integers(0, 2**16),
+    fused=st.booleans(),
 )
 def test_stitched_equals_direct(
-    height: int, width: int, patch: int, overlap_frac: float, batch: int, seed: int
+    height: int, width: int, patch: int, overlap_frac: float, batch: int, seed: int, fused: bool
 ) -> None:
     """Blending never alters a pointwise model's output: no seams, no blanked borders."""
     overlap = min(patch - 1, int(patch * overlap_frac))
     data = np.random.default_rng(seed).normal(20, 15, (3, height, width)).astype(np.float32)
-    stitched = _stitch(data, patch, overlap, batch)
+    stitched = _stitch(data, patch, overlap, batch, fused=fused)
     s = _settings()
     norm = (data - np.array(s.mean, np.float32)[:, None, None]) / np.array(s.std, np.float32)[
         :, None, None
@@ -158,18 +167,49 @@ def test_stitched_equals_direct(
     overlap_frac=st.floats(0, 0.7),
     batch=st.integers(1, 7),
     per=st.integers(1, 4),
+    fused=st.booleans(),
+    probabilities=st.booleans(),
 )
 def test_row_blocks_are_byte_identical_to_one_pass(
-    height: int, patch: int, overlap_frac: float, batch: int, per: int
+    height: int,
+    patch: int,
+    overlap_frac: float,
+    batch: int,
+    per: int,
+    fused: bool,
+    probabilities: bool,
 ) -> None:
     """What a dask block computes (halo patch rows + the same batches) is bit for bit the same."""
     overlap = min(patch - 1, int(patch * overlap_frac))
     data = np.random.default_rng(height).normal(20, 15, (3, height, 37)).astype(np.float32)
     n_rows = len(windows.offsets(height, patch, overlap))
     blocks = [(r, min(n_rows, r + per)) for r in range(0, n_rows, per)]
-    whole = _stitch(data, patch, overlap, batch)
-    pieces = _stitch(data, patch, overlap, batch, blocks)
+    kw = dict(fused=fused, probabilities=probabilities)
+    whole = _stitch(data, patch, overlap, batch, **kw)
+    pieces = _stitch(data, patch, overlap, batch, blocks, **kw)
     assert whole.tobytes() == pieces.tobytes()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    size=st.integers(1, 70),
+    patch=st.integers(4, 24),
+    overlap_frac=st.floats(0, 0.7),
+    fused=st.booleans(),
+)
+def test_classes_alone_skip_the_division_and_keep_the_argmax(
+    size: int, patch: int, overlap_frac: float, fused: bool
+) -> None:
+    """Without probabilities the stream hands out weighted sums: the blended probabilities
+    times each pixel's weight sum, so the same classes."""
+    overlap = min(patch - 1, int(patch * overlap_frac))
+    data = np.random.default_rng(size).normal(20, 15, (3, size, size + 3)).astype(np.float32)
+    probs = _stitch(data, patch, overlap, 3, fused=fused)
+    sums = _stitch(data, patch, overlap, 3, fused=fused, probabilities=False)
+    weight = sums.sum(0)  # probabilities sum to 1: the sums of a pixel add up to its weight
+    assert (weight >= 1 - 1e-5).all()  # border patches are flat 1, inner ones overlap
+    np.testing.assert_allclose(sums / weight, probs, rtol=1e-5, atol=1e-6)
+    assert (infer._argmax0(sums) == infer._argmax0(probs))[np.ptp(probs, 0) > 1e-4].all()
 
 
 def test_border_rows_and_columns_keep_full_weight() -> None:
