@@ -275,10 +275,10 @@ def _tta_ops(tta: str) -> list[tuple[Callable[[Any], Any], Callable[[Any], Any]]
 class _Forward:
     """The model applied to raw batches, in two halves that run in different threads.
 
-    ``prepare(batch, invalid)`` runs on the host in the thread that cuts the batches: on the CPU
-    it normalises them there (numpy), next to the main thread's model work; for a GPU, and for
-    a light model that runs patch by patch, it leaves them raw (uint8 crosses the bus at a
-    quarter of float32). ``run(prepared)`` returns the probabilities (B, K, P, P), float32,
+    ``prepare(batch, invalid)`` runs on the host in the thread that cuts the batches; geoseg's
+    leaves them raw: uint8 waits in the queues and crosses to a GPU at a quarter of float32,
+    and ``run`` normalises them (a light model on the CPU patch by patch, in cache).
+    ``run(prepared)`` returns the probabilities (B, K, P, P), float32,
     averaged over the TTA transforms: a tensor on a GPU (blending and argmax happen there too),
     a numpy array on the CPU, or a list of B (K, P, P) arrays (see :func:`_stream`).
     """
@@ -311,20 +311,6 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
         m, s = patch_statistics(x, std, None if invalid is None else ~invalid)
         return (x - m) / s
 
-    def normalise_on_host(batch: np.ndarray, invalid: np.ndarray | None) -> np.ndarray:
-        if settings.per_patch:
-            x = per_patch(
-                torch.from_numpy(batch.astype(np.float32)),
-                None if invalid is None else torch.from_numpy(invalid),
-            ).numpy()
-        else:
-            # The arithmetic of the device branch below, in numpy: the same float32 values.
-            x = np.subtract(batch, mean32, dtype=np.float32)
-            x *= inv_std32
-        if invalid is not None:
-            x[np.broadcast_to(invalid[:, None], x.shape)] = 0.0
-        return x
-
     def raw(batch: np.ndarray, invalid: np.ndarray | None) -> tuple[np.ndarray, Any]:
         return batch, invalid
 
@@ -356,12 +342,13 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
         return total
 
     def run(prepared: Any) -> Any:
-        if host and not light:
-            return probabilities(torch.from_numpy(prepared)).contiguous().numpy()
         batch = torch.from_numpy(prepared[0])
         invalid = None if prepared[1] is None else torch.from_numpy(prepared[1])
         if not light:
-            return probabilities(normalised(batch, invalid))
+            # Normalised here, not in the reader thread: the queues hold uint8 batches, a
+            # quarter of float32 (peak RSS, 32k raster: see benchmarks/infer.py --rss-only).
+            probs = probabilities(normalised(batch, invalid))
+            return probs.contiguous().numpy() if host else probs
 
         # A light model's ops are memory-bound passes: one patch at a time, normalised here, its
         # planes stay in the CPU cache from the uint8 pixels to the probabilities (null model,
@@ -379,8 +366,7 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
     # blending and writing threads share the cores (the null model on an 8k raster, 2-core
     # CPU: 3.5 s with 2 threads, 2.3 s with 1).
     threads = 1 if light and settings.threads is None else None
-    prepare = normalise_on_host if host and not light else raw
-    return _Forward(prepare=prepare, run=run, torch_threads=threads)
+    return _Forward(prepare=raw, run=run, torch_threads=threads)
 
 
 def _softmax_of_two(logits: Any) -> Any:
@@ -551,6 +537,7 @@ def _read_strips(
         valid = _and_finite(_valid_rows(src, y0, y0 + h), raw)
         data = _torch_friendly(raw)
         yield r, data, None if valid is None else ~valid
+        del raw, valid, data  # one strip in memory while the next is read (48 MiB at 32k)
 
 
 def _host_array(shape: tuple[int, ...], dtype: np.dtype, pinned: bool) -> np.ndarray:
@@ -590,7 +577,8 @@ def _assemble(
     """The batches of patches [i0, i1) cut from ``strips`` (see :func:`_read_batches`)."""
     P, nc = plan.patch_size, len(plan.cols)
     pinned = settings.device.startswith("cuda")
-    r_have, data, bad = -1, np.empty(0), None
+    r_have, bad = -1, None
+    data: np.ndarray | None = None
     for b0 in range(i0, i1, plan.batch_size):
         b1 = min(b0 + plan.batch_size, plan.n_patches)
         batch: np.ndarray | None = None
@@ -598,7 +586,9 @@ def _assemble(
         for n, i in enumerate(range(b0, b1)):
             r, c = divmod(i, nc)
             while r_have < r:  # patches come in row-major order: an old strip is never needed
+                data = bad = None  # dropped before the next is read
                 r_have, data, bad = next(strips)
+            assert data is not None  # r >= 0 = the first strip's row
             if batch is None:
                 batch = _host_array((b1 - b0, len(settings.band_indexes), P, P), data.dtype, pinned)
             x0 = plan.cols[c]
