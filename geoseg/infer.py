@@ -77,10 +77,11 @@ VALUE_SAMPLE_SIDE = 512  # pixels per side of the sample read by check_values
 #: On the CPU a model with fewer parameters than this runs its ops on one torch thread (see
 #: :func:`_make_forward`); heavier models keep torch's threads (their convolutions scale).
 LIGHT_MODEL_PARAMS = 10_000
-# GDAL's block cache, 64 MiB: bounds RSS yet holds the tiles a strip of patches shares with the
-# next one. rasterio hands an int to GDALSetCacheMax64, i.e. BYTES: the former value 64 meant 64
-# bytes, so every strip decoded (and, for a remote COG, fetched) its tiles again: 3x the bytes.
-GDAL_ENV = {"GDAL_CACHEMAX": 64 * 2**20, "GDAL_NUM_THREADS": "ALL_CPUS"}
+# GDAL's block cache, 32 MiB: bounds RSS yet holds the tiles a strip of patches shares with the
+# next one (two rows of 512-px RGB tiles of an 8k raster, 24 MiB; wider rasters re-decode some).
+# rasterio hands an int to GDALSetCacheMax64, i.e. BYTES: the former value 64 meant 64 bytes, so
+# every strip decoded (and, for a remote COG, fetched) its tiles again: 3x the bytes.
+GDAL_ENV = {"GDAL_CACHEMAX": 32 * 2**20, "GDAL_NUM_THREADS": "ALL_CPUS"}
 
 __all__ = [
     "check_values",
@@ -784,7 +785,7 @@ def _stream(
             batches = _threaded(batches)
         outputs = _run_model(batches, forward.run)
         if threaded:  # the model runs in a thread of its own too, the blending here beside it
-            outputs = _threaded(outputs, name="model")
+            outputs = _threaded(outputs, maxsize=1, name="model")  # float32: one waits
         with _closed_after(outputs):
             for probs, indexes in outputs:
                 if not host:
