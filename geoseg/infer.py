@@ -761,7 +761,8 @@ def _stream(
     carried = 0  # the accumulator's first rows that hold sums from the patch row above
 
     def emit(y_end: int) -> Iterator[tuple[int, Any]]:
-        # Rows [band_top, y_end) are final: divide by the weight sum, hand out the owned part.
+        # Rows [band_top, y_end) are final: hand out the owned part (divided by the weight sum
+        # when probabilities are written).
         n = y_end - band_top
         lo, hi = max(band_top, start), min(y_end, stop)
         # In pieces of EMIT_ROWS rows: the float temporaries stay small on wide rasters.

@@ -253,10 +253,8 @@ def _seed_settings(
     """Seed settings of a mask: ``seed_erosion_m`` in whole pixels of its grid (at least 1)."""
     if seed_erosion_m is None:
         return instances.SeedSettings()
-    if src.crs is None:  # ungeoreferenced: the transform's units are taken as metres
-        pixel_m = abs(src.transform.a * src.transform.e) ** 0.5
-    else:
-        pixel_m = instances.pixel_size_m(src.crs, src.transform, src.width, src.height)
+    # (ungeoreferenced: the transform's units are taken as metres)
+    pixel_m = instances.pixel_size_m(src.crs, src.transform, src.width, src.height)
     return instances.SeedSettings(erosion_px=max(1, round(seed_erosion_m / pixel_m)))
 
 
