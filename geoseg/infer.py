@@ -34,7 +34,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +288,8 @@ class _Forward:
     run: Callable[[Any], Any]
     #: torch threads for the model's ops while streaming (None = torch's setting)
     torch_threads: int | None = None
+    #: hands a batch's probabilities back once blended (their buffer is reused; see run)
+    release: Callable[[Any], None] = lambda probs: None
 
 
 def _make_forward(model: Any, settings: _Settings) -> _Forward:
@@ -315,31 +317,69 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
     def raw(batch: np.ndarray, invalid: np.ndarray | None) -> tuple[np.ndarray, Any]:
         return batch, invalid
 
+    # On the host the float32 input and the probabilities go to buffers made once and reused.
+    # Why: a probability batch outlives the forward pass that made it (it waits for the
+    # blending in another thread), so freshly allocated ones sit between the next passes'
+    # activations in glibc's heap and keep their freed memory from going back (32k raster, UNet:
+    # peak RSS +~100 MiB). The forward's own temporaries come and go as with the model alone.
+    inputs: list[Any] = []  # the one float32 input buffer (the model thread runs one at a time)
+    spare: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()  # blended probability buffers
+
+    def input_buffer(batch: Any) -> Any:
+        if not host:
+            return batch.to(dev, torch.float32, non_blocking=True, copy=True)
+        if (
+            not inputs
+            or inputs[0].shape[0] < batch.shape[0]
+            or inputs[0].shape[1:] != batch.shape[1:]
+        ):
+            inputs[:] = [torch.empty(batch.shape, dtype=torch.float32)]
+        return inputs[0][: batch.shape[0]].copy_(batch)
+
+    def output_buffer(shape: tuple[int, ...]) -> Any:
+        while True:
+            try:
+                buf = spare.get_nowait()
+            except queue.Empty:
+                return torch.empty(shape, dtype=torch.float32)  # none free yet: a new one
+            if buf.shape == shape:
+                return torch.from_numpy(buf)
+
+    def release(probs: Any) -> None:
+        if isinstance(probs, np.ndarray) and probs.dtype == np.float32:
+            spare.put(probs)
+
     def normalised(batch: Any, invalid: Any) -> Any:  # raw tensors -> float32 on the device
         # a new tensor (also from float32 input), normalised in place: no temporaries
-        x = batch.to(dev, torch.float32, non_blocking=True, copy=True)
+        x = input_buffer(batch)
         bad = None if invalid is None else invalid.to(dev, non_blocking=True)
         x = per_patch(x, bad) if settings.per_patch else x.sub_(mean).mul_(inv_std)
         return x if bad is None else x.masked_fill_(bad[:, None], 0.0)
 
-    def probabilities(x: Any) -> Any:
+    def probabilities(x: Any, out: Callable[[tuple[int, ...]], Any] | None = None) -> Any:
+        """(B, K, H, W) float32 probabilities; into ``out(shape)`` (a buffer) when given."""
         x = x.contiguous(memory_format=fmt)
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             total = None
             for fwd, inv in ops:
                 logits = model(fwd(x)).float()
+                into = out if len(ops) == 1 else None  # TTA sums first
                 if logits.shape[1] == 1:  # one-logit binary model: [1 - p, p]
-                    p1 = torch.sigmoid(logits)
-                    probs = torch.cat([1 - p1, p1], 1)
+                    n, _, h, w = logits.shape
+                    probs = into((n, 2, h, w)) if into else logits.new_empty((n, 2, h, w))
+                    torch.sigmoid(logits[:, 0], out=probs[:, 1])
+                    torch.sub(torch.ones((), device=dev), probs[:, 1], out=probs[:, 0])
                 elif logits.shape[1] == 2:
-                    probs = _softmax_of_two(logits)
+                    probs = _softmax_of_two(logits, into(logits.shape) if into else None)
                 else:
                     probs = torch.softmax(logits, 1)
+                    probs = into(probs.shape).copy_(probs) if into else probs
                 probs = inv(probs)
                 total = probs if total is None else total + probs
             assert total is not None  # ops is never empty
             if len(ops) > 1:
                 total = total / len(ops)
+                total = out(total.shape).copy_(total) if out else total
         return total
 
     def run(prepared: Any) -> Any:
@@ -348,8 +388,9 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
         if not light:
             # Normalised here, not in the reader thread: the queues hold uint8 batches, a
             # quarter of float32 (peak RSS, 32k raster: see benchmarks/infer.py --rss-only).
-            probs = probabilities(normalised(batch, invalid))
-            return probs.contiguous().numpy() if host else probs
+            if not host:
+                return probabilities(normalised(batch, invalid))
+            return probabilities(normalised(batch, invalid), output_buffer).numpy()
 
         # A light model's ops are memory-bound passes: one patch at a time, normalised here, its
         # planes stay in the CPU cache from the uint8 pixels to the probabilities (null model,
@@ -367,16 +408,16 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
     # blending and writing threads share the cores (the null model on an 8k raster, 2-core
     # CPU: 3.5 s with 2 threads, 2.3 s with 1).
     threads = 1 if light and settings.threads is None else None
-    return _Forward(prepare=raw, run=run, torch_threads=threads)
+    return _Forward(prepare=raw, run=run, torch_threads=threads, release=release)
 
 
-def _softmax_of_two(logits: Any) -> Any:
+def _softmax_of_two(logits: Any, out: Any = None) -> Any:
     """``softmax(logits, 1)`` of (B, 2, H, W) logits as ``[1 - p, p]``, ``p = sigmoid(l1 - l0)``:
     three passes where torch's softmax over a short leading axis makes more (one thread, 8
-    patches of 512 px: 4 ms against 10; the values agree within 2e-7)."""
+    patches of 512 px: 4 ms against 10; the values agree within 2e-7). Into ``out`` if given."""
     import torch
 
-    probs = torch.empty_like(logits)
+    probs = torch.empty_like(logits) if out is None else out
     p = probs[:, 1]
     torch.sub(logits[:, 1], logits[:, 0], out=p)
     torch.sigmoid(p, out=p)
@@ -819,6 +860,7 @@ def _stream(
                         done,
                         scratch,
                     )
+                forward.release(probs)
     end = H if r1 >= len(plan.rows) else plan.rows[r1]
     yield from emit(end)
 
@@ -926,7 +968,10 @@ class _Outputs:
     class_values: list[int]
     meta: dict[str, str]
     final: bool  # the temp files are the final format (no COG copy follows)
-    _buf: list[tuple[int, np.ndarray, np.ndarray | None]] = field(default_factory=list)
+    _rows: Any = None  # the row of tiles being filled: (BLOCKSIZE, W) uint8
+    _prob_rows: Any = None  # its probabilities: (K, BLOCKSIZE, W) uint8
+    _first: int = 0  # pixel row of the first buffered row
+    _n: int = 0  # rows buffered
     _mask: Any = None
     _prob: Any = None
 
@@ -954,30 +999,38 @@ class _Outputs:
         return self
 
     def write(self, y0: int, classes: np.ndarray, probs: np.ndarray | None) -> None:
-        """Buffer rows and write them in whole rows of TIFF tiles (none is rewritten partly)."""
-        self._buf.append((y0, classes, probs))
-        first = self._buf[0][0]
-        end = y0 + classes.shape[0]
-        boundary = (end // BLOCKSIZE) * BLOCKSIZE
-        if end >= self.profile["height"]:
-            boundary = end
-        if boundary > first:
-            self._flush(boundary)
+        """Buffer rows and write them in whole rows of TIFF tiles (none is rewritten partly).
 
-    def _flush(self, boundary: int) -> None:
-        first = self._buf[0][0]
-        cls = np.concatenate([b[1] for b in self._buf], axis=0)
-        prb = np.concatenate([b[2] for b in self._buf], axis=1) if self._prob is not None else None
-        n = boundary - first
-        win = Window(0, first, cls.shape[1], n)
-        self._mask.write(cls[None, :n], window=win)
-        if prb is not None:
-            self._prob.write(prb[:, :n], window=win)
-        self._buf = (
-            []
-            if n == cls.shape[0]
-            else [(boundary, cls[n:], prb[:, n:] if prb is not None else None)]
-        )
+        Rows come in order. The buffer holds one row of tiles, made once: pieces copied into
+        it rather than kept and concatenated (16 MiB less at the peak on a 32k-wide mask).
+        """
+        height, width = classes.shape
+        if self._rows is None:
+            self._rows = np.empty((BLOCKSIZE, width), np.uint8)
+            if self._prob is not None:
+                self._prob_rows = np.empty((len(self.class_names), BLOCKSIZE, width), np.uint8)
+            self._first, self._n = y0, 0
+        assert y0 == self._first + self._n, "rows must come in order"
+        done = 0
+        while done < height:
+            tile_end = min((self._first // BLOCKSIZE + 1) * BLOCKSIZE, self.profile["height"])
+            take = min(height - done, tile_end - y0 - done)
+            at = (y0 + done) % BLOCKSIZE  # the buffer's rows are those of one row of tiles
+            self._rows[at : at + take] = classes[done : done + take]
+            if probs is not None:
+                self._prob_rows[:, at : at + take] = probs[:, done : done + take]
+            done += take
+            self._n += take
+            if self._first + self._n == tile_end:
+                self._flush()
+
+    def _flush(self) -> None:
+        top, n = self._first % BLOCKSIZE, self._n
+        win = Window(0, self._first, self._rows.shape[1], n)
+        self._mask.write(self._rows[None, top : top + n], window=win)
+        if self._prob is not None:
+            self._prob.write(self._prob_rows[:, top : top + n], window=win)
+        self._first, self._n = self._first + n, 0
 
     def __exit__(self, *exc: Any) -> None:
         for ds in (self._mask, self._prob):
