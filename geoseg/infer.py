@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 NODATA = io.MASK_NODATA
 PROB_SCALE = 254  # probability p is stored as round(p * 254); 255 is nodata
 BLOCKSIZE = io.MASK_BLOCKSIZE
+#: patches side by side whose input is read at once (a piece of a strip; see _read_pieces)
+PIECE_PATCHES = 8
 EMIT_ROWS = 64  # finished rows are divided, argmax-ed and queued for writing in pieces this tall
 STAGED_BYTES = 256 * 2**20  # outputs up to this size wait for their COG copy in memory
 RES_TOLERANCE = 0.25
@@ -518,10 +520,16 @@ def _valid_rows(src: Any, y0: int, y1: int, bands: tuple[int, ...] = ()) -> np.n
     ``bands`` is finite: NaN is nodata whether or not the file declares it. None = all valid.
     """
     window = Window(0, y0, src.width, y1 - y0)
-    valid = None if _all_valid(src) else src.dataset_mask(window=window) > 0
+    valid = _valid_window(src, window)
     if bands and np.dtype(src.dtypes[0]).kind == "f":
         valid = _and_finite(valid, src.read(list(bands), window=window))
     return valid
+
+
+def _valid_window(src: Any, window: Window) -> np.ndarray | None:
+    """Boolean (h, w) of the ``window``'s pixels where the input has data, as GDAL's mask
+    says (nodata value, internal mask or alpha band); None = all valid."""
+    return None if _all_valid(src) else src.dataset_mask(window=window) > 0
 
 
 def _and_finite(valid: np.ndarray | None, data: np.ndarray) -> np.ndarray | None:
@@ -561,25 +569,33 @@ def _torch_friendly(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _read_strips(
-    src: Any, plan: _Plan, settings: _Settings, rows: range
-) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-    """Strips of patch rows ``rows``, in order: ``(r, data (C, h, W), nodata mask (h, W) or None)``.
+def _read_pieces(
+    src: Any, plan: _Plan, settings: _Settings, i0: int, i1: int
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray | None]]:
+    """The input under patches [i0, i1), in order, as pieces of strips:
+    ``(r, x0, data (C, h, w), nodata mask (h, w) or None)`` for patch row ``r`` from column
+    ``x0``, each under :data:`PIECE_PATCHES` patches side by side (the last of a row fewer).
 
-    One handle: GDAL decodes the tiles of each strip on all cores (GDAL_NUM_THREADS; warping
-    too, see :func:`_open_source`) and its block cache keeps the tile row that two strips share.
-    Several handles reading strips at once were measured: 1.7x the decoding CPU (each handle
-    decodes the shared tile rows again) and slower on 2 cores, on an 8k deflate GeoTIFF.
+    One handle: GDAL decodes the tiles of each piece on all cores (GDAL_NUM_THREADS; warping
+    too, see :func:`_open_source`) and its block cache keeps the tiles that neighbouring pieces
+    and strips share. Pieces, not whole strips: on a 32k-wide raster a strip is 48 MiB of RGB,
+    a piece of 8 patches 6. Several handles reading at once were measured: 1.7x the decoding
+    CPU (each decodes the shared tile rows again) and slower on 2 cores, 8k deflate GeoTIFF.
     """
     idx = list(settings.band_indexes)
-    h = min(plan.patch_size, plan.height)
-    for r in rows:
-        y0 = plan.rows[r]
-        raw = src.read(idx, window=Window(0, y0, plan.width, h))
-        valid = _and_finite(_valid_rows(src, y0, y0 + h), raw)
-        data = _torch_friendly(raw)
-        yield r, data, None if valid is None else ~valid
-        del raw, valid, data  # one strip in memory while the next is read (48 MiB at 32k)
+    nc, h = len(plan.cols), min(plan.patch_size, plan.height)
+    for r in range(i0 // nc, -(-i1 // nc)):
+        for c0 in range(0, nc, PIECE_PATCHES):
+            c1 = min(c0 + PIECE_PATCHES, nc)
+            if r * nc + c1 <= i0 or r * nc + c0 >= i1:
+                continue  # no patch of [i0, i1) lies on this piece
+            y0, x0 = plan.rows[r], plan.cols[c0]
+            window = Window(x0, y0, min(plan.cols[c1 - 1] + plan.patch_size, plan.width) - x0, h)
+            raw = src.read(idx, window=window)
+            valid = _and_finite(_valid_window(src, window), raw)
+            data = _torch_friendly(raw)
+            yield r, x0, data, None if valid is None else ~valid
+            del raw, valid, data  # one piece in memory while the next is read
 
 
 def _host_array(shape: tuple[int, ...], dtype: np.dtype, pinned: bool) -> np.ndarray:
@@ -604,38 +620,40 @@ def _read_batches(
     happens on the model's device (:func:`_make_forward`): a uint8 batch crosses to a GPU at a
     quarter of the float32 size.
     """
-    nc = len(plan.cols)
-    strips = _read_strips(src, plan, settings, range(i0 // nc, -(-i1 // nc)))
-    yield from _assemble(strips, plan, settings, i0, i1)
+    yield from _assemble(_read_pieces(src, plan, settings, i0, i1), plan, settings, i0, i1)
 
 
 def _assemble(
-    strips: Iterator[tuple[int, np.ndarray, np.ndarray | None]],
+    pieces: Iterator[tuple[int, int, np.ndarray, np.ndarray | None]],
     plan: _Plan,
     settings: _Settings,
     i0: int,
     i1: int,
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None, range]]:
-    """The batches of patches [i0, i1) cut from ``strips`` (see :func:`_read_batches`)."""
+    """The batches of patches [i0, i1) cut from ``pieces`` (see :func:`_read_pieces`)."""
     P, nc = plan.patch_size, len(plan.cols)
     pinned = settings.device.startswith("cuda")
-    r_have, bad = -1, None
+    w = min(P, plan.width)
+    row, start, end = -1, 0, 0  # the piece held: its patch row, its columns [start, end)
     data: np.ndarray | None = None
+    bad: np.ndarray | None = None
     for b0 in range(i0, i1, plan.batch_size):
         b1 = min(b0 + plan.batch_size, plan.n_patches)
         batch: np.ndarray | None = None
         invalid: np.ndarray | None = None
         for n, i in enumerate(range(b0, b1)):
             r, c = divmod(i, nc)
-            while r_have < r:  # patches come in row-major order: an old strip is never needed
+            x0 = plan.cols[c]
+            # patches come in row-major order: an old piece is never needed again
+            while row < r or end < x0 + w:
                 data = bad = None  # dropped before the next is read
-                r_have, data, bad = next(strips)
-            assert data is not None  # r >= 0 = the first strip's row
+                row, start, data, bad = next(pieces)
+                end = start + data.shape[2]
+            assert data is not None  # r >= 0 = the first piece's row
             if batch is None:
                 batch = _host_array((b1 - b0, len(settings.band_indexes), P, P), data.dtype, pinned)
-            x0 = plan.cols[c]
-            w = min(P, plan.width)
-            patch = data[:, :, x0 : x0 + w]
+            x = x0 - start
+            patch = data[:, :, x : x + w]
             pad = ((0, P - patch.shape[1]), (0, P - patch.shape[2]))
             if pad[0][1] or pad[1][1]:
                 patch = np.pad(patch, ((0, 0), *pad), mode="reflect")
@@ -644,7 +662,7 @@ def _assemble(
                 if invalid is None:
                     invalid = _host_array((b1 - b0, P, P), np.dtype(bool), pinned)
                     invalid[:] = False
-                m = bad[:, x0 : x0 + w]
+                m = bad[:, x : x + w]
                 invalid[n] = np.pad(m, pad, mode="reflect") if pad[0][1] or pad[1][1] else m
         assert batch is not None  # b1 > b0
         yield batch, invalid, range(b0, b1)
