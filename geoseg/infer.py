@@ -64,7 +64,7 @@ BLOCKSIZE = io.MASK_BLOCKSIZE
 #: patches side by side whose input is read at once (a piece of a strip; see _read_pieces)
 PIECE_PATCHES = 8
 EMIT_ROWS = 64  # finished rows are divided, argmax-ed and queued for writing in pieces this tall
-STAGED_BYTES = 256 * 2**20  # outputs up to this size wait for their COG copy in memory
+STAGED_BYTES = 64 * 2**20  # outputs up to this size (an 8k mask) wait for their COG copy in memory
 RES_TOLERANCE = 0.25
 #: An input band whose median lies further than this many training standard deviations from the
 #: training mean cannot be what the model learnt on (refused); beyond VALUE_Z_WARN: a warning.
