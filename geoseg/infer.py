@@ -34,7 +34,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,10 @@ log = logging.getLogger(__name__)
 NODATA = io.MASK_NODATA
 PROB_SCALE = 254  # probability p is stored as round(p * 254); 255 is nodata
 BLOCKSIZE = io.MASK_BLOCKSIZE
+#: patches side by side whose input is read at once (a piece of a strip; see _read_pieces)
+PIECE_PATCHES = 8
 EMIT_ROWS = 64  # finished rows are divided, argmax-ed and queued for writing in pieces this tall
-STAGED_BYTES = 256 * 2**20  # outputs up to this size wait for their COG copy in memory
+STAGED_BYTES = 64 * 2**20  # outputs up to this size (an 8k mask) wait for their COG copy in memory
 RES_TOLERANCE = 0.25
 #: An input band whose median lies further than this many training standard deviations from the
 #: training mean cannot be what the model learnt on (refused); beyond VALUE_Z_WARN: a warning.
@@ -288,6 +290,8 @@ class _Forward:
     run: Callable[[Any], Any]
     #: torch threads for the model's ops while streaming (None = torch's setting)
     torch_threads: int | None = None
+    #: hands a batch's probabilities back once blended (their buffer is reused; see run)
+    release: Callable[[Any], None] = lambda probs: None
 
 
 def _make_forward(model: Any, settings: _Settings) -> _Forward:
@@ -315,31 +319,69 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
     def raw(batch: np.ndarray, invalid: np.ndarray | None) -> tuple[np.ndarray, Any]:
         return batch, invalid
 
+    # On the host the float32 input and the probabilities go to buffers made once and reused.
+    # Why: a probability batch outlives the forward pass that made it (it waits for the
+    # blending in another thread), so freshly allocated ones sit between the next passes'
+    # activations in glibc's heap and keep their freed memory from going back (32k raster, UNet:
+    # peak RSS +~100 MiB). The forward's own temporaries come and go as with the model alone.
+    inputs: list[Any] = []  # the one float32 input buffer (the model thread runs one at a time)
+    spare: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()  # blended probability buffers
+
+    def input_buffer(batch: Any) -> Any:
+        if not host:
+            return batch.to(dev, torch.float32, non_blocking=True, copy=True)
+        if (
+            not inputs
+            or inputs[0].shape[0] < batch.shape[0]
+            or inputs[0].shape[1:] != batch.shape[1:]
+        ):
+            inputs[:] = [torch.empty(batch.shape, dtype=torch.float32)]
+        return inputs[0][: batch.shape[0]].copy_(batch)
+
+    def output_buffer(shape: tuple[int, ...]) -> Any:
+        while True:
+            try:
+                buf = spare.get_nowait()
+            except queue.Empty:
+                return torch.empty(shape, dtype=torch.float32)  # none free yet: a new one
+            if buf.shape == shape:
+                return torch.from_numpy(buf)
+
+    def release(probs: Any) -> None:
+        if isinstance(probs, np.ndarray) and probs.dtype == np.float32:
+            spare.put(probs)
+
     def normalised(batch: Any, invalid: Any) -> Any:  # raw tensors -> float32 on the device
         # a new tensor (also from float32 input), normalised in place: no temporaries
-        x = batch.to(dev, torch.float32, non_blocking=True, copy=True)
+        x = input_buffer(batch)
         bad = None if invalid is None else invalid.to(dev, non_blocking=True)
         x = per_patch(x, bad) if settings.per_patch else x.sub_(mean).mul_(inv_std)
         return x if bad is None else x.masked_fill_(bad[:, None], 0.0)
 
-    def probabilities(x: Any) -> Any:
+    def probabilities(x: Any, out: Callable[[tuple[int, ...]], Any] | None = None) -> Any:
+        """(B, K, H, W) float32 probabilities; into ``out(shape)`` (a buffer) when given."""
         x = x.contiguous(memory_format=fmt)
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             total = None
             for fwd, inv in ops:
                 logits = model(fwd(x)).float()
+                into = out if len(ops) == 1 else None  # TTA sums first
                 if logits.shape[1] == 1:  # one-logit binary model: [1 - p, p]
-                    p1 = torch.sigmoid(logits)
-                    probs = torch.cat([1 - p1, p1], 1)
+                    n, _, h, w = logits.shape
+                    probs = into((n, 2, h, w)) if into else logits.new_empty((n, 2, h, w))
+                    torch.sigmoid(logits[:, 0], out=probs[:, 1])
+                    torch.sub(torch.ones((), device=dev), probs[:, 1], out=probs[:, 0])
                 elif logits.shape[1] == 2:
-                    probs = _softmax_of_two(logits)
+                    probs = _softmax_of_two(logits, into(logits.shape) if into else None)
                 else:
                     probs = torch.softmax(logits, 1)
+                    probs = into(probs.shape).copy_(probs) if into else probs
                 probs = inv(probs)
                 total = probs if total is None else total + probs
             assert total is not None  # ops is never empty
             if len(ops) > 1:
                 total = total / len(ops)
+                total = out(total.shape).copy_(total) if out else total
         return total
 
     def run(prepared: Any) -> Any:
@@ -348,8 +390,9 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
         if not light:
             # Normalised here, not in the reader thread: the queues hold uint8 batches, a
             # quarter of float32 (peak RSS, 32k raster: see benchmarks/infer.py --rss-only).
-            probs = probabilities(normalised(batch, invalid))
-            return probs.contiguous().numpy() if host else probs
+            if not host:
+                return probabilities(normalised(batch, invalid))
+            return probabilities(normalised(batch, invalid), output_buffer).numpy()
 
         # A light model's ops are memory-bound passes: one patch at a time, normalised here, its
         # planes stay in the CPU cache from the uint8 pixels to the probabilities (null model,
@@ -367,16 +410,16 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
     # blending and writing threads share the cores (the null model on an 8k raster, 2-core
     # CPU: 3.5 s with 2 threads, 2.3 s with 1).
     threads = 1 if light and settings.threads is None else None
-    return _Forward(prepare=raw, run=run, torch_threads=threads)
+    return _Forward(prepare=raw, run=run, torch_threads=threads, release=release)
 
 
-def _softmax_of_two(logits: Any) -> Any:
+def _softmax_of_two(logits: Any, out: Any = None) -> Any:
     """``softmax(logits, 1)`` of (B, 2, H, W) logits as ``[1 - p, p]``, ``p = sigmoid(l1 - l0)``:
     three passes where torch's softmax over a short leading axis makes more (one thread, 8
-    patches of 512 px: 4 ms against 10; the values agree within 2e-7)."""
+    patches of 512 px: 4 ms against 10; the values agree within 2e-7). Into ``out`` if given."""
     import torch
 
-    probs = torch.empty_like(logits)
+    probs = torch.empty_like(logits) if out is None else out
     p = probs[:, 1]
     torch.sub(logits[:, 1], logits[:, 0], out=p)
     torch.sigmoid(p, out=p)
@@ -477,10 +520,16 @@ def _valid_rows(src: Any, y0: int, y1: int, bands: tuple[int, ...] = ()) -> np.n
     ``bands`` is finite: NaN is nodata whether or not the file declares it. None = all valid.
     """
     window = Window(0, y0, src.width, y1 - y0)
-    valid = None if _all_valid(src) else src.dataset_mask(window=window) > 0
+    valid = _valid_window(src, window)
     if bands and np.dtype(src.dtypes[0]).kind == "f":
         valid = _and_finite(valid, src.read(list(bands), window=window))
     return valid
+
+
+def _valid_window(src: Any, window: Window) -> np.ndarray | None:
+    """Boolean (h, w) of the ``window``'s pixels where the input has data, as GDAL's mask
+    says (nodata value, internal mask or alpha band); None = all valid."""
+    return None if _all_valid(src) else src.dataset_mask(window=window) > 0
 
 
 def _and_finite(valid: np.ndarray | None, data: np.ndarray) -> np.ndarray | None:
@@ -520,25 +569,33 @@ def _torch_friendly(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _read_strips(
-    src: Any, plan: _Plan, settings: _Settings, rows: range
-) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-    """Strips of patch rows ``rows``, in order: ``(r, data (C, h, W), nodata mask (h, W) or None)``.
+def _read_pieces(
+    src: Any, plan: _Plan, settings: _Settings, i0: int, i1: int
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray | None]]:
+    """The input under patches [i0, i1), in order, as pieces of strips:
+    ``(r, x0, data (C, h, w), nodata mask (h, w) or None)`` for patch row ``r`` from column
+    ``x0``, each under :data:`PIECE_PATCHES` patches side by side (the last of a row fewer).
 
-    One handle: GDAL decodes the tiles of each strip on all cores (GDAL_NUM_THREADS; warping
-    too, see :func:`_open_source`) and its block cache keeps the tile row that two strips share.
-    Several handles reading strips at once were measured: 1.7x the decoding CPU (each handle
-    decodes the shared tile rows again) and slower on 2 cores, on an 8k deflate GeoTIFF.
+    One handle: GDAL decodes the tiles of each piece on all cores (GDAL_NUM_THREADS; warping
+    too, see :func:`_open_source`) and its block cache keeps the tiles that neighbouring pieces
+    and strips share. Pieces, not whole strips: on a 32k-wide raster a strip is 48 MiB of RGB,
+    a piece of 8 patches 6. Several handles reading at once were measured: 1.7x the decoding
+    CPU (each decodes the shared tile rows again) and slower on 2 cores, 8k deflate GeoTIFF.
     """
     idx = list(settings.band_indexes)
-    h = min(plan.patch_size, plan.height)
-    for r in rows:
-        y0 = plan.rows[r]
-        raw = src.read(idx, window=Window(0, y0, plan.width, h))
-        valid = _and_finite(_valid_rows(src, y0, y0 + h), raw)
-        data = _torch_friendly(raw)
-        yield r, data, None if valid is None else ~valid
-        del raw, valid, data  # one strip in memory while the next is read (48 MiB at 32k)
+    nc, h = len(plan.cols), min(plan.patch_size, plan.height)
+    for r in range(i0 // nc, -(-i1 // nc)):
+        for c0 in range(0, nc, PIECE_PATCHES):
+            c1 = min(c0 + PIECE_PATCHES, nc)
+            if r * nc + c1 <= i0 or r * nc + c0 >= i1:
+                continue  # no patch of [i0, i1) lies on this piece
+            y0, x0 = plan.rows[r], plan.cols[c0]
+            window = Window(x0, y0, min(plan.cols[c1 - 1] + plan.patch_size, plan.width) - x0, h)
+            raw = src.read(idx, window=window)
+            valid = _and_finite(_valid_window(src, window), raw)
+            data = _torch_friendly(raw)
+            yield r, x0, data, None if valid is None else ~valid
+            del raw, valid, data  # one piece in memory while the next is read
 
 
 def _host_array(shape: tuple[int, ...], dtype: np.dtype, pinned: bool) -> np.ndarray:
@@ -563,38 +620,40 @@ def _read_batches(
     happens on the model's device (:func:`_make_forward`): a uint8 batch crosses to a GPU at a
     quarter of the float32 size.
     """
-    nc = len(plan.cols)
-    strips = _read_strips(src, plan, settings, range(i0 // nc, -(-i1 // nc)))
-    yield from _assemble(strips, plan, settings, i0, i1)
+    yield from _assemble(_read_pieces(src, plan, settings, i0, i1), plan, settings, i0, i1)
 
 
 def _assemble(
-    strips: Iterator[tuple[int, np.ndarray, np.ndarray | None]],
+    pieces: Iterator[tuple[int, int, np.ndarray, np.ndarray | None]],
     plan: _Plan,
     settings: _Settings,
     i0: int,
     i1: int,
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None, range]]:
-    """The batches of patches [i0, i1) cut from ``strips`` (see :func:`_read_batches`)."""
+    """The batches of patches [i0, i1) cut from ``pieces`` (see :func:`_read_pieces`)."""
     P, nc = plan.patch_size, len(plan.cols)
     pinned = settings.device.startswith("cuda")
-    r_have, bad = -1, None
+    w = min(P, plan.width)
+    row, start, end = -1, 0, 0  # the piece held: its patch row, its columns [start, end)
     data: np.ndarray | None = None
+    bad: np.ndarray | None = None
     for b0 in range(i0, i1, plan.batch_size):
         b1 = min(b0 + plan.batch_size, plan.n_patches)
         batch: np.ndarray | None = None
         invalid: np.ndarray | None = None
         for n, i in enumerate(range(b0, b1)):
             r, c = divmod(i, nc)
-            while r_have < r:  # patches come in row-major order: an old strip is never needed
+            x0 = plan.cols[c]
+            # patches come in row-major order: an old piece is never needed again
+            while row < r or end < x0 + w:
                 data = bad = None  # dropped before the next is read
-                r_have, data, bad = next(strips)
-            assert data is not None  # r >= 0 = the first strip's row
+                row, start, data, bad = next(pieces)
+                end = start + data.shape[2]
+            assert data is not None  # r >= 0 = the first piece's row
             if batch is None:
                 batch = _host_array((b1 - b0, len(settings.band_indexes), P, P), data.dtype, pinned)
-            x0 = plan.cols[c]
-            w = min(P, plan.width)
-            patch = data[:, :, x0 : x0 + w]
+            x = x0 - start
+            patch = data[:, :, x : x + w]
             pad = ((0, P - patch.shape[1]), (0, P - patch.shape[2]))
             if pad[0][1] or pad[1][1]:
                 patch = np.pad(patch, ((0, 0), *pad), mode="reflect")
@@ -603,7 +662,7 @@ def _assemble(
                 if invalid is None:
                     invalid = _host_array((b1 - b0, P, P), np.dtype(bool), pinned)
                     invalid[:] = False
-                m = bad[:, x0 : x0 + w]
+                m = bad[:, x : x + w]
                 invalid[n] = np.pad(m, pad, mode="reflect") if pad[0][1] or pad[1][1] else m
         assert batch is not None  # b1 > b0
         yield batch, invalid, range(b0, b1)
@@ -819,6 +878,7 @@ def _stream(
                         done,
                         scratch,
                     )
+                forward.release(probs)
     end = H if r1 >= len(plan.rows) else plan.rows[r1]
     yield from emit(end)
 
@@ -926,7 +986,10 @@ class _Outputs:
     class_values: list[int]
     meta: dict[str, str]
     final: bool  # the temp files are the final format (no COG copy follows)
-    _buf: list[tuple[int, np.ndarray, np.ndarray | None]] = field(default_factory=list)
+    _rows: Any = None  # the row of tiles being filled: (BLOCKSIZE, W) uint8
+    _prob_rows: Any = None  # its probabilities: (K, BLOCKSIZE, W) uint8
+    _first: int = 0  # pixel row of the first buffered row
+    _n: int = 0  # rows buffered
     _mask: Any = None
     _prob: Any = None
 
@@ -954,30 +1017,38 @@ class _Outputs:
         return self
 
     def write(self, y0: int, classes: np.ndarray, probs: np.ndarray | None) -> None:
-        """Buffer rows and write them in whole rows of TIFF tiles (none is rewritten partly)."""
-        self._buf.append((y0, classes, probs))
-        first = self._buf[0][0]
-        end = y0 + classes.shape[0]
-        boundary = (end // BLOCKSIZE) * BLOCKSIZE
-        if end >= self.profile["height"]:
-            boundary = end
-        if boundary > first:
-            self._flush(boundary)
+        """Buffer rows and write them in whole rows of TIFF tiles (none is rewritten partly).
 
-    def _flush(self, boundary: int) -> None:
-        first = self._buf[0][0]
-        cls = np.concatenate([b[1] for b in self._buf], axis=0)
-        prb = np.concatenate([b[2] for b in self._buf], axis=1) if self._prob is not None else None
-        n = boundary - first
-        win = Window(0, first, cls.shape[1], n)
-        self._mask.write(cls[None, :n], window=win)
-        if prb is not None:
-            self._prob.write(prb[:, :n], window=win)
-        self._buf = (
-            []
-            if n == cls.shape[0]
-            else [(boundary, cls[n:], prb[:, n:] if prb is not None else None)]
-        )
+        Rows come in order. The buffer holds one row of tiles, made once: pieces copied into
+        it rather than kept and concatenated (16 MiB less at the peak on a 32k-wide mask).
+        """
+        height, width = classes.shape
+        if self._rows is None:
+            self._rows = np.empty((BLOCKSIZE, width), np.uint8)
+            if self._prob is not None:
+                self._prob_rows = np.empty((len(self.class_names), BLOCKSIZE, width), np.uint8)
+            self._first, self._n = y0, 0
+        assert y0 == self._first + self._n, "rows must come in order"
+        done = 0
+        while done < height:
+            tile_end = min((self._first // BLOCKSIZE + 1) * BLOCKSIZE, self.profile["height"])
+            take = min(height - done, tile_end - y0 - done)
+            at = (y0 + done) % BLOCKSIZE  # the buffer's rows are those of one row of tiles
+            self._rows[at : at + take] = classes[done : done + take]
+            if probs is not None:
+                self._prob_rows[:, at : at + take] = probs[:, done : done + take]
+            done += take
+            self._n += take
+            if self._first + self._n == tile_end:
+                self._flush()
+
+    def _flush(self) -> None:
+        top, n = self._first % BLOCKSIZE, self._n
+        win = Window(0, self._first, self._rows.shape[1], n)
+        self._mask.write(self._rows[None, top : top + n], window=win)
+        if self._prob is not None:
+            self._prob.write(self._prob_rows[:, top : top + n], window=win)
+        self._first, self._n = self._first + n, 0
 
     def __exit__(self, *exc: Any) -> None:
         for ds in (self._mask, self._prob):

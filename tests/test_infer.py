@@ -703,3 +703,51 @@ def test_a_light_model_runs_on_one_torch_thread_and_the_setting_comes_back(
     finally:
         torch.set_num_threads(before)
     _same_grid(tmp_path / "m.tif", image)
+
+
+@pytest.mark.parametrize("pieces", [[64] * 19, [300, 500, 1, 415], [1216]])
+def test_row_buffered_writer_writes_every_row_once_in_place(tmp_path: Path, pieces) -> None:
+    """Pieces of any height, straddling rows of tiles, land where they belong (masks and
+    probabilities), with the grid's CRS and transform."""
+    height, width = sum(pieces), 700
+    rng = np.random.default_rng(1)
+    classes = rng.integers(0, 3, (height, width), dtype=np.uint8)
+    probs = rng.integers(0, 201, (3, height, width), dtype=np.uint8)
+    grid = dict(
+        width=width, height=height, transform=from_origin(5e5, 5e6, 0.5, 0.5), crs="EPSG:32631"
+    )
+    names, values = ["a", "b", "c"], [0, 1, 2]
+    mask, prob = tmp_path / "mask.tif", tmp_path / "prob.tif"
+    with infer._Outputs(grid, mask, prob, names, values, {}, final=True) as outputs:
+        y0 = 0
+        for h in pieces:
+            outputs.write(y0, classes[y0 : y0 + h].copy(), probs[:, y0 : y0 + h].copy())
+            y0 += h
+    with rasterio.open(mask) as m, rasterio.open(prob) as p:
+        assert m.crs.to_epsg() == 32631 and m.transform == grid["transform"]
+        np.testing.assert_array_equal(m.read(1), classes)
+        np.testing.assert_array_equal(p.read(), probs)
+
+
+def test_input_read_in_pieces_gives_the_bytes_of_whole_strips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The input is read in pieces of a few patches side by side: pieces of one, two and three
+    patches give the masks and probabilities of one piece per strip, nodata included."""
+    data = np.random.default_rng(4).integers(1, 255, (3, 150, 170)).astype(np.uint8)
+    data[:, 40:70, 0:60] = 0
+    image = make_geotiff(tmp_path / "in.tif", data, crs="EPSG:32631", nodata=0)
+    ck = make_checkpoint(tmp_path / "m.ckpt", crs="EPSG:32631", classes=3, architecture="unet")
+    outputs = {}
+    for pieces in (1, 2, 3, 1000):
+        monkeypatch.setattr(infer, "PIECE_PATCHES", pieces)
+        mask, prob = tmp_path / f"mask_{pieces}.tif", tmp_path / f"prob_{pieces}.tif"
+        infer.predict_raster(
+            image, mask, checkpoint=ck, patch_size=32, overlap=8, batch_size=5, probabilities=prob
+        )
+        with rasterio.open(mask) as m, rasterio.open(prob) as p:
+            outputs[pieces] = (m.read(), p.read())
+    whole_mask, whole_prob = outputs.pop(1000)
+    assert (whole_mask[0, 40:70, 0:60] == 255).all() and len(np.unique(whole_prob)) > 5
+    for mask, prob in outputs.values():
+        assert np.array_equal(mask, whole_mask) and np.array_equal(prob, whole_prob)
