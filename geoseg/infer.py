@@ -278,16 +278,14 @@ def _tta_ops(tta: str) -> list[tuple[Callable[[Any], Any], Callable[[Any], Any]]
 class _Forward:
     """The model applied to raw batches, in two halves that run in different threads.
 
-    ``prepare(batch, invalid)`` runs on the host in the thread that cuts the batches; geoseg's
-    leaves them raw: uint8 waits in the queues and crosses to a GPU at a quarter of float32,
-    and ``run`` normalises them (a light model on the CPU patch by patch, in cache).
-    ``run(prepared)`` returns the probabilities (B, K, P, P), float32,
+    The batches stay raw until ``run``: uint8 waits in the queues and crosses to a GPU at a
+    quarter of float32, and ``run`` normalises them (a light model on the CPU patch by patch,
+    in cache). ``run(batch, invalid)`` returns the probabilities (B, K, P, P), float32,
     averaged over the TTA transforms: a tensor on a GPU (blending and argmax happen there too),
     a numpy array on the CPU, or a list of B (K, P, P) arrays (see :func:`_stream`).
     """
 
-    prepare: Callable[[np.ndarray, np.ndarray | None], Any]
-    run: Callable[[Any], Any]
+    run: Callable[[np.ndarray, np.ndarray | None], Any]
     #: torch threads for the model's ops while streaming (None = torch's setting)
     torch_threads: int | None = None
     #: hands a batch's probabilities back once blended (their buffer is reused; see run)
@@ -315,9 +313,6 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
 
         m, s = patch_statistics(x, std, None if invalid is None else ~invalid)
         return (x - m) / s
-
-    def raw(batch: np.ndarray, invalid: np.ndarray | None) -> tuple[np.ndarray, Any]:
-        return batch, invalid
 
     # On the host the float32 input and the probabilities go to buffers made once and reused.
     # Why: a probability batch outlives the forward pass that made it (it waits for the
@@ -384,9 +379,9 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
                 total = out(total.shape).copy_(total) if out else total
         return total
 
-    def run(prepared: Any) -> Any:
-        batch = torch.from_numpy(prepared[0])
-        invalid = None if prepared[1] is None else torch.from_numpy(prepared[1])
+    def run(raw: np.ndarray, raw_invalid: np.ndarray | None) -> Any:
+        batch = torch.from_numpy(raw)
+        invalid = None if raw_invalid is None else torch.from_numpy(raw_invalid)
         if not light:
             # Normalised here, not in the reader thread: the queues hold uint8 batches, a
             # quarter of float32 (peak RSS, 32k raster: see benchmarks/infer.py --rss-only).
@@ -410,7 +405,7 @@ def _make_forward(model: Any, settings: _Settings) -> _Forward:
     # blending and writing threads share the cores (the null model on an 8k raster, 2-core
     # CPU: 3.5 s with 2 threads, 2.3 s with 1).
     threads = 1 if light and settings.threads is None else None
-    return _Forward(prepare=raw, run=run, torch_threads=threads, release=release)
+    return _Forward(run=run, torch_threads=threads, release=release)
 
 
 def _softmax_of_two(logits: Any, out: Any = None) -> Any:
@@ -680,21 +675,13 @@ def _closed_after(it: Iterator[Any]) -> Iterator[None]:
             close()
 
 
-def _prepared(
+def _run_model(
     batches: Iterator[tuple[np.ndarray, np.ndarray | None, range]],
-    prepare: Callable[[np.ndarray, np.ndarray | None], Any],
+    run: Callable[[np.ndarray, np.ndarray | None], Any],
 ) -> Iterator[tuple[Any, range]]:
     with _closed_after(batches):
         for batch, invalid, indexes in batches:
-            yield prepare(batch, invalid), indexes
-
-
-def _run_model(
-    batches: Iterator[tuple[Any, range]], run: Callable[[Any], Any]
-) -> Iterator[tuple[Any, range]]:
-    with _closed_after(batches):
-        for prepared, indexes in batches:
-            yield run(prepared), indexes
+            yield run(batch, invalid), indexes
 
 
 def _threaded(it: Iterator[Any], maxsize: int = 2, name: str = "reader") -> Iterator[Any]:
@@ -772,8 +759,8 @@ def _stream(
     The input is read from ``source``: a path (opened, resampled to ``settings.target_res`` if
     set, through a handle of the stream's own) or an open raster no other thread uses (the
     handle the caller checked the input with: a remote raster's tiles are not fetched twice);
-    with ``threaded`` the batches are read, cut and
-    ``forward.prepare``-d in a thread of their own, a bounded queue ahead of the model, and
+    with ``threaded`` the batches are read and cut
+    in a thread of their own, a bounded queue ahead of the model, and
     ``forward.run`` maps them to probabilities (B, K, P, P) in another, a bounded queue ahead
     of the blending in this one.
 
@@ -840,7 +827,7 @@ def _stream(
         if isinstance(source, str | Path)
         else nullcontext(source) as src,
     ):
-        batches = _prepared(_read_batches(src, plan, settings, i0, i1), forward.prepare)
+        batches = _read_batches(src, plan, settings, i0, i1)
         if threaded:
             batches = _threaded(batches)
         outputs = _run_model(batches, forward.run)

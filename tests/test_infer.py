@@ -685,11 +685,11 @@ def test_a_light_model_runs_on_one_torch_thread_and_the_setting_comes_back(
     def spying_forward(model, settings):
         forward = real_forward(model, settings)
 
-        def run(prepared):
+        def run(batch, invalid):
             seen.append(torch.get_num_threads())
-            return forward.run(prepared)
+            return forward.run(batch, invalid)
 
-        return infer._Forward(forward.prepare, run, forward.torch_threads)
+        return infer._Forward(run, forward.torch_threads, forward.release)
 
     monkeypatch.setattr(infer, "_make_forward", spying_forward)
     ckpt = make_checkpoint(tmp_path / "linear.ckpt", architecture="linear")

@@ -123,8 +123,7 @@ def _stitch(
             dst.write(data)
         for r0, r1 in blocks or [(0, len(plan.rows))]:
             forward = infer._Forward(
-                prepare=lambda raw, invalid: _normalized(raw, invalid, s),
-                run=_pointwise,
+                run=lambda raw, invalid: _pointwise(_normalized(raw, invalid, s)),
                 torch_threads=1 if fused else None,
             )
             for y0, probs in infer._stream(
