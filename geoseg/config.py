@@ -256,6 +256,11 @@ class InferConfig(_Section):
     """Patches per forward pass; default: tuned to the device."""
     tta: Literal["none", "flip", "d4"] = "none"
     """Test-time augmentation: ``none``, ``flip`` (4 flips) or ``d4`` (8 rotations/flips)."""
+    scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    """Multi-scale test-time augmentation: the input is predicted zoomed by each factor (0.8 =
+    buildings shown 20 % smaller; after ``resample``, relative to the training pixel size) and
+    the class probabilities are averaged on the input's grid. ``[1]`` = off; each scale costs
+    one more prediction (0.8, 1, 1.25: 3.2x)."""
     precision: Annotated[Literal["auto", "32", "bf16"], BeforeValidator(_number_as_text)] = "auto"
     """``auto`` (bf16 where fast), ``32`` or ``bf16``."""
     device: Device = "auto"
@@ -286,6 +291,13 @@ class InferConfig(_Section):
         (4/3)^2 = 1.8x, and is always smaller than the patch (a fixed 64 is not, for 64 px).
         """
         return min(64, patch_size // 4) if self.overlap is None else self.overlap
+
+    @field_validator("scales")
+    @classmethod
+    def _zoom_factors(cls, v: list[float]) -> list[float]:
+        if any(not 0.1 <= f <= 10 for f in v):
+            raise ValueError(f"{v}: zoom factors between 0.1 and 10, e.g. [0.8, 1, 1.25]")
+        return v
 
 
 class VectorizeConfig(_Section):

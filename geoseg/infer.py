@@ -34,7 +34,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -1622,6 +1622,7 @@ def predict_raster(
     with io.open_raster(src, hint="check the file") as handle:
         _check_inputs(handle, src, card, ckpt, allow_ungeoreferenced)
         target = _resolution_target(handle, src, card, cfg.resample)
+        scales = _scales(cfg.scales, handle, src, target)
         profile = dict(width=handle.width, height=handle.height, transform=handle.transform)
         if handle.crs is not None:
             profile["crs"] = handle.crs
@@ -1660,6 +1661,7 @@ def predict_raster(
         "patch_size": str(P),
         "overlap": str(overlap),
         "tta": tta,
+        **({"tta_scales": ",".join(f"{x:g}" for x in cfg.scales)} if scales else {}),
         "precision": prec,
         "software": "geoseg",
     }
@@ -1699,7 +1701,9 @@ def predict_raster(
         prob_tmp = claims.enter_context(_staging(job.prob_out, staged))
         with remote.env([src], **GDAL_ENV):
             assert mask_tmp is not None  # job.mask_out is always claimed
-            if target is None:
+            if scales:
+                _predict_scales(src, job, mask_tmp, prob_tmp, scales, final=not cfg.cog)
+            elif target is None:
                 _predict_to(src, job, mask_tmp, prob_tmp, final=not cfg.cog)
             else:
                 _predict_resampled(src, job, mask_tmp, prob_tmp, final=not cfg.cog)
@@ -1939,6 +1943,104 @@ def _predict_resampled(
             for ds in (vp, wp):
                 if ds is not None:
                     ds.close()
+
+
+def _scales(
+    factors: list[float], src: Any, path: Path, target: tuple[float, str | None] | None
+) -> list[tuple[float, str | None] | None]:
+    """The grids of a multi-scale prediction: per zoom factor, (pixel size, CRS WKT) to
+    resample to, or None for the input as it is; ``[]`` = a plain prediction (scales [1])."""
+    if len(factors) == 1 and abs(factors[0] - 1.0) < 1e-9:
+        return []
+    if src.crs is None:
+        raise RasterError(
+            f"{path}: has no CRS, so it cannot be predicted at several scales; georeference it "
+            "or leave infer.scales at [1]"
+        )
+    res, crs = target if target is not None else (abs(src.res[0]), None)
+    return [None if target is None and abs(f - 1.0) < 1e-9 else (res / f, crs) for f in factors]
+
+
+def _predict_scales(
+    src: Path,
+    job: _Job,
+    mask_tmp: Path,
+    prob_tmp: Path | None,
+    grids: list[tuple[float, str | None] | None],
+    *,
+    final: bool,
+) -> None:
+    """Multi-scale test-time augmentation: predict the probabilities at each grid, bring them
+    back onto the input grid (bilinear), average them and take the most probable class.
+
+    Memory: the average of a few rows at a time (about 2 MP of probabilities), whatever the size.
+    """
+    from rasterio.vrt import WarpedVRT
+
+    assert job.mask_out is not None  # claimed by predict_raster
+    profile = job.profile
+    W, H = profile["width"], profile["height"]
+    works: list[tuple[Path, bool]] = []
+    for k, grid in enumerate(grids):
+        settings = replace(
+            job.settings,
+            target_res=None if grid is None else grid[0],
+            target_crs=None if grid is None else grid[1],
+            with_probabilities=True,
+        )
+        scaled = replace(job, settings=settings, check=job.check if k == 0 else None)
+        work, work_prob = job.mask_out.temp(f"s{k}"), job.mask_out.temp(f"s{k}p")
+        log.info("%s: scale %d of %d", src, k + 1, len(grids))
+        _predict_to(src, scaled, work, work_prob, final=False)
+        works.append((work_prob, grid is None))
+    onto = dict(
+        crs=profile["crs"],
+        transform=profile["transform"],
+        width=W,
+        height=H,
+        resampling=Resampling.bilinear,
+        src_nodata=NODATA,
+        nodata=NODATA,
+    )
+    k_classes = job.settings.num_classes
+    values = np.asarray(job.class_values, dtype=np.uint8)
+    meta = job.meta
+    if job.settings.target_res is not None:  # the pixel size the zooms are relative to
+        meta = dict(meta, **_resampled_tags(job.settings))
+    rows = int(min(BLOCKSIZE, max(16, 2**21 // max(1, W))))
+    with (
+        rasterio.open(src) as orig,
+        io.reading(src),
+        ExitStack() as opened,
+        _Outputs(
+            profile, mask_tmp, prob_tmp, job.class_names, job.class_values, meta, final=final
+        ) as outputs,
+    ):
+        views = []
+        for path, as_is in works:
+            ds = opened.enter_context(rasterio.open(path))
+            views.append(ds if as_is else opened.enter_context(WarpedVRT(ds, **onto)))
+        for y0 in range(0, H, rows):
+            win = Window(0, y0, W, min(rows, H - y0))
+            total = np.zeros((k_classes, win.height, W), np.float32)
+            count = np.zeros((win.height, W), np.float32)
+            for view in views:
+                p = view.read(window=win)
+                seen = p[0] != NODATA
+                total += np.where(seen, p, 0)
+                count += seen
+            mean = total / np.maximum(count, 1)
+            classes = values[mean.argmax(0)]
+            missing = count == 0
+            valid = _valid_rows(orig, y0, y0 + win.height, job.settings.band_indexes)
+            if valid is not None:
+                missing |= ~valid
+            classes[missing] = NODATA
+            probs = None
+            if prob_tmp is not None:
+                probs = np.rint(mean).astype(np.uint8)
+                probs[:, missing] = NODATA
+            outputs.write(y0, classes, probs)
 
 
 def _resampled_tags(settings: _Settings) -> dict[str, str]:

@@ -751,3 +751,65 @@ def test_input_read_in_pieces_gives_the_bytes_of_whole_strips(
     assert (whole_mask[0, 40:70, 0:60] == 255).all() and len(np.unique(whole_prob)) > 5
     for mask, prob in outputs.values():
         assert np.array_equal(mask, whole_mask) and np.array_equal(prob, whole_prob)
+
+
+# ------------------------------------------------------------------------ multi-scale TTA
+
+
+def test_scales_of_one_twice_average_to_the_plain_probabilities(
+    tmp_path: Path, make_geotiff, ckpt3: Path
+) -> None:
+    # Two identical predictions average to themselves: the averaging and its class choice are
+    # checked against the plain path, byte for byte on the probabilities.
+    src = make_geotiff("s.tif", size=(48, 72))
+    plain, twice = tmp_path / "plain.tif", tmp_path / "twice.tif"
+    infer.predict_raster(src, plain, checkpoint=ckpt3, overlap=8, probabilities=tmp_path / "pp.tif")
+    infer.predict_raster(
+        src, twice, checkpoint=ckpt3, overlap=8, scales=[1, 1], probabilities=tmp_path / "tp.tif"
+    )
+    _same_grid(twice, src)
+    with rasterio.open(tmp_path / "pp.tif") as a, rasterio.open(tmp_path / "tp.tif") as b:
+        assert np.array_equal(a.read(), b.read())
+        prob = b.read()
+    with rasterio.open(twice) as m:
+        assert np.array_equal(m.read(1), prob.argmax(0))
+        assert m.tags()["tta_scales"] == "1,1"
+
+
+def test_multi_scale_prediction_lands_on_the_input_grid(tmp_path: Path, make_geotiff) -> None:
+    # Trained at 1 m, the input is 0.5 m with nodata rows: resampled to 1 m, then zoomed 0.5x
+    # and 2x; the averaged mask and probabilities are on the input's exact grid.
+    ck = make_checkpoint(tmp_path / "r.ckpt", res=1.0)
+    data = np.random.default_rng(2).integers(20, 230, (3, 70, 90)).astype("uint8")
+    data[:, :9, :] = 0
+    src = make_geotiff("half.tif", data=data, nodata=0)
+    out = tmp_path / "m.tif"
+    infer.predict_raster(
+        src,
+        out,
+        checkpoint=ck,
+        overlap=8,
+        resample=True,
+        scales=[0.5, 1, 2],
+        probabilities=tmp_path / "p.tif",
+    )
+    _same_grid(out, src)
+    with rasterio.open(out) as m, rasterio.open(tmp_path / "p.tif") as p:
+        mask, prob, tags = m.read(1), p.read(), m.tags()
+        assert p.crs == m.crs and p.transform == m.transform and p.count == 2
+    assert tags["tta_scales"] == "0.5,1,2" and tags["resampled_from"] == "1.0"
+    assert (mask[:9] == 255).all() and (prob[:, :9] == 255).all()
+    body = prob[:, 9:].astype(int)
+    assert (body <= 254).all() and (abs(body.sum(0) - 254) <= 3).all()
+    assert np.array_equal(mask[9:], body.argmax(0))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_scales_need_a_crs_and_positive_factors(tmp_path: Path, make_geotiff, ckpt3: Path) -> None:
+    src = make_geotiff("nocrs.tif", size=(40, 40), crs=None)
+    out = tmp_path / "m.tif"
+    res = _run(ckpt3, src, "--out", out, "--allow-ungeoreferenced", "--scales", "0.8,1")
+    assert_one_line_error(res, "nocrs.tif", "several scales", "infer.scales")
+    assert not out.exists()
+    res = _run(ckpt3, make_geotiff("ok.tif"), "--out", out, "--scales", "0,1")
+    assert res.exit_code != 0 and "Traceback" not in res.output and not out.exists()
