@@ -1904,13 +1904,7 @@ def _predict_resampled(
     work_prob = job.prob_out.temp("work") if job.prob_out is not None else None
     _predict_to(src, job, work, work_prob, final=False)
     W, H = profile["width"], profile["height"]
-    grid = dict(
-        crs=profile["crs"],
-        transform=profile["transform"],
-        width=W,
-        height=H,
-        resampling=Resampling.nearest,
-    )
+    grid = _onto_input(profile, Resampling.nearest)
     with (
         rasterio.open(src) as orig,
         rasterio.open(work) as wm,
@@ -1943,6 +1937,18 @@ def _predict_resampled(
             for ds in (vp, wp):
                 if ds is not None:
                     ds.close()
+
+
+def _onto_input(profile: dict[str, Any], resampling: Resampling, **extra: Any) -> dict[str, Any]:
+    """WarpedVRT arguments that bring a work grid's raster back onto the input's grid."""
+    return dict(
+        crs=profile["crs"],
+        transform=profile["transform"],
+        width=profile["width"],
+        height=profile["height"],
+        resampling=resampling,
+        **extra,
+    )
 
 
 def _scales(
@@ -1993,15 +1999,7 @@ def _predict_scales(
         log.info("%s: scale %d of %d", src, k + 1, len(grids))
         _predict_to(src, scaled, work, work_prob, final=False)
         works.append((work_prob, grid is None))
-    onto = dict(
-        crs=profile["crs"],
-        transform=profile["transform"],
-        width=W,
-        height=H,
-        resampling=Resampling.bilinear,
-        src_nodata=NODATA,
-        nodata=NODATA,
-    )
+    onto = _onto_input(profile, Resampling.bilinear, src_nodata=NODATA, nodata=NODATA)
     k_classes = job.settings.num_classes
     values = np.asarray(job.class_values, dtype=np.uint8)
     meta = job.meta
