@@ -62,12 +62,12 @@ def _run(recipe: Path, out: Path, overrides: list[str]) -> tuple[pipeline.RunRes
 
     def stage(outcome: pipeline.StageOutcome) -> None:
         nonlocal seconds, cpu
-        if outcome.name == "train":
+        if outcome.name == "train" and not outcome.skipped:
             seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
         print(f"  {outcome.name:9s} {'skipped' if outcome.skipped else f'{outcome.seconds:.0f} s'}")
 
     result = pipeline.run(cfg, on_stage=stage)
-    if seconds < 1:  # training was reused: its epochs' own record of time
+    if not seconds:  # training was reused: its epochs' own record of time
         metrics = out / "train" / "metrics.csv"
         if metrics.is_file():
             import pandas as pd

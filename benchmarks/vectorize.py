@@ -139,7 +139,7 @@ def jitter(footprints: Path, out: Path, seed: int = 1) -> int:
     import geopandas as gpd
     import shapely
 
-    gdf = gpd.read_file(footprints)
+    gdf = gpd.read_file(footprints, layer="footprints")
     rng = np.random.default_rng(seed)
     shift = rng.uniform(-2, 2, size=(len(gdf), 2))
     xy, idx = shapely.get_coordinates(gdf.geometry.values.to_numpy(), return_index=True)
@@ -209,8 +209,8 @@ def main() -> None:
         inst_best = min(inst, key=lambda r: r["seconds"])
         import pyogrio
 
-        n = pyogrio.read_info(tmp / "fp.gpkg")["features"]
-        n_inst = pyogrio.read_info(tmp / "fp_inst.gpkg")["features"]
+        n = pyogrio.read_info(tmp / "fp.gpkg", layer="footprints")["features"]
+        n_inst = pyogrio.read_info(tmp / "fp_inst.gpkg", layer="footprints")["features"]
         n_props = jitter(tmp / "fp.gpkg", tmp / "proposals.gpkg")
         ev = run(
             "evaluate",
