@@ -2001,7 +2001,6 @@ def _predict_scales(
         works.append((work_prob, grid is None))
     onto = _onto_input(profile, Resampling.bilinear, src_nodata=NODATA, nodata=NODATA)
     k_classes = job.settings.num_classes
-    values = np.asarray(job.class_values, dtype=np.uint8)
     meta = job.meta
     if job.settings.target_res is not None:  # the pixel size the zooms are relative to
         meta = dict(meta, **_resampled_tags(job.settings))
@@ -2027,18 +2026,14 @@ def _predict_scales(
                 seen = p[0] != NODATA
                 total += np.where(seen, p, 0)
                 count += seen
-            mean = total / np.maximum(count, 1)
-            classes = values[mean.argmax(0)]
-            missing = count == 0
-            valid = _valid_rows(orig, y0, y0 + win.height, job.settings.band_indexes)
-            if valid is not None:
-                missing |= ~valid
-            classes[missing] = NODATA
-            probs = None
-            if prob_tmp is not None:
-                probs = np.rint(mean).astype(np.uint8)
-                probs[:, missing] = NODATA
-            outputs.write(y0, classes, probs)
+            # the stored values (p * PROB_SCALE) back to probabilities, for the plain path's
+            # argmax, class ids, encoding and nodata
+            mean = total / (np.maximum(count, 1) * PROB_SCALE)
+            valid = count > 0
+            input_valid = _valid_rows(orig, y0, y0 + win.height, job.settings.band_indexes)
+            if input_valid is not None:
+                valid &= input_valid
+            outputs.write(y0, *_finalize(mean, valid, job.settings))
 
 
 def _resampled_tags(settings: _Settings) -> dict[str, str]:
