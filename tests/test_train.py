@@ -434,3 +434,41 @@ def test_pipeline_preview_draws_image_truth_prediction_and_footprints(demo_data,
     with open(out, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert plots.pipeline_preview(cfg, [], [], None, None, tmp_path / "none.png") is None
+
+
+@pytest.mark.parametrize(
+    ("load", "busy_now", "threads"),
+    [
+        (1.6, 0.1, 2),  # the load is this process's own last minute: idle now, both cores
+        (1.6, 1.2, 1),  # another job holds a core now: one thread
+        (1.6, None, 1),  # /proc/stat unreadable: the load average decides
+        (0.2, 1.9, 2),  # idle by the load average: no sample taken
+    ],
+)
+def test_share_cpu_counts_only_other_processes(
+    monkeypatch: pytest.MonkeyPatch, load: float, busy_now: float | None, threads: int
+) -> None:
+    sampled: list[int] = []
+
+    def busy_cores(count: int) -> float | None:
+        sampled.append(count)
+        return busy_now
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(train, "_busy_cores", busy_cores)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        train._share_cpu()
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert sampled == ([] if load < 0.5 else [2])
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="Linux /proc/stat")
+def test_busy_cores_reads_proc_stat() -> None:
+    busy = train._busy_cores(os.cpu_count() or 1, seconds=0.2)
+    assert busy is not None and 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6
