@@ -1903,6 +1903,9 @@ def _predict_resampled(
     work = job.mask_out.temp("work")
     work_prob = job.prob_out.temp("work") if job.prob_out is not None else None
     _predict_to(src, job, work, work_prob, final=False)
+    _verified(work, job.mask_out)  # a full disk shows here, not as an unreadable input below
+    if work_prob is not None:
+        _verified(work_prob, job.prob_out)
     W, H = profile["width"], profile["height"]
     grid = _onto_input(profile, Resampling.nearest)
     with (
@@ -1998,6 +2001,8 @@ def _predict_scales(
         work, work_prob = job.mask_out.temp(f"s{k}"), job.mask_out.temp(f"s{k}p")
         log.info("%s: scale %d of %d", src, k + 1, len(grids))
         _predict_to(src, scaled, work, work_prob, final=False)
+        # a full disk shows here, naming the output, not as an unreadable input below
+        _verified(work_prob, job.mask_out)
         works.append((work_prob, grid is None))
     onto = _onto_input(profile, Resampling.bilinear, src_nodata=NODATA, nodata=NODATA)
     k_classes = job.settings.num_classes

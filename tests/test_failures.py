@@ -43,6 +43,8 @@ def world() -> Iterator[dict[str, Path]]:
     rng = np.random.default_rng(0)
     w = {
         "ckpt": make_checkpoint(root / "model.ckpt"),
+        # trained at 1 m: the 0.5 m image is predicted resampled, through temporary files
+        "ckpt_1m": make_checkpoint(root / "model_1m.ckpt", res=1.0),
         "image": make_geotiff(root / "image.tif", size=(SIZE, SIZE), seed=1),
         # nodata (0) at random pixels: a mask burned on it is noise, tens of KB compressed
         "holes": make_geotiff(
@@ -110,6 +112,38 @@ def _commands(w: dict[str, Path], out: Path) -> dict[str, tuple[list[str], Path]
             ["infer", w["ckpt"], w["image"], "-o", mask, "--overlap", "8", "--probabilities"],
             mask,
         ),
+        "infer --resample": (
+            [
+                "infer",
+                w["ckpt_1m"],
+                w["image"],
+                "-o",
+                mask,
+                "--no-cog",
+                "--overlap",
+                "8",
+                "--probabilities",
+                "--resample",
+            ],
+            mask,
+        ),
+        # multi-scale: each scale's prediction goes to temporary files before the average
+        "infer --scales": (
+            [
+                "infer",
+                w["ckpt"],
+                w["image"],
+                "-o",
+                mask,
+                "--no-cog",
+                "--overlap",
+                "8",
+                "--probabilities",
+                "--scales",
+                "0.8,1,1.25",
+            ],
+            mask,
+        ),
         "rasterize": (
             ["rasterize", w["truth"], "--like", w["holes"], "--out", out / "r.tif"],
             out / "r.tif",
@@ -123,7 +157,16 @@ def _commands(w: dict[str, Path], out: Path) -> dict[str, tuple[list[str], Path]
     }
 
 
-COMMANDS = ["infer --no-cog", "infer", "rasterize", "vectorize", "evaluate --json", "demo-data"]
+COMMANDS = [
+    "infer --no-cog",
+    "infer",
+    "infer --resample",
+    "infer --scales",
+    "rasterize",
+    "vectorize",
+    "evaluate --json",
+    "demo-data",
+]
 
 
 def _args(args: list) -> list[str]:
