@@ -317,6 +317,9 @@ class VectorizeConfig(_Section):
     """Instance masks: interior pixels closer than this (metres) to a non-interior pixel do
     not seed the watershed, so a thin bridge of interior between touching buildings does not
     join them (too large loses small buildings' seeds); none = one pixel."""
+    min_confidence: float = Field(default=0.0, ge=0, lt=1)
+    """Drop polygons whose mean class probability (their ``confidence``) is below this; 0 =
+    keep all. Needs the probabilities: ``geoseg run`` then has infer write them."""
     layer: str = "footprints"
     """GeoPackage layer name."""
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from geoseg import io
-from geoseg.config import PipelineConfig
+from geoseg.config import InferConfig, PipelineConfig
 from geoseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,13 @@ def _infer_inputs(cfg: PipelineConfig, run_dir: Path) -> list[Path]:
     return chosen or images
 
 
+def _infer_settings(cfg: PipelineConfig) -> InferConfig:
+    """``cfg.infer``, with probabilities written when the vectorize stage needs them."""
+    if cfg.vectorize.enabled and cfg.vectorize.min_confidence > 0:  # the polygons' confidence
+        return cfg.infer.model_copy(update={"probabilities": True})
+    return cfg.infer
+
+
 def _infer(cfg: PipelineConfig, run_dir: Path, checkpoint: Path, inputs: list[Path]) -> list[Path]:
     """One mask per input under RUN/predictions/ (one dask client for all of them)."""
     from geoseg import infer
@@ -165,7 +172,7 @@ def _infer(cfg: PipelineConfig, run_dir: Path, checkpoint: Path, inputs: list[Pa
         checkpoint,
         inputs,
         run_dir / "predictions",
-        settings=cfg.infer,
+        settings=_infer_settings(cfg),
         overwrite=True,
         allow_ungeoreferenced=cfg.data.layout == "tiles",
     )
@@ -189,6 +196,7 @@ def _vectorize(cfg: PipelineConfig, run_dir: Path, predictions: list[Path]) -> l
             simplify_m=v.simplify_m,
             regularize=v.regularize,
             seed_erosion_m=v.seed_erosion_m,
+            min_confidence=v.min_confidence,
             allow_ungeoreferenced=cfg.data.layout == "tiles",
         )
         gdf["source"] = pred.name
@@ -531,7 +539,7 @@ def _run(
     upstream = [checkpoint, *inputs]
     result.predictions = step(
         "infer",
-        cfg.infer.model_dump(mode="json"),
+        _infer_settings(cfg).model_dump(mode="json"),
         upstream,
         lambda d: _infer(cfg, run_dir, checkpoint, inputs),
     )

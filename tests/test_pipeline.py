@@ -292,7 +292,10 @@ def test_oam_recipe_on_crops_of_the_real_areas(
         "train.precision='32'",
     )
     assert code == 0, output
-    assert [(c["min_area_m2"], c["seed_erosion_m"]) for c in calls] == [(8.0, 0.8)]
+    assert [(c["min_area_m2"], c["seed_erosion_m"], c["min_confidence"]) for c in calls] == [
+        (8.0, 0.8, 0.7)
+    ]
+    assert calls[0]["probabilities"] is not None  # written by infer for the confidence
     report = _check_outputs(out)
     preds = sorted(p for p in (out / "predictions").glob("*.tif") if "_prob" not in p.name)
     assert [p.name for p in preds] == ["2_kampala_ug_b1_z19.tif"]  # the test town only
@@ -303,6 +306,7 @@ def test_oam_recipe_on_crops_of_the_real_areas(
         crs = src.crs
     footprints = gpd.read_file(out / "footprints.gpkg", layer="footprints")
     assert footprints.crs == crs and set(footprints.columns) >= {"area_m2", "geometry"}
+    assert (footprints.confidence >= 0.7).all()
     truth = gpd.read_file(oam / "footprints" / f"{names[1]}.geojson").to_crs(crs)
     inside = int(truth.geometry.representative_point().within(area).sum())
     assert inside > 5
@@ -311,3 +315,12 @@ def test_oam_recipe_on_crops_of_the_real_areas(
     assert {"building_iou", "building_f1"} <= set(report)
     split = gpd.read_file(out / "train" / "split.gpkg").set_index("split")
     assert split.loc["test", "files"] == str(crops[1])
+
+
+def test_infer_writes_probabilities_when_vectorize_filters_by_confidence() -> None:
+    cfg = config.parse({"vectorize": {"min_confidence": 0.7}})
+    assert pipeline._infer_settings(cfg).probabilities
+    assert not cfg.infer.probabilities  # the config itself is left as written
+    off = config.parse({"vectorize": {"min_confidence": 0.7, "enabled": False}})
+    assert not pipeline._infer_settings(off).probabilities
+    assert not pipeline._infer_settings(config.parse({})).probabilities

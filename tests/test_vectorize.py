@@ -471,3 +471,63 @@ def test_real_footprints_burned_and_vectorised_come_back(tmp_path, real_data):
         assert (r["tp"], r["fn"]) == (43, 0)  # every building found, in place
         assert r["fp"] <= 1  # (one thin building is cut in two by the pixel grid)
         assert r["mean_iou"] > 0.9
+
+
+def test_min_confidence_drops_the_polygons_the_model_is_unsure_of(tmp_path):
+    m = np.zeros((40, 40), np.uint8)
+    m[2:8, 2:8] = 1  # p 0.9: kept
+    m[20:30, 10:20] = 1  # crosses the 16-px seams: 60 px at 0.5, 40 at 0.9 -> 0.66: dropped
+    m[30:36, 30:36] = 1  # p 0.75: kept at 0.7, dropped at 0.8
+    prob = np.zeros((2, 40, 40), np.float32)
+    prob[1, 2:8, 2:8] = 0.9
+    prob[1, 20:30, 10:16] = 0.5
+    prob[1, 20:30, 16:20] = 0.9
+    prob[1, 30:36, 30:36] = 0.75
+    prob[0] = 1 - prob[1]
+    mask = write_mask(tmp_path / "m.tif", m, names=["background", "building"])
+    probs = write_mask(tmp_path / "m_prob.tif", prob, dtype="float32", nodata=None)
+    for block_size in (4096, 16):
+        kept = {
+            t: sorted(
+                vectorize.polygons(
+                    mask, probabilities=probs, min_confidence=t, block_size=block_size
+                ).area_m2.round(2)
+            )
+            for t in (0.0, 0.7, 0.8)
+        }
+        assert kept == {0.0: [9.0, 9.0, 25.0], 0.7: [9.0, 9.0], 0.8: [9.0]}
+    # with the area filter after it: only the 9 m2 squares are candidates, then both go
+    gdf = vectorize.polygons(mask, probabilities=probs, min_confidence=0.7, min_area_m2=10)
+    assert len(gdf) == 0
+
+
+def test_cli_min_confidence_needs_probabilities(tmp_path):
+    m = np.zeros((16, 16), np.uint8)
+    m[2:8, 2:8] = 1
+    mask = write_mask(tmp_path / "m.tif", m, names=["background", "building"])
+    out = tmp_path / "fp.gpkg"
+    res = runner.invoke(app, ["vectorize", str(mask), "--out", str(out), "--min-confidence", "0.7"])
+    assert_one_line_error(res, "m.tif", "min_confidence", "--probabilities", code=2)
+    assert not out.exists()
+    prob = np.stack([1 - (m * 0.9), m * 0.9]).astype(np.float32)
+    probs = write_mask(tmp_path / "m_prob.tif", prob, dtype="float32", nodata=None)
+    for t, n in (("0.85", 1), ("0.95", 0)):
+        res = runner.invoke(
+            app,
+            [
+                "vectorize",
+                str(mask),
+                "--out",
+                str(out),
+                "--probabilities",
+                str(probs),
+                "--min-confidence",
+                t,
+                "--overwrite",
+                "-q",
+            ],
+        )
+        assert res.exit_code == 0, res.output
+        assert len(gpd.read_file(out)) == n
+    res = runner.invoke(app, ["vectorize", str(mask), "--out", str(out), "--min-confidence", "1"])
+    assert res.exit_code == 2 and "min_confidence" in res.output

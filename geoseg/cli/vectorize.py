@@ -19,6 +19,7 @@ VECTORIZE_FLAGS = [
     Flag("vectorize.simplify_m", name="--simplify"),
     Flag("vectorize.regularize"),
     Flag("vectorize.seed_erosion_m", name="--seed-erosion"),
+    Flag("vectorize.min_confidence"),
     Flag("vectorize.layer"),
 ]
 
@@ -66,6 +67,7 @@ def vectorize(
         simplify_m=cfg.simplify_m,
         regularize=cfg.regularize,
         seed_erosion_m=cfg.seed_erosion_m,
+        min_confidence=cfg.min_confidence,
         layer=cfg.layer,
         overwrite=overwrite,
         allow_ungeoreferenced=allow_ungeoreferenced,
