@@ -78,13 +78,15 @@ def _run(recipe: Path, out: Path, overrides: list[str]) -> tuple[pipeline.RunRes
 
 def semantic_f1(result: pipeline.RunResult, recipe: Path, overrides: list[str]) -> dict[str, Any]:
     """Object scores of the run's predictions vectorised without separation: building =
-    interior ∪ edge, one polygon per connected region (what a semantic model gives)."""
+    interior ∪ edge, one polygon per connected region (what a semantic model gives). With
+    ``vectorize.min_confidence`` its polygons are filtered the same way, by their mean
+    p(interior) + p(edge)."""
     import geopandas as gpd
     import numpy as np
     import pandas as pd
     import rasterio
 
-    from geoseg import evaluate, instances, io, labels, vectorize
+    from geoseg import evaluate, infer, instances, io, labels, vectorize
 
     cfg = config.load(recipe, overrides)
     v = cfg.vectorize
@@ -105,13 +107,25 @@ def semantic_f1(result: pipeline.RunResult, recipe: Path, overrides: list[str]) 
                 class_names=["background", "building"],
                 nodata=io.MASK_NODATA,
             )
+            probabilities = None
+            if v.min_confidence > 0:  # p(building) = p(interior) + p(edge), on the same grid
+                with rasterio.open(infer.probability_path(pred)) as src:
+                    p = src.read().astype(np.float32) * np.float32(src.scales[0])
+                    p_building = np.clip(sum(p[c] for c in instances.BUILDING_CLASSES), 0, 1)
+                probabilities = Path(tmp) / f"{pred.stem}_building_prob.tif"
+                with rasterio.open(
+                    probabilities, "w", driver="GTiff", count=2, dtype="float32", **grid
+                ) as dst:
+                    dst.write(np.stack([1 - p_building, p_building]))
             frames.append(
                 vectorize.polygons(
                     mask,
                     classes=["building"],
+                    probabilities=probabilities,
                     min_area_m2=v.min_area_m2,
                     simplify_m=v.simplify_m,
                     regularize=v.regularize,
+                    min_confidence=v.min_confidence,
                 )
             )
     crs = frames[0].crs
