@@ -17,6 +17,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -89,61 +90,31 @@ def world() -> Iterator[dict[str, Path]]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _commands(w: dict[str, Path], out: Path) -> dict[str, tuple[list[str], Path]]:
+def _commands(w: dict[str, Path], out: Path) -> dict[str, tuple[list[Any], Path]]:
     """Each writing command: its arguments (global -q first) and the output it writes."""
     mask = out / "m.tif"
-    return {
+
+    def infer(ckpt: Path, *extra: str) -> tuple[list[Any], Path]:
         # probabilities: uint8 bands of continuous values, large whatever the model predicts
-        "infer --no-cog": (
-            [
-                "infer",
-                w["ckpt"],
-                w["image"],
-                "-o",
-                mask,
-                "--no-cog",
-                "--overlap",
-                "8",
-                "--probabilities",
-            ],
+        return [
+            "infer",
+            ckpt,
+            w["image"],
+            "-o",
             mask,
-        ),
-        "infer": (
-            ["infer", w["ckpt"], w["image"], "-o", mask, "--overlap", "8", "--probabilities"],
-            mask,
-        ),
-        "infer --resample": (
-            [
-                "infer",
-                w["ckpt_1m"],
-                w["image"],
-                "-o",
-                mask,
-                "--no-cog",
-                "--overlap",
-                "8",
-                "--probabilities",
-                "--resample",
-            ],
-            mask,
-        ),
+            "--overlap",
+            "8",
+            "--probabilities",
+            *extra,
+        ], mask
+
+    return {
+        "infer --no-cog": infer(w["ckpt"], "--no-cog"),
+        "infer": infer(w["ckpt"]),
+        # trained at 1 m: predicted at 1 m and brought back, through temporary files
+        "infer --resample": infer(w["ckpt_1m"], "--no-cog", "--resample"),
         # multi-scale: each scale's prediction goes to temporary files before the average
-        "infer --scales": (
-            [
-                "infer",
-                w["ckpt"],
-                w["image"],
-                "-o",
-                mask,
-                "--no-cog",
-                "--overlap",
-                "8",
-                "--probabilities",
-                "--scales",
-                "0.8,1,1.25",
-            ],
-            mask,
-        ),
+        "infer --scales": infer(w["ckpt"], "--no-cog", "--scales", "0.8,1,1.25"),
         "rasterize": (
             ["rasterize", w["truth"], "--like", w["holes"], "--out", out / "r.tif"],
             out / "r.tif",
