@@ -205,11 +205,14 @@ def polygons(
         if buildings:
             names = ["background", "building"]
 
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # each region's mean class probability (NaN without probabilities)
+        confidence = conf_sum / conf_n if prob is not None else np.full(len(geoms), np.nan)
     keep = np.arange(len(geoms))
-    if min_confidence > 0 and len(geoms):
+    if min_confidence > 0:
         # a region the model is unsure of as a whole: on three towns the model never saw, 37 of
         # the 39 polygons below 0.7 matched no building (README, "Buildings on real imagery")
-        keep = keep[conf_sum / np.maximum(conf_n, 1) >= min_confidence]
+        keep = keep[confidence >= min_confidence]
     if min_area_m2 > 0 and len(keep):
         keep = keep[_metric_area_length(geoms[keep], crs)[0] >= min_area_m2]
     geometry = geoms[keep]
@@ -220,17 +223,13 @@ def polygons(
     geometry, parts_of = _valid_polygons(geometry, check=simplify_m > 0 or regularize)
     keep = keep[parts_of]
     area, length = _metric_area_length(geometry, crs)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        confidence = (
-            conf_sum[keep] / conf_n[keep] if prob is not None else np.full(len(keep), np.nan)
-        )
     out = gpd.GeoDataFrame(
         {
             "class_id": class_id[keep].astype("int32"),
             "class_name": np.array(names, dtype=object)[class_id[keep]],
             "area_m2": area,
             "perimeter_m": length,
-            "confidence": confidence.astype("float64"),
+            "confidence": confidence[keep].astype("float64"),
         },
         geometry=geometry,
         crs=crs,
