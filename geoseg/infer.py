@@ -45,7 +45,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geoseg import config, instances, io, progress, remote, windows
-from geoseg.config import InferConfig
+from geoseg.config import InferConfig, VectorizeConfig
 from geoseg.device import resolve_device, resolve_precision
 from geoseg.errors import (
     CheckpointError,
@@ -2089,6 +2089,7 @@ def predict(
     settings: InferConfig | None = None,
     overwrite: bool = False,
     vectorize: Path | str | None = None,
+    vectorize_settings: VectorizeConfig | None = None,
     allow_ungeoreferenced: bool = False,
     client: Any = None,
     **overrides: Any,
@@ -2100,10 +2101,15 @@ def predict(
     fields) are those of :func:`predict_raster`; ``settings.probabilities`` adds
     ``<mask>_prob.tif``, ``settings.workers``/``scheduler`` start one dask client for all inputs
     (unless ``client`` is given). ``vectorize``: also write building footprints (one GeoPackage,
-    or a folder of them for several inputs) with :func:`geoseg.vectorize.vectorize`. All outputs
-    are checked for existence before any work starts.
+    or a folder of them for several inputs) with :func:`geoseg.vectorize.vectorize` and
+    ``vectorize_settings`` (default: its defaults; a ``min_confidence`` also writes the
+    probabilities it is measured on). All outputs are checked for existence before any work
+    starts.
     """
     cfg = settings_from(settings, **overrides)
+    footprint = vectorize_settings or VectorizeConfig()
+    if vectorize is not None and footprint.min_confidence > 0 and not cfg.probabilities:
+        cfg = cfg.model_copy(update={"probabilities": True})  # the polygons' confidence
     out = remote.as_path(out)
     paths = _expand(inputs)
     masks = output_paths(paths, out)
@@ -2154,7 +2160,19 @@ def predict(
                 if gpkg is not None:
                     from geoseg import vectorize as vectorize_mod
 
-                    vectorize_mod.vectorize(mask, gpkg, probabilities=prob, overwrite=overwrite)
+                    vectorize_mod.vectorize(
+                        mask,
+                        gpkg,
+                        probabilities=prob,
+                        classes=list(footprint.classes) or None,
+                        min_area_m2=footprint.min_area_m2,
+                        simplify_m=footprint.simplify_m,
+                        regularize=footprint.regularize,
+                        seed_erosion_m=footprint.seed_erosion_m,
+                        min_confidence=footprint.min_confidence,
+                        layer=footprint.layer,
+                        overwrite=overwrite,
+                    )
                 staging.publish(mask, m)  # with its probabilities and style
                 staging.publish(gpkg, g)
     except BaseException:

@@ -372,6 +372,42 @@ def test_vectorize_writes_footprints_on_the_mask_grid(
     assert gdf["confidence"].iloc[0] > 0.9
 
 
+def test_vectorize_takes_the_footprint_settings(
+    tmp_path: Path, make_geotiff, ckpt3: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import geopandas as gpd
+
+    monkeypatch.setattr(infer, "_cached_model", lambda s: _Threshold().eval())
+    data = np.full((3, 64, 64), 20, np.uint8)
+    data[:, 4:24, 4:24] = 250  # sure: p(building) ~ 1, 100 m2
+    data[:, 40:60, 40:60] = 105  # unsure: 0.1 std above the mean, p ~ 0.6, 100 m2
+    data[:, 50:53, 4:7] = 250  # a speck: 2.25 m2
+    src = make_geotiff("scene.tif", data=data)
+    areas = {}
+    for name, extra in {
+        "default": [],
+        "filtered": ["--min-confidence", 0.8, "--min-area", 1],
+    }.items():
+        out, gpkg = tmp_path / f"{name}.tif", tmp_path / f"{name}.gpkg"
+        res = _run(ckpt3, src, "--out", out, "--vectorize", gpkg, "--overlap", 8, *extra)
+        assert res.exit_code == 0, res.stderr
+        gdf = gpd.read_file(gpkg)
+        areas[name] = sorted(gdf.geometry.area.round(2))
+        # the confidence is measured on probabilities, written next to the mask when asked for
+        assert infer.probability_path(out).is_file() == (name == "filtered")
+    assert areas == {"default": [100.0, 100.0], "filtered": [2.25, 100.0]}
+
+    # footprint settings without footprints: one line, nothing written
+    out = tmp_path / "none.tif"
+    res = _run(ckpt3, src, "--out", out, "--min-confidence", 0.8, "--seed-erosion", 1)
+    assert res.exit_code == 2
+    assert res.stderr.strip().splitlines() == [
+        "Error: --seed-erosion, --min-confidence: footprint settings need --vectorize "
+        "OUT.gpkg; add it"
+    ]
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------------ units (issue 11, #4)
 
 

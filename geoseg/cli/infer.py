@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,13 +10,18 @@ import typer
 
 from geoseg.cli._common import Overwrite, Quiet, echo, set_quiet
 from geoseg.cli._settings import Flag, section_settings, with_settings
-from geoseg.config import InferConfig
+from geoseg.cli.vectorize import FOOTPRINT_FLAGS
+from geoseg.config import InferConfig, VectorizeConfig
+from geoseg.errors import ConfigError
 
 # Every inference setting but the inputs (the arguments here) is an option, as the schema says.
 INFER_FLAGS = [Flag(f"infer.{name}") for name in InferConfig.model_fields if name != "inputs"]
+# The footprints of --vectorize take the settings `geoseg vectorize` (and `geoseg run`) take.
+VECTORIZE_PANEL = "Footprints (with --vectorize)"
+INFER_VECTORIZE_FLAGS = [dataclasses.replace(f, panel=VECTORIZE_PANEL) for f in FOOTPRINT_FLAGS]
 
 
-@with_settings(*INFER_FLAGS)
+@with_settings(*INFER_FLAGS, *INFER_VECTORIZE_FLAGS)
 def infer(
     checkpoint: Annotated[
         Path, typer.Argument(help="A geoseg checkpoint (best.ckpt) or its export (model.onnx).")
@@ -32,7 +38,11 @@ def infer(
     settings: dict[str, Any],
     overwrite: Overwrite = False,
     vectorize: Annotated[
-        str | None, typer.Option(help="Also write footprints to this GeoPackage.")
+        str | None,
+        typer.Option(
+            help="Also write footprints to this GeoPackage (a folder for several inputs).",
+            rich_help_panel=VECTORIZE_PANEL,
+        ),
     ] = None,
     allow_ungeoreferenced: Annotated[
         bool, typer.Option(help="Accept inputs without a CRS.")
@@ -47,6 +57,10 @@ def infer(
     from geoseg import infer as lib
     from geoseg import remote
 
+    footprint_settings = section_settings(settings, "vectorize")
+    if footprint_settings and vectorize is None:
+        given = ", ".join(f.spelling for f in FOOTPRINT_FLAGS if f.key in settings)
+        raise ConfigError(f"{given}: footprint settings need --vectorize OUT.gpkg; add it")
     masks = lib.predict(
         checkpoint,
         inputs,
@@ -54,6 +68,7 @@ def infer(
         settings=lib.settings_from(**section_settings(settings, "infer")),
         overwrite=overwrite,
         vectorize=vectorize,
+        vectorize_settings=VectorizeConfig(**footprint_settings),
         allow_ungeoreferenced=allow_ungeoreferenced,
     )
     for mask in masks:

@@ -14,14 +14,14 @@ Opt = typer.Option
 
 # The footprint settings, as the schema (and `geoseg run`) has them. The classes stay a
 # repeatable --class of their own: `--class building --class roof` must keep both.
-VECTORIZE_FLAGS = [
+FOOTPRINT_FLAGS = [
     Flag("vectorize.min_area_m2", name="--min-area"),
     Flag("vectorize.simplify_m", name="--simplify"),
     Flag("vectorize.regularize"),
     Flag("vectorize.seed_erosion_m", name="--seed-erosion"),
     Flag("vectorize.min_confidence"),
-    Flag("vectorize.layer"),
 ]
+VECTORIZE_FLAGS = [*FOOTPRINT_FLAGS, Flag("vectorize.layer")]
 
 
 @with_settings(*VECTORIZE_FLAGS)
