@@ -472,3 +472,57 @@ def test_share_cpu_counts_only_other_processes(
 def test_busy_cores_reads_proc_stat() -> None:
     busy = train._busy_cores(os.cpu_count() or 1, seconds=0.2)
     assert busy is not None and 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6
+
+
+def _faults_of_large_blocks(times: int = 8) -> int:
+    """Page faults of allocating, filling and freeing a 64 MiB tensor ``times`` times."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(times):
+        block = torch.ones(16 << 20)  # 64 MiB: above glibc's largest mmap threshold
+        del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.mark.skipif(train._glibc() is None, reason="glibc's mallopt")
+def test_retained_heap_keeps_large_blocks_while_training_only() -> None:
+    pages = (64 << 20) // os.sysconf("SC_PAGESIZE")
+    with train.retained_heap() as kept:
+        assert kept
+        # the block is faulted in once, then reused from the heap
+        assert _faults_of_large_blocks() < 3 * pages
+    # glibc's behaviour again: each block is a fresh mapping, faulted in each time
+    assert _faults_of_large_blocks() > 6 * pages
+
+
+def test_retained_heap_is_a_no_op_without_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train, "_glibc", lambda: None)
+    with train.retained_heap() as kept:
+        assert kept is False
+
+
+def test_cpu_training_keeps_the_heap(
+    demo_data, split_yaml, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+
+    calls: list[str] = []
+
+    @contextlib.contextmanager
+    def recording():
+        calls.append("enter")
+        yield True
+        calls.append("exit")
+
+    def epoch(self, *args, **kwargs):
+        calls.append("epoch")
+        return original(self, *args, **kwargs)
+
+    original = train._Trainer.train_epoch
+    monkeypatch.setattr(train, "retained_heap", recording)
+    monkeypatch.setattr(train._Trainer, "train_epoch", epoch)
+    args = [str(demo_data.images[0].parent), "--labels", str(demo_data.masks[0].parent)]
+    args += ["--out", str(tmp_path / "run"), "--config", str(split_yaml), "--epochs", "1"]
+    _ok(_train([*args, *TINY]))
+    assert calls == ["enter", "epoch", "exit"]
