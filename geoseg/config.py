@@ -58,7 +58,9 @@ class SplitConfig(_Section):
     """Vector file with a ``split`` column (train/val/test) when ``method: roi``."""
     val_files: list[str] = Field(default_factory=list)
     """``method: files``: file-name patterns (e.g. ``3_banepa_*``) of the validation files;
-    with ``val_files`` or ``test_files`` the files are chosen by name and ``ratios`` is unused."""
+    with ``val_files`` or ``test_files`` the files are chosen by name and ``ratios`` is unused.
+    Only ``test_files`` (or a val ratio of 0): no validation, every other file trains and
+    ``best.ckpt`` is the latest epoch."""
     test_files: list[str] = Field(default_factory=list)
     """``method: files``: file-name patterns of the test files, e.g. a whole town held out;
     files matching neither list train."""

@@ -966,6 +966,17 @@ class _Trainer:
             self.steps_per_epoch,
             cfg.train.batch_size,
         )
+        if self.td.val is None:
+            needs = ["train.early_stop"] if cfg.train.early_stop else []
+            needs += ["train.scheduler: plateau"] if cfg.train.scheduler == "plateau" else []
+            if needs:
+                raise ConfigError(
+                    f"{', '.join(needs)} needs a validation split, and data.split has none; "
+                    "name validation files in data.split.val_files (or give ratios a val share)"
+                )
+            log.info(
+                "No validation split: every labelled file trains, best.ckpt is the latest epoch"
+            )
         epochs_run = 0
         stopped = False
         for epoch in range(start, cfg.train.epochs + 1):
@@ -977,7 +988,10 @@ class _Trainer:
             if callable(set_epoch):
                 set_epoch(epoch)
             train_loss = self.train_epoch(epoch)
-            val_loss, scores = self.evaluate(self.td.val, f"val {epoch}")
+            scores: dict[str, Any] = {"per_class": {}}
+            val_loss = float("nan")  # without validation the row's validation columns stay NaN
+            if self.td.val is not None:
+                val_loss, scores = self.evaluate(self.td.val, f"val {epoch}")
             row = self.row(epoch, train_loss, val_loss, scores, time.perf_counter() - t0)
             self.end_epoch(epoch, row)
             epochs_run += 1
@@ -1170,7 +1184,7 @@ class _Trainer:
         if better:
             self.best_epoch, self.bad_epochs = epoch, 0
             self.best_score = value if math.isfinite(value) else None
-            if not math.isfinite(value):
+            if not math.isfinite(value) and self.td.val is not None:
                 log.warning(
                     "%s is undefined at epoch %d (no such pixels in the validation split?); "
                     "best.ckpt is the latest epoch until it is defined",
@@ -1215,11 +1229,12 @@ class _Trainer:
         self.log_epoch(row, better)
 
     def log_epoch(self, row: dict[str, Any], better: bool) -> None:
-        parts = [
-            f"epoch {row['epoch']}/{self.cfg.train.epochs}",
-            f"train loss {row['train_loss']:.4f}",
-            f"val loss {row['val_loss']:.4f}",
-        ]
+        parts = [f"epoch {row['epoch']}/{self.cfg.train.epochs}"]
+        parts.append(f"train loss {row['train_loss']:.4f}")
+        if self.td.val is None:
+            log.info("  ".join([*parts, f"{row['seconds']:.0f} s"]))
+            return
+        parts.append(f"val loss {row['val_loss']:.4f}")
         if "iou_building" in row:
             parts.append(f"building IoU {row['iou_building']:.3f} F1 {row['f1_building']:.3f}")
         if "object_f1" in row:

@@ -24,7 +24,8 @@ class TrainingData:
     """What the training loop consumes (see docs/CONTRACTS.md)."""
 
     train: Loader
-    val: Loader
+    val: Loader | None
+    """None when the split has no validation region."""
     test: Loader | None
     in_channels: int
     band_names: list[str]
@@ -156,7 +157,11 @@ def build_training_data(
     plain = BatchTransform(mean, std, per_patch=per_patch)
     train = Loader(train_view, train_batches, augment, workers=workers, seed=seed, rank=rank)
     held = [sampling.split_windows(ds, split, labelled, s, patch_size) for s in (1, 2)]
-    if not held[0][1]:
+    # No validation region at all (split.ratios' val 0, files chosen by name without
+    # val_files): every labelled file trains, and training keeps the latest epoch. A region that
+    # was asked for but has no usable patch is an error.
+    validation = len(held[0][0].index) > 0
+    if validation and not held[0][1]:
         raise ConfigError(
             "the validation split has no usable patch (all nodata or too small); "
             "change split.ratios, split.block_size or patch_size"
@@ -170,7 +175,7 @@ def build_training_data(
         loaders.append(Loader(view, batches, plain, workers=workers, seed=seed, rank=rank))
     return TrainingData(
         train=train,
-        val=loaders[0],
+        val=loaders[0] if validation else None,
         test=loaders[1] if held[1][1] else None,
         in_channels=len(bands),
         band_names=band_names,
