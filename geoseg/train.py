@@ -1304,12 +1304,14 @@ class _Trainer:
 
     @torch.no_grad()
     def preview_patches(self, n: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Up to ``n`` validation patches (those with the most foreground first), de-normalised."""
+        """Up to ``n`` validation patches (those with the most foreground first), de-normalised;
+        test patches when there is no validation split."""
         model = self.bare_model.eval()
         mean = torch.tensor(self.td.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.td.std).view(1, -1, 1, 1)
         picks: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
-        for b, batch in enumerate(self.td.val or []):
+        held = self.td.val if self.td.val is not None else self.td.test
+        for b, batch in enumerate(held or []):
             if b >= 8:  # enough candidates; keep the end of a run quick
                 break
             x, y = self._to_device(batch)

@@ -315,6 +315,9 @@ def test_oam_recipe_on_crops_of_the_real_areas(
     assert {"building_iou", "building_f1"} <= set(report)
     split = gpd.read_file(out / "train" / "split.gpkg").set_index("split")
     assert split.loc["test", "files"] == str(crops[1])
+    # no validation split: every other town trains
+    assert sorted(split.index) == ["test", "train"]
+    assert all(str(c) in split.loc["train", "files"] for c in crops if c != crops[1])
 
 
 def test_infer_writes_probabilities_when_vectorize_filters_by_confidence() -> None:

@@ -535,3 +535,45 @@ def test_cpu_training_keeps_the_heap(
     args += ["--out", str(tmp_path / "run"), "--config", str(split_yaml), "--epochs", "1"]
     _ok(_train([*args, *TINY]))
     assert calls == ["enter", "epoch", "exit"]
+
+
+NO_VALIDATION = (
+    "data:\n  split: {method: files, test_files: [tile_03*]}\ntrain:\n  patches_per_epoch: 16\n"
+)
+
+
+def test_training_without_a_validation_split_keeps_the_last_epoch(demo_data, tmp_path) -> None:
+    """A split with a test file and no validation files: the other files all train, and the
+    latest epoch is best.ckpt (what the OAM recipe does: every labelled town trains)."""
+    import geopandas as gpd
+
+    cfg = tmp_path / "noval.yaml"
+    cfg.write_text(NO_VALIDATION)
+    out = tmp_path / "run"
+    args = [*_base(demo_data, out), "--config", str(cfg), "--epochs", "2", *TINY]
+    result = runner.invoke(app, ["train", *args])  # not quiet: the summary line is checked
+    _ok(result)
+    assert "Last epoch 2, no validation split" in result.output
+    rows = train.read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(np.isnan(r["val_loss"]) and np.isnan(r["miou"]) for r in rows)
+    best, last = _weights(out / "best.ckpt"), _weights(out / "last.ckpt")
+    assert all(torch.equal(best[k], last[k]) for k in last)
+    assert checkpoint.load(out / "best.ckpt").epoch == 2
+    split = gpd.read_file(out / "split.gpkg")
+    assert set(split["split"]) == {"train", "test"}
+    assert (out / "test_metrics.json").is_file()  # the test file is still scored
+    assert (out / "preview.png").is_file()  # drawn from the test patches
+
+
+@pytest.mark.parametrize(
+    ("option", "needle"),
+    [(["--early-stop", "3"], "train.early_stop"), (["--scheduler", "plateau"], "plateau")],
+)
+def test_what_needs_a_validation_split_says_so(
+    demo_data, tmp_path, option: list[str], needle: str
+) -> None:
+    cfg = tmp_path / "noval.yaml"
+    cfg.write_text(NO_VALIDATION)
+    args = [*_base(demo_data, tmp_path / "run"), "--config", str(cfg), *TINY, *option]
+    assert_one_line_error(_train(args), needle, "val_files", code=2)
