@@ -99,6 +99,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     rank: int = 0
     """This process's rank in a distributed job (only rank 0 wrote files)."""
+    validated: bool = True
+    """False when the split had no validation region: best.ckpt is the latest epoch."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -1300,6 +1302,7 @@ class _Trainer:
             device=self.device.type,
             rank=self.dist.rank,
             history=list(self.history),
+            validated=self.td.val is not None,
         )
 
     @torch.no_grad()

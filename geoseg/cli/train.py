@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -79,14 +78,14 @@ def train(
         return
     m = result.metrics
     runs = f"({result.epochs_run} epochs run, {result.device}, {result.precision})"
-    score = m.get(result.monitor, float("nan"))
-    if math.isnan(score) and math.isnan(m.get("val_loss", float("nan"))):
-        echo(f"Last epoch {m.get('epoch')}, no validation split  {runs}")
-    else:
+    if result.validated:
         echo(
-            f"Best epoch {m.get('epoch')}: {result.monitor} {score:.4f}, "
+            f"Best epoch {m.get('epoch')}: {result.monitor} "
+            f"{m.get(result.monitor, float('nan')):.4f}, "
             f"mIoU {m.get('miou', float('nan')):.4f}  {runs}"
         )
+    else:
+        echo(f"Last epoch {m.get('epoch')}, no validation split  {runs}")
     if result.test_metrics:
         echo(f"Test split: mIoU {result.test_metrics['miou']:.4f}  -> {out / 'test_metrics.json'}")
     echo(f"Checkpoint: {result.best}")
