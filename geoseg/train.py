@@ -492,12 +492,11 @@ def retained_heap() -> Iterator[bool]:
     glibc serves every allocation above its mmap threshold (32 MiB at most) with a fresh
     mapping and unmaps it when freed. A UNet step's largest activations are such blocks (batch
     8 x 32 channels x 256² in float32 is 64 MiB), so each step faulted all of them in again:
-    ResNet18-UNet, batch 8, 256², one thread, 2026-12-02: 400 k page faults and 6.0 s a step,
-    against 2-5 k and 4.8-5.0 s with the heap kept (benchmarks/train_heap.py). A caching
-    allocator (jemalloc, tcmalloc) would do the same but must be preloaded before Python
-    starts; mallopt works from here. Yields whether the heap is kept. Afterwards the freed
-    memory goes back to the system (malloc_trim).
-    """
+    ResNet18-UNet, batch 8, 256², two threads on idle cores, 2026-12-02: 430 k page faults and
+    2.21 s a step, against 14-22 k and 1.64 s with the heap kept (benchmarks/train_heap.py).
+    A caching allocator (jemalloc, tcmalloc) would do the same but must be preloaded before
+    Python starts; mallopt works from here. Yields whether the heap is kept. Afterwards the
+    freed memory goes back to the system (malloc_trim)."""
     libc = _glibc()
     if libc is None:
         yield False
