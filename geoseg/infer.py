@@ -2164,14 +2164,9 @@ def predict(
                         mask,
                         gpkg,
                         probabilities=prob,
-                        classes=list(footprint.classes) or None,
-                        min_area_m2=footprint.min_area_m2,
-                        simplify_m=footprint.simplify_m,
-                        regularize=footprint.regularize,
-                        seed_erosion_m=footprint.seed_erosion_m,
-                        min_confidence=footprint.min_confidence,
                         layer=footprint.layer,
                         overwrite=overwrite,
+                        **vectorize_mod.footprint_options(footprint),
                     )
                 staging.publish(mask, m)  # with its probabilities and style
                 staging.publish(gpkg, g)

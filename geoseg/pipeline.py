@@ -190,14 +190,9 @@ def _vectorize(cfg: PipelineConfig, run_dir: Path, predictions: list[Path]) -> l
         prob = infer.probability_path(pred)
         gdf = vectorize.polygons(
             pred,
-            classes=list(v.classes) or None,
             probabilities=prob if prob.is_file() else None,
-            min_area_m2=v.min_area_m2,
-            simplify_m=v.simplify_m,
-            regularize=v.regularize,
-            seed_erosion_m=v.seed_erosion_m,
-            min_confidence=v.min_confidence,
             allow_ungeoreferenced=cfg.data.layout == "tiles",
+            **vectorize.footprint_options(v),
         )
         gdf["source"] = pred.name
         frames.append(gdf)

@@ -42,6 +42,19 @@ log = logging.getLogger(__name__)
 #: The settings schema's defaults: geoseg vectorize, geoseg run and these functions agree.
 DEFAULTS = VectorizeConfig()
 
+
+def footprint_options(cfg: VectorizeConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`polygons` that a ``vectorize`` config section sets."""
+    return {
+        "classes": list(cfg.classes) or None,
+        "min_area_m2": cfg.min_area_m2,
+        "simplify_m": cfg.simplify_m,
+        "regularize": cfg.regularize,
+        "seed_erosion_m": cfg.seed_erosion_m,
+        "min_confidence": cfg.min_confidence,
+    }
+
+
 COLUMNS = ["class_id", "class_name", "area_m2", "perimeter_m", "confidence"]
 SHAPEFILE_NAMES = {"perimeter_m": "perim_m"}
 #: Below this IoU with the polygon it came from, a regularised outline is rejected.

@@ -61,16 +61,11 @@ def vectorize(
     path = lib.vectorize(
         mask,
         out,
-        classes=list(cfg.classes) or None,
         probabilities=probabilities,
-        min_area_m2=cfg.min_area_m2,
-        simplify_m=cfg.simplify_m,
-        regularize=cfg.regularize,
-        seed_erosion_m=cfg.seed_erosion_m,
-        min_confidence=cfg.min_confidence,
         layer=cfg.layer,
         overwrite=overwrite,
         allow_ungeoreferenced=allow_ungeoreferenced,
+        **lib.footprint_options(cfg),
     )
     layer = cfg.layer if path.suffix.lower() == ".gpkg" else None
     info = pyogrio.read_info(path, layer=layer)
