@@ -108,7 +108,7 @@ def semantic_f1(result: pipeline.RunResult, recipe: Path, overrides: list[str]) 
                 nodata=io.MASK_NODATA,
             )
             probabilities = None
-            if v.min_confidence > 0:  # p(building) = p(interior) + p(edge), on the same grid
+            if v.needs_probabilities:  # p(building) = p(interior) + p(edge), same grid
                 with rasterio.open(infer.probability_path(pred)) as src:
                     p = src.read().astype(np.float32) * np.float32(src.scales[0])
                     p_building = np.clip(sum(p[c] for c in instances.BUILDING_CLASSES), 0, 1)

@@ -325,6 +325,11 @@ class VectorizeConfig(_Section):
     layer: str = "footprints"
     """GeoPackage layer name."""
 
+    @property
+    def needs_probabilities(self) -> bool:
+        """Whether the footprints read the probability raster (the confidence filter does)."""
+        return self.min_confidence > 0
+
 
 class EvaluateConfig(_Section):
     """Scores against ground truth."""

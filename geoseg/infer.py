@@ -2108,8 +2108,8 @@ def predict(
     """
     cfg = settings_from(settings, **overrides)
     footprint = vectorize_settings or VectorizeConfig()
-    if vectorize is not None and footprint.min_confidence > 0 and not cfg.probabilities:
-        cfg = cfg.model_copy(update={"probabilities": True})  # the polygons' confidence
+    if vectorize is not None and footprint.needs_probabilities and not cfg.probabilities:
+        cfg = cfg.model_copy(update={"probabilities": True})
     out = remote.as_path(out)
     paths = _expand(inputs)
     masks = output_paths(paths, out)

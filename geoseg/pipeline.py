@@ -159,7 +159,7 @@ def _infer_inputs(cfg: PipelineConfig, run_dir: Path) -> list[Path]:
 
 def _infer_settings(cfg: PipelineConfig) -> InferConfig:
     """``cfg.infer``, with probabilities written when the vectorize stage needs them."""
-    if cfg.vectorize.enabled and cfg.vectorize.min_confidence > 0:  # the polygons' confidence
+    if cfg.vectorize.enabled and cfg.vectorize.needs_probabilities:
         return cfg.infer.model_copy(update={"probabilities": True})
     return cfg.infer
 
