@@ -6,10 +6,14 @@ Measured side by side in one run, same model, batch and precision:
   rasters, normalised, augmented, copied to the device, forward/backward/clip/step, progress bar);
 * ``model``: the same step on one batch already on the device (the ceiling for the loop);
 * ``loop_vs_model`` = loop images/s / model images/s (target >= 0.9);
-* model-only images/s in fp32, bf16, bf16 + channels_last (and fp16 + GradScaler on CUDA).
+* model-only images/s in fp32, fp32 + channels_last, bf16, bf16 + channels_last (and fp16 +
+  GradScaler on CUDA); ``--fp32-only`` measures the two fp32 memory formats alone (bf16 is slow
+  emulation on a CPU without AVX512-BF16).
 
 Run:  python benchmarks/train_step.py                      (CPU defaults: width 16, 128 px)
       python benchmarks/train_step.py --device cuda --width 64 --patch-size 256 --batch-size 16
+      python benchmarks/train_step.py --model unet-resnet18 --patch-size 256 --fp32-only \
+          --repeats 5 --steps 8        (the OAM recipe's model and patches)
       python benchmarks/train_step.py --json /tmp/train_step.json
 Timings on a shared machine are noisy; each figure is the best of ``--repeats`` alternating runs.
 """
@@ -80,13 +84,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--model", default="unet", help="model name, as model.name")
+    p.add_argument("--width", type=int, default=16, help="base channels of the plain unet")
     p.add_argument("--patch-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=12, help="timed steps per measurement")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--precision", default="auto", choices=["auto", "32", "bf16", "16"])
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--fp32-only", action="store_true", help="fp32 memory formats alone")
     p.add_argument("--json", type=Path, help="write the figures here")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -106,8 +112,8 @@ def main() -> None:
                 "split": {"block_size": 2 * args.patch_size},
             },
             "model": {
-                "name": "unet",
-                "width": args.width,
+                "name": args.model,
+                **({"width": args.width} if args.model == "unet" else {}),
                 "class_names": ["background", "building"],
             },
             "train": {
@@ -133,12 +139,14 @@ def main() -> None:
     )
     trainer = train._Trainer(cfg, work / "run", td, device, precision, train._Dist(0, 1, device))
     batch = next(iter(td.train))
+    loop_cl = trainer.memory_format == torch.channels_last  # what the loop picked (auto)
     print(
         f"device {device} ({torch.get_num_threads()} threads)"
         if device.type == "cpu"
         else f"device {device} ({torch.cuda.get_device_name(device)})",
-        f"| UNet width {args.width}, {args.patch_size} px, "
-        f"batch {args.batch_size}, precision {precision}, channels_last {cfg.train.channels_last}",
+        f"| {args.model}{f' width {args.width}' if args.model == 'unet' else ''}, "
+        f"{args.patch_size} px, "
+        f"batch {args.batch_size}, precision {precision}, channels_last {loop_cl}",
     )
 
     loop_rates, model_rates = [], []
@@ -156,7 +164,7 @@ def main() -> None:
                 batch,
                 device,
                 precision,
-                cfg.train.channels_last,
+                loop_cl,
                 args.steps,
             )
         )
@@ -167,12 +175,10 @@ def main() -> None:
     )
     print(f"loop_vs_model = {loop / model_only:.3f}   (target >= 0.9)")
 
-    variants = [
-        ("fp32", "32", False),
-        ("bf16", "bf16", False),
-        ("bf16+channels_last", "bf16", True),
-    ]
-    if device.type == "cuda":
+    variants = [("fp32", "32", False), ("fp32+channels_last", "32", True)]
+    if not args.fp32_only:
+        variants += [("bf16", "bf16", False), ("bf16+channels_last", "bf16", True)]
+    if device.type == "cuda" and not args.fp32_only:
         variants.append(("fp16+channels_last", "16", True))
         if not torch.cuda.is_bf16_supported():
             variants = [v for v in variants if v[1] != "bf16"]
@@ -181,8 +187,9 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, prec, cl in variants:
             torch.manual_seed(0)
+            width = {"width": args.width} if args.model == "unet" else {}
             net = models.build(
-                "unet", in_channels=td.in_channels, num_classes=2, width=args.width
+                args.model, in_channels=td.in_channels, num_classes=2, **width
             ).to(device)
             opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
             rate = model_step_rate(
@@ -194,6 +201,8 @@ def main() -> None:
         print(f"{name:<20} {rate:8.2f} img/s   x{rate / base:.2f} vs fp32")
     auto = resolve_precision("auto", device, fp16=True)
     print(f"precision auto on this {device.type} -> {auto}")
+    cl_ratio = rates["fp32+channels_last"] / base
+    print(f"channels_last_vs_contiguous_fp32 = {cl_ratio:.3f}   (< 1: the contiguous format wins)")
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -208,6 +217,8 @@ def main() -> None:
                     "loop_vs_model": loop / model_only,
                     "precision_img_s": rates,
                     "auto_precision": auto,
+                    "model": args.model,
+                    "channels_last_vs_contiguous_fp32": cl_ratio,
                 },
                 indent=1,
             )
@@ -216,4 +227,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with train.retained_heap():  # as geoseg's CPU training runs
+        main()

@@ -46,7 +46,7 @@ from rasterio.windows import Window
 
 from geoseg import config, instances, io, progress, remote, windows
 from geoseg.config import InferConfig, VectorizeConfig
-from geoseg.device import resolve_device, resolve_precision
+from geoseg.device import channels_last_pays, resolve_device, resolve_precision
 from geoseg.errors import (
     CheckpointError,
     ConfigError,
@@ -1642,7 +1642,7 @@ def predict_raster(
         device=dev,
         precision=prec,
         tta=tta,
-        channels_last=device.type == "cuda" or prec == "bf16",
+        channels_last=channels_last_pays(device, prec),
         band_indexes=tuple(card.band_indexes or range(1, card.in_channels + 1)),
         mean=tuple(float(m) for m in card.mean),
         std=tuple(float(s) or 1.0 for s in card.std),

@@ -51,7 +51,12 @@ from torch import nn
 
 from geoseg import errors, io, remote
 from geoseg.config import PipelineConfig
-from geoseg.device import ResolvedPrecision, resolve_device, resolve_precision
+from geoseg.device import (
+    ResolvedPrecision,
+    channels_last_pays,
+    resolve_device,
+    resolve_precision,
+)
 from geoseg.errors import CheckpointError, ConfigError, InputNotFoundError, OutputExistsError
 
 log = logging.getLogger(__name__)
@@ -793,9 +798,10 @@ class _Trainer:
         self.building_id = (
             self.class_names.index("building") if "building" in self.class_names else None
         )
-        self.memory_format = (
-            torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-        )
+        channels_last = cfg.train.channels_last
+        if channels_last is None:
+            channels_last = channels_last_pays(device, precision)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         kwargs = dict(_model_args(cfg))
         if cfg.model.encoder_weights:
             kwargs["encoder_weights"] = cfg.model.encoder_weights

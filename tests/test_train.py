@@ -537,6 +537,27 @@ def test_cpu_training_keeps_the_heap(
     assert calls == ["enter", "epoch", "exit"]
 
 
+
+@pytest.mark.parametrize(("flag", "want"), [([], False), (["--channels-last"], True)])
+def test_fp32_cpu_training_runs_contiguous_unless_asked(
+    flag: list[str], want: bool, demo_data, split_yaml, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # channels-last was the slower format for fp32 on a CPU (device.channels_last_pays)
+    seen: list[bool] = []
+
+    def epoch(self, *args, **kwargs):
+        weights = [m.weight for m in self.model.modules() if isinstance(m, torch.nn.Conv2d)]
+        seen.append(all(w.is_contiguous(memory_format=torch.channels_last) for w in weights))
+        return original(self, *args, **kwargs)
+
+    original = train._Trainer.train_epoch
+    monkeypatch.setattr(train._Trainer, "train_epoch", epoch)
+    args = [str(demo_data.images[0].parent), "--labels", str(demo_data.masks[0].parent)]
+    args += ["--out", str(tmp_path / "run"), "--config", str(split_yaml), "--epochs", "1"]
+    args += ["--precision", "32", "--device", "cpu", *flag]
+    _ok(_train([*args, *TINY]))
+    assert seen == [want]
+
 NO_VALIDATION = (
     "data:\n  split: {method: files, test_files: [tile_03*]}\ntrain:\n  patches_per_epoch: 16\n"
 )

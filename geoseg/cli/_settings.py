@@ -98,7 +98,7 @@ def _parameter(py_name: str, flag: Flag, spelling: str, hidden: bool) -> inspect
     if kind is bool:
         decls = [f"{spelling}/--no-{spelling.removeprefix('--')}"]
     shown: bool | str = False
-    if kind is bool:
+    if kind is bool and default is not None:  # none: the field's text says what it picks
         shown = spelling if default else f"--no-{spelling.removeprefix('--')}"
     elif default is not None and default != []:
         shown = ",".join(map(str, default)) if isinstance(default, list) else json.dumps(default)
