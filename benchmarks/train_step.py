@@ -188,9 +188,8 @@ def main() -> None:
         for name, prec, cl in variants:
             torch.manual_seed(0)
             width = {"width": args.width} if args.model == "unet" else {}
-            net = models.build(
-                args.model, in_channels=td.in_channels, num_classes=2, **width
-            ).to(device)
+            net = models.build(args.model, in_channels=td.in_channels, num_classes=2, **width)
+            net = net.to(device)
             opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
             rate = model_step_rate(
                 net, opt, loss_fn, batch, device, prec, cl, max(3, args.steps // 2)

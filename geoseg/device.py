@@ -67,12 +67,12 @@ def cpu_has_fast_bf16() -> bool:
 def channels_last_pays(device: torch.device, precision: ResolvedPrecision) -> bool:
     """Whether the channels-last memory format is the faster one for this device and precision.
 
-    On CUDA and with bf16 it is the format their speed-ups were measured in (tensor cores; the bf16
-    figures in :func:`cpu_has_fast_bf16`). For
-    fp32 on a CPU it is not: a ResNet18-UNet training step (batch 8, 256 px, two threads) took
-    3.48 s contiguous against 3.78 s channels-last on a 2-core AVX2 EPYC (median of ten rounds,
-    2026-12-02; ``benchmarks/train_step.py --model unet-resnet18``), as oneDNN's NHWC kernels
-    for the decoder's few-channel, full-resolution convolutions are the slower ones there.
+    On CUDA and with bf16 it is the format their speed-ups were measured in (tensor cores; the
+    bf16 figures in :func:`cpu_has_fast_bf16`). For fp32 on a CPU it is not: on a 2-core AVX2
+    EPYC (2026-12-02), channels-last trained the OAM recipe's ResNet18-UNet (batch 8, 256 px) at
+    0.90x the contiguous speed and the demo's UNet at 0.95x (``benchmarks/train_step.py
+    --fp32-only``; oneDNN's NHWC kernels were the slower ones for most of the decoder's
+    few-channel, full-resolution convolutions there); the recipe trained in 42.8 min, not 47.1.
     Training and inference use the same rule.
     """
     return device.type == "cuda" or precision == "bf16"

@@ -48,12 +48,12 @@ def test_older_gpus_get_fp16_for_training_only(monkeypatch) -> None:
         device.resolve_precision("bf16", gpu, setting="infer.precision")
 
 
-
 def test_channels_last_only_where_it_is_the_faster_format() -> None:
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert not device.channels_last_pays(cpu, "32")
     assert device.channels_last_pays(cpu, "bf16")
     assert device.channels_last_pays(gpu, "32") and device.channels_last_pays(gpu, "16")
+
 
 def test_explicit_choices_are_checked() -> None:
     cpu = torch.device("cpu")

@@ -537,7 +537,6 @@ def test_cpu_training_keeps_the_heap(
     assert calls == ["enter", "epoch", "exit"]
 
 
-
 @pytest.mark.parametrize(("flag", "want"), [([], False), (["--channels-last"], True)])
 def test_fp32_cpu_training_runs_contiguous_unless_asked(
     flag: list[str], want: bool, demo_data, split_yaml, tmp_path, monkeypatch: pytest.MonkeyPatch
@@ -557,6 +556,7 @@ def test_fp32_cpu_training_runs_contiguous_unless_asked(
     args += ["--precision", "32", "--device", "cpu", *flag]
     _ok(_train([*args, *TINY]))
     assert seen == [want]
+
 
 NO_VALIDATION = (
     "data:\n  split: {method: files, test_files: [tile_03*]}\ntrain:\n  patches_per_epoch: 16\n"
