@@ -140,11 +140,12 @@ def main() -> None:
     trainer = train._Trainer(cfg, work / "run", td, device, precision, train._Dist(0, 1, device))
     batch = next(iter(td.train))
     loop_cl = trainer.memory_format == torch.channels_last  # what the loop picked (auto)
+    model_args = train._model_args(cfg)  # the trainer's own: width for the plain unet
     print(
         f"device {device} ({torch.get_num_threads()} threads)"
         if device.type == "cpu"
         else f"device {device} ({torch.cuda.get_device_name(device)})",
-        f"| {args.model}{f' width {args.width}' if args.model == 'unet' else ''}, "
+        f"| {' '.join([args.model, *(f'{k} {v}' for k, v in model_args.items())])}, "
         f"{args.patch_size} px, "
         f"batch {args.batch_size}, precision {precision}, channels_last {loop_cl}",
     )
@@ -187,8 +188,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, prec, cl in variants:
             torch.manual_seed(0)
-            width = {"width": args.width} if args.model == "unet" else {}
-            net = models.build(args.model, in_channels=td.in_channels, num_classes=2, **width)
+            net = models.build(args.model, in_channels=td.in_channels, num_classes=2, **model_args)
             net = net.to(device)
             opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
             rate = model_step_rate(

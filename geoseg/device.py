@@ -69,10 +69,11 @@ def channels_last_pays(device: torch.device, precision: ResolvedPrecision) -> bo
 
     On CUDA and with bf16 it is the format their speed-ups were measured in (tensor cores; the
     bf16 figures in :func:`cpu_has_fast_bf16`). For fp32 on a CPU it is not: on a 2-core AVX2
-    EPYC (2026-12-02), channels-last trained the OAM recipe's ResNet18-UNet (batch 8, 256 px) at
-    0.90x the contiguous speed and the demo's UNet at 0.95x (``benchmarks/train_step.py
-    --fp32-only``; oneDNN's NHWC kernels were the slower ones for most of the decoder's
-    few-channel, full-resolution convolutions there); the recipe trained in 42.8 min, not 47.1.
+    EPYC (2026-12-02, ``benchmarks/train_step.py --fp32-only``), channels-last trained the OAM
+    recipe's ResNet18-UNet (batch 8, 256 px) at 0.90x the contiguous speed (oneDNN's NHWC kernels
+    were the slower ones for most of its decoder's few-channel, full-resolution convolutions),
+    and the recipe in 42.8 min, not 47.1; the demo's small UNet ran at about the same speed
+    either way (0.95x best of five, 1.05-1.08x in short runs).
     Training and inference use the same rule.
     """
     return device.type == "cuda" or precision == "bf16"
