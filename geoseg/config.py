@@ -143,6 +143,10 @@ class DataConfig(_Section):
     log-uniformly from [low, high] (0.7 = buildings 30 % smaller, mirrored at the patch border;
     1.4 = a crop shown 40 % larger), image bilinear, mask nearest: buildings of more sizes
     than the training imagery's pixel size gives. ``[1, 1]`` = off."""
+    sample_by: Literal["area", "file"] = "area"
+    """How training patches are spread over the catalog: ``area`` (every train pixel equally
+    likely: a large file gives most patches) or ``file`` (each file about the same share of
+    patches, whatever its size: a small town is not drowned by a large one)."""
     split: SplitConfig = Field(default_factory=SplitConfig)
 
     @field_validator("images", mode="before")

@@ -283,6 +283,34 @@ def test_files_split_by_name(tmp_path: Path) -> None:
         SplitConfig(val_files=["a*"])
 
 
+def test_sample_by_file_gives_a_small_file_its_share(tmp_path: Path) -> None:
+    """data.sample_by: area draws patches in proportion to each file's area; file gives each
+    training file about the same share (a small town is not drowned by a large one)."""
+    rng = np.random.default_rng(0)
+    files = {"big": (X0, 256), "small": (X0 + 400 * RES, 64), "held": (X0 + 600 * RES, 64)}
+    for name, (x, size) in files.items():
+        img = rng.integers(1, 256, (3, size, size)).astype(np.uint8)
+        t = rasterio.transform.from_origin(x, Y0, RES, RES)
+        write(tmp_path / "img" / f"{name}.tif", img, transform=t)
+        write(tmp_path / "mask" / f"{name}.tif", (img[0] > 128).astype(np.uint8), transform=t)
+    with rasterio.open(tmp_path / "img" / "small.tif") as src:
+        small = shapely.box(*src.bounds).buffer(1e-6)
+    share = {}
+    for by in ("area", "file"):
+        cfg = _cfg(
+            tmp_path / "img",
+            tmp_path / "mask",
+            split={"method": "files", "test_files": ["held*"]},
+            sample_by=by,
+        )
+        td = _build(cfg, tmp_path / by, batch_size=8, patches_per_epoch=400)
+        boxes = _boxes(torch.cat([b["bounds"] for b in td.train]))
+        assert len(boxes) == 400
+        share[by] = np.mean([small.contains(b) for b in boxes])
+    # areas 256^2 and 64^2: 6 % of the patches by area, half of them by file
+    assert share["area"] < 0.12 and 0.4 < share["file"] < 0.6, share
+
+
 # ---- seed layouts: plain tile folders ----------------------------------------------------------
 
 

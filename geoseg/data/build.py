@@ -124,7 +124,9 @@ def build_training_data(
     if not entries:
         raise ConfigError("no training file is at least patch_size large; use a smaller patch_size")
     train_view = ds.with_entries(entries)
-    patches = sampling.RandomPatches(train_view, split, labelled, patch=patch_size, gap=gap)
+    patches = sampling.RandomPatches(
+        train_view, split, labelled, patch=patch_size, gap=gap, by_file=cfg.sample_by == "file"
+    )
     if patches_per_epoch is None:
         patches_per_epoch = max(batch_size, split.train_pixels // (patch_size * patch_size))
     n_batches = max(1, patches_per_epoch // (batch_size * world_size))

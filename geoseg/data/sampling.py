@@ -1,7 +1,8 @@
 """Where patches come from: torchgeo's samplers, confined to one split's regions.
 
 Training: ``RandomGeoSampler`` over the train view (one index entry per tile: the box of its train
-regions), seeded through its ``generator``; its candidates are kept when they lie in train cells,
+regions; entries weighed by area, or with ``data.sample_by: file`` by area over their file's area
+so that each file gets about the same share), seeded through its ``generator``; its candidates are kept when they lie in train cells,
 keep the gap from val/test and hold labelled pixels (vectorised checks on the sparse cell maps,
 no reads). torchgeo picks the tile with the *global* torch RNG (``torch.multinomial``), so every
 draw runs under ``torch.random.fork_rng`` seeded from (seed, epoch): an epoch's patches are the
@@ -65,7 +66,10 @@ class RandomPatches:
         *,
         patch: int,
         gap: int,
+        by_file: bool = False,
     ) -> None:
+        """``by_file``: each source file gets the same share of candidates (torchgeo weighs the
+        index entries by area; the weights are replaced by area / the file's area)."""
         from torchgeo.samplers import RandomGeoSampler
 
         self.view, self.split, self.labelled = view, split, labelled
@@ -75,6 +79,8 @@ class RandomPatches:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.sampler = RandomGeoSampler(view, size=patch, length=1)
+        if by_file:
+            self.sampler.areas = _per_file(self.sampler.areas, view.index["filepath"].to_numpy())
         self.acceptance = 1.0
         # the share of candidates kept sizes each round; measured once with a fixed seed so
         # that a draw consumes the same random numbers in every process and run
@@ -134,6 +140,15 @@ class RandomPatches:
         raise ConfigError(
             "no training patch fits inside the train regions; use a smaller patch_size or split.gap"
         )
+
+
+def _per_file(areas: torch.Tensor, files: np.ndarray) -> torch.Tensor:
+    """Entry weights that give every file the same total: each entry's area over its file's."""
+    assert len(areas) == len(files), "train entries must each fit a patch (torchgeo drops others)"
+    a = areas.double().numpy()
+    _, group = np.unique(files, return_inverse=True)
+    per_file = np.bincount(group, weights=a)
+    return torch.from_numpy(a / per_file[group]).float()
 
 
 class TrainBatches(Sampler[list[GeoSlice]]):
