@@ -2,12 +2,13 @@
 
 Training: ``RandomGeoSampler`` over the train view (one index entry per tile: the box of its train
 regions; entries weighed by area, or with ``data.sample_by: file`` by area over their file's area
-so that each file gets about the same share), seeded through its ``generator``; its candidates are kept when they lie in train cells,
-keep the gap from val/test and hold labelled pixels (vectorised checks on the sparse cell maps,
-no reads). torchgeo picks the tile with the *global* torch RNG (``torch.multinomial``), so every
-draw runs under ``torch.random.fork_rng`` seeded from (seed, epoch): an epoch's patches are the
-same with or without workers, after a resume, and the caller's RNG is left untouched. Each epoch's
-patches are drawn once for all ranks and dealt out by batch, so DDP ranks never share a patch.
+so that each file gets about the same share), seeded through its ``generator``; its candidates
+are kept when they lie in train cells, keep the gap from val/test and hold labelled pixels
+(vectorised checks on the sparse cell maps, no reads). torchgeo picks the tile with the *global*
+torch RNG (``torch.multinomial``), so every draw runs under ``torch.random.fork_rng`` seeded from
+(seed, epoch): an epoch's patches are the same with or without workers, after a resume, and the
+caller's RNG is left untouched. Each epoch's patches are drawn once for all ranks and dealt out by
+batch, so DDP ranks never share a patch.
 
 Validation/test: ``GridGeoSampler`` over the split's pieces (region ∩ file, at least a patch per
 side). Its two traps are handled: chips start at each piece's bottom-left and the last row and
