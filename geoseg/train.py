@@ -961,10 +961,10 @@ class _Trainer:
             io.write_text(run_dir / "config.yaml", _yaml(resolved))
             self._open_writer()
         log.info(
-            "Training %s (%s, %d bands -> %d classes) on %s%s, precision %s, "
+            "Training %s (%s%d bands -> %d classes) on %s%s, precision %s, "
             "%d batches of %d per epoch",
             cfg.model.name,
-            _model_args(cfg) or "",
+            "".join(f"{k} {v}, " for k, v in _model_args(cfg).items()),
             self.td.in_channels,
             self.num_classes,
             self.device,
